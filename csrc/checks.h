@@ -1,0 +1,125 @@
+// Argument checks shared by the CPU and CUDA kernels, so both backends reject
+// bad input with the same message.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include "score_math.h"
+
+namespace unseen_fast {
+
+inline const char* method_name(int64_t m) {
+  static const char* names[] = {"entropy", "loss", "least_confidence",
+                                "margin", "el2n", "true_margin", "correct"};
+  return (m >= 0 && m < kNumMethods) ? names[m] : "?";
+}
+
+inline void check_score_args(const at::Tensor& logits,
+                             const c10::optional<at::Tensor>& labels,
+                             at::IntArrayRef methods, bool check_labels) {
+  TORCH_CHECK(logits.dim() == 2, "score: logits must be 2-D [N, C], got shape ",
+              logits.sizes());
+  const auto dtype = logits.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf,
+              "score: logits must be float32, bfloat16 or float16, got ", dtype);
+  TORCH_CHECK(logits.size(1) >= 1 || logits.size(0) == 0,
+              "score: logits have C=0 classes; need C >= 1");
+  TORCH_CHECK(logits.size(1) <= INT32_MAX, "score: C=", logits.size(1),
+              " classes is more than 2^31 - 1");
+  bool needs_label = false;
+  for (const int64_t m : methods) {
+    TORCH_CHECK(m >= 0 && m < kNumMethods, "score: unknown method code ", m);
+    needs_label = needs_label || method_needs_label(m);
+  }
+  if (!labels.has_value()) {
+    for (const int64_t m : methods)
+      TORCH_CHECK(!method_needs_label(m), "score: method '", method_name(m),
+                  "' needs labels, but labels=None");
+    return;
+  }
+  const at::Tensor& y = *labels;
+  TORCH_CHECK(y.dim() == 1 && y.size(0) == logits.size(0),
+              "score: labels must have shape [N]=[", logits.size(0), "], got ",
+              y.sizes());
+  TORCH_CHECK(y.scalar_type() == at::kLong, "score: labels must be int64, got ",
+              y.scalar_type());
+  TORCH_CHECK(y.device() == logits.device(), "score: labels are on ", y.device(),
+              " but logits are on ", logits.device());
+  if (!check_labels || !needs_label || y.numel() == 0) return;
+  // One reduction; on CUDA this is the only host sync of score, and
+  // check_labels=False skips it (bad rows then score NaN, never out of bounds).
+  const auto bad = y.lt(0).logical_or_(y.ge(logits.size(1)));
+  if (bad.any().item<bool>()) {
+    const int64_t row = bad.nonzero().select(1, 0)[0].item<int64_t>();
+    TORCH_CHECK(false, "score: label ", y[row].item<int64_t>(), " at row ", row,
+                " is outside [0, C) with C=", logits.size(1));
+  }
+}
+
+}  // namespace unseen_fast
+
+namespace unseen_fast {
+
+inline void check_select_args(const at::Tensor& scores, int64_t k,
+                              const c10::optional<at::Tensor>& labels, bool balanced,
+                              const c10::optional<at::Tensor>& exclude) {
+  TORCH_CHECK(scores.dim() == 1, "select_topk: scores must be 1-D [N], got shape ",
+              scores.sizes());
+  const auto dtype = scores.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble,
+              "select_topk: scores must be float32 or float64, got ", dtype);
+  const int64_t N = scores.size(0);
+  TORCH_CHECK(k >= 0, "select_topk: k must be >= 0, got k=", k);
+  if (scores.numel() > 0) {
+    const auto nan = at::isnan(scores);
+    if (nan.any().item<bool>()) {
+      const int64_t i = nan.nonzero().select(1, 0)[0].item<int64_t>();
+      TORCH_CHECK(false, "select_topk: score at index ", i, " is NaN");
+    }
+  }
+  int64_t eligible = N;
+  if (exclude.has_value()) {
+    const at::Tensor& ex = *exclude;
+    TORCH_CHECK(ex.scalar_type() == at::kBool && ex.dim() == 1 && ex.size(0) == N,
+                "select_topk: exclude must be a bool tensor of shape [N]=[", N,
+                "], got ", ex.scalar_type(), " of shape ", ex.sizes());
+    TORCH_CHECK(ex.device() == scores.device(), "select_topk: exclude is on ",
+                ex.device(), " but scores are on ", scores.device());
+    eligible -= ex.sum().item<int64_t>();
+  }
+  TORCH_CHECK(!balanced || labels.has_value(),
+              "select_topk: balanced=True needs labels");
+  if (labels.has_value()) {
+    const at::Tensor& y = *labels;
+    TORCH_CHECK(y.scalar_type() == at::kLong && y.dim() == 1 && y.size(0) == N,
+                "select_topk: labels must be an int64 tensor of shape [N]=[", N,
+                "], got ", y.scalar_type(), " of shape ", y.sizes());
+    TORCH_CHECK(y.device() == scores.device(), "select_topk: labels are on ",
+                y.device(), " but scores are on ", scores.device());
+    if (N > 0) {
+      const auto bad = y.lt(0);
+      if (bad.any().item<bool>()) {
+        const int64_t i = bad.nonzero().select(1, 0)[0].item<int64_t>();
+        TORCH_CHECK(false, "select_topk: label ", y[i].item<int64_t>(), " at index ",
+                    i, " is negative");
+      }
+    }
+  }
+  TORCH_CHECK(k <= eligible, "select_topk: k=", k, " is more than the ", eligible,
+              " eligible samples (N=", N, ", excluded ", N - eligible, ")");
+}
+
+// Sum of normalize must be finite and positive; name the first bad score.
+inline void check_normalize_total(const at::Tensor& scores, double total) {
+  if (std::isfinite(total) && total > 0) return;
+  const auto bad = at::isfinite(scores).logical_not_();
+  if (bad.any().item<bool>()) {
+    const int64_t i = bad.flatten().nonzero().select(1, 0)[0].item<int64_t>();
+    TORCH_CHECK(false, "normalize: score at flat index ", i, " is ",
+                scores.flatten()[i].item<double>(), "; scores must be finite");
+  }
+  TORCH_CHECK(false, "normalize: the scores sum to ", total,
+              "; need a positive sum to normalize");
+}
+
+}  // namespace unseen_fast

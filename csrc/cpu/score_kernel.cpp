@@ -1,0 +1,273 @@
+// CPU kernels of score and _score_tree.
+//
+// Fast path (AVX-512): two sweeps over a row while it sits in L1. Sweep 1
+// finds max, argmax and the second-largest logit; sweep 2 accumulates the
+// exp sums relative to that max. The result is the same SoftmaxState the
+// online merge builds, finished by the shared finalize(). Portable path: the
+// online merge of score_math.h, one element at a time.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define UF_HAVE_AVX512_PATH 1
+#endif
+
+#include <atomic>
+#include <random>
+#include <vector>
+
+#include "../checks.h"
+#include "../score_math.h"
+#include "cpu_features.h"
+
+namespace unseen_fast {
+
+bool cpu_has_avx512() {
+#ifndef UF_HAVE_AVX512_PATH
+  return false;
+#else
+  static const bool has = __builtin_cpu_supports("avx512f") &&
+      __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+      __builtin_cpu_supports("avx512dq");
+  return has;
+#endif
+}
+
+static std::atomic<bool> g_simd_enabled{true};
+
+bool set_cpu_simd(bool enabled) {
+  g_simd_enabled = enabled;
+  return cpu_simd_enabled();
+}
+
+bool cpu_simd_enabled() { return g_simd_enabled && cpu_has_avx512(); }
+
+namespace {
+
+#ifdef UF_HAVE_AVX512_PATH
+#define UF_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma")))
+
+UF_AVX512 inline __m512 load16(const float* p, __mmask16 m) {
+  return _mm512_mask_loadu_ps(_mm512_set1_ps(neg_inf()), m, p);
+}
+
+UF_AVX512 inline __m512 load16(const c10::BFloat16* p, __mmask16 m) {
+  const __m256i h = _mm256_maskz_loadu_epi16(m, p);
+  const __m512 v = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  return _mm512_mask_blend_ps(m, _mm512_set1_ps(neg_inf()), v);
+}
+
+UF_AVX512 inline __m512 load16(const c10::Half* p, __mmask16 m) {
+  const __m256i h = _mm256_maskz_loadu_epi16(m, p);
+  return _mm512_mask_blend_ps(m, _mm512_set1_ps(neg_inf()), _mm512_cvtph_ps(h));
+}
+
+// e^x for x in [-120, 0] as 2^(x log2 e): round, a degree-6 polynomial for
+// 2^f on [-0.5, 0.5] (Cephes exp2f, ~2 ulp) and an exact scale by 2^n.
+UF_AVX512 inline __m512 exp_nonpositive(__m512 x) {
+  const __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f));
+  const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 f = _mm512_sub_ps(t, n);
+  __m512 p = _mm512_set1_ps(1.535336188319500e-4f);
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.339887440266574e-3f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.618437357674640e-3f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.550332471162809e-2f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.402264791363012e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931472028550421e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.f));
+  return _mm512_scalef_ps(p, n);
+}
+
+UF_AVX512 inline __mmask16 tail_mask(int64_t left) {
+  return left >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1u);
+}
+
+// Flush-to-zero while a chunk of rows is scored: exp() of very negative
+// differences underflows, and without FTZ every underflow is a ~150-cycle
+// microcode assist. Lost values are below 1e-38 next to the max's 1.
+class FlushDenormals {
+ public:
+  FlushDenormals() : saved_(_mm_getcsr()) { _mm_setcsr(saved_ | 0x8040); }
+  ~FlushDenormals() { _mm_setcsr(saved_); }
+
+ private:
+  unsigned saved_;
+};
+
+// `next` (may be null) is the next row: sweep 2 prefetches it line by line so
+// its memory latency hides behind this row's exp work.
+template <typename T>
+UF_AVX512 SoftmaxState row_state_avx512(const T* row, int64_t C, const T* next) {
+  // Sweep 1: the row maximum (four independent chains to hide max latency).
+  // NaN may be dropped here; sweep 2 catches it.
+  __m512 top[4];
+  for (auto& t : top) t = _mm512_set1_ps(neg_inf());
+  int64_t c = 0;
+  for (; c + 64 <= C; c += 64)
+    for (int u = 0; u < 4; ++u)
+      top[u] = _mm512_max_ps(top[u], load16(row + c + 16 * u, __mmask16(0xFFFF)));
+  for (; c < C; c += 16) top[0] = _mm512_max_ps(top[0], load16(row + c, tail_mask(C - c)));
+  const float mx = _mm512_reduce_max_ps(
+      _mm512_max_ps(_mm512_max_ps(top[0], top[1]), _mm512_max_ps(top[2], top[3])));
+  SoftmaxState s = empty_state();
+  s.max = mx;
+  if (!(mx > neg_inf() && mx < -neg_inf())) {  // +inf, all -inf, or NaN: finalize gives NaN
+    s.nan = mx != mx;
+    return s;
+  }
+  // Sweep 2: differences d = z - max. Elements with d == 0 (argmax and its
+  // duplicates) count exactly 1 each, added after the loop; the rest feed the
+  // exp sums and the second-largest difference.
+  const __m512 vmax = _mm512_set1_ps(mx), lowest = _mm512_set1_ps(-120.f);
+  __m512 sum_e = _mm512_setzero_ps(), sum_e2 = _mm512_setzero_ps(), sum_ed = _mm512_setzero_ps();
+  __m512 second = _mm512_set1_ps(neg_inf());
+  int64_t n_top = 0, first_top = -1;
+  for (c = 0; c < C; c += 16) {
+    const __mmask16 valid = tail_mask(C - c);
+    if (next) _mm_prefetch(reinterpret_cast<const char*>(next + c), _MM_HINT_T0);
+    const __m512 z = load16(row + c, valid);
+    __m512 d = _mm512_sub_ps(z, vmax);
+    const __mmask16 is_top = _mm512_mask_cmp_ps_mask(valid, d, _mm512_setzero_ps(), _CMP_EQ_OQ);
+    const __mmask16 rest = valid & ~is_top;
+    if (is_top) {
+      if (first_top < 0) first_top = c + __builtin_ctz(is_top);
+      n_top += __builtin_popcount(is_top);
+    }
+    second = _mm512_mask_max_ps(second, rest, second, z);
+    d = _mm512_max_ps(lowest, d);  // -inf -> -120 (e = 0, e * d = 0); NaN kept
+    const __m512 e = exp_nonpositive(d);
+    sum_e = _mm512_mask_add_ps(sum_e, rest, sum_e, e);
+    sum_e2 = _mm512_mask3_fmadd_ps(e, e, sum_e2, rest);
+    sum_ed = _mm512_mask3_fmadd_ps(e, d, sum_ed, rest);
+  }
+  s.rest_sum = _mm512_reduce_add_ps(sum_e) + static_cast<float>(n_top - 1);
+  s.nan = s.rest_sum != s.rest_sum;
+  s.argmax = first_top;
+  s.second = n_top > 1 ? mx : _mm512_reduce_max_ps(second);
+  s.rest_sq = _mm512_reduce_add_ps(sum_e2) + static_cast<float>(n_top - 1);
+  s.ent_term = _mm512_reduce_add_ps(sum_ed);
+  return s;
+}
+
+#endif  // UF_HAVE_AVX512_PATH
+
+template <typename T>
+SoftmaxState row_state_portable(const T* row, int64_t C) {
+  SoftmaxState s = empty_state();
+  for (int64_t c = 0; c < C; ++c) push(s, static_cast<float>(row[c]), c);
+  return s;
+}
+
+// Random split tree over [lo, hi): both halves may be empty, and the merge
+// arguments are swapped at random, to check associativity and commutativity.
+template <typename T>
+SoftmaxState row_state_tree(const T* row, int64_t lo, int64_t hi, std::mt19937_64& rng) {
+  if (hi - lo <= 1) {
+    SoftmaxState s = empty_state();
+    if (hi - lo == 1) push(s, static_cast<float>(row[lo]), lo);
+    return s;
+  }
+  const int64_t mid = std::uniform_int_distribution<int64_t>(lo, hi)(rng);
+  if (mid == lo || mid == hi) {  // an empty side, then a real split
+    const SoftmaxState empty = empty_state();
+    const int64_t cut = lo + 1 + static_cast<int64_t>(rng() % (hi - lo - 1));
+    const SoftmaxState whole = merge(row_state_tree(row, lo, cut, rng),
+                                     row_state_tree(row, cut, hi, rng));
+    return (rng() & 1) ? merge(empty, whole) : merge(whole, empty);
+  }
+  const SoftmaxState left = row_state_tree(row, lo, mid, rng);
+  const SoftmaxState right = row_state_tree(row, mid, hi, rng);
+  return (rng() & 1) ? merge(left, right) : merge(right, left);
+}
+
+enum class RowPath { kAvx512, kPortable, kTree };
+
+template <typename T>
+void score_rows(const at::Tensor& logits, const int64_t* labels,
+                at::IntArrayRef methods, RowPath path, int64_t seed, float* out) {
+  const int64_t N = logits.size(0), C = logits.size(1);
+  const int64_t row_stride = logits.stride(0), col_stride = logits.stride(1);
+  const T* base = logits.const_data_ptr<T>();
+  const int64_t M = static_cast<int64_t>(methods.size());
+  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(C, 1));
+  at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
+#ifdef UF_HAVE_AVX512_PATH
+    const FlushDenormals ftz;
+#endif
+    std::vector<T> gathered(col_stride == 1 ? 0 : C);
+    for (int64_t r = begin; r < end; ++r) {
+      const T* row = base + r * row_stride;  // 64-bit offsets throughout
+      if (col_stride != 1) {  // strided rows are gathered once, in their dtype
+        for (int64_t c = 0; c < C; ++c) gathered[c] = row[c * col_stride];
+        row = gathered.data();
+      }
+      SoftmaxState s;
+      if (path == RowPath::kAvx512) {
+#ifdef UF_HAVE_AVX512_PATH
+        const bool has_next = col_stride == 1 && r + 1 < end;
+        s = row_state_avx512(row, C, has_next ? row + row_stride : nullptr);
+#endif
+      } else if (path == RowPath::kPortable) {
+        s = row_state_portable(row, C);
+      } else {
+        std::mt19937_64 rng(static_cast<uint64_t>(seed) * 0x9E3779B97F4A7C15ull + r);
+        s = row_state_tree(row, 0, C, rng);
+      }
+      int64_t label = -1;
+      float label_logit = 0.f;
+      if (labels != nullptr && labels[r] >= 0 && labels[r] < C) {
+        label = labels[r];
+        label_logit = static_cast<float>(row[label]);
+      }
+      for (int64_t j = 0; j < M; ++j)
+        out[r * M + j] = finalize(s, methods[j], label, label_logit);
+    }
+  });
+}
+
+at::Tensor score_impl(const at::Tensor& logits, const c10::optional<at::Tensor>& labels,
+                      at::IntArrayRef methods, bool check_labels, RowPath path,
+                      int64_t seed) {
+  check_score_args(logits, labels, methods, check_labels);
+  const int64_t N = logits.size(0);
+  at::Tensor out = at::empty({N, static_cast<int64_t>(methods.size())},
+                             logits.options().dtype(at::kFloat));
+  if (N == 0 || methods.empty()) return out;
+  at::Tensor y;
+  if (labels.has_value()) y = labels->contiguous();
+  const int64_t* y_ptr = labels.has_value() ? y.const_data_ptr<int64_t>() : nullptr;
+  float* out_ptr = out.data_ptr<float>();
+  switch (logits.scalar_type()) {  // the three dtypes check_score_args admits
+    case at::kFloat:
+      score_rows<float>(logits, y_ptr, methods, path, seed, out_ptr);
+      break;
+    case at::kBFloat16:
+      score_rows<c10::BFloat16>(logits, y_ptr, methods, path, seed, out_ptr);
+      break;
+    default:
+      score_rows<c10::Half>(logits, y_ptr, methods, path, seed, out_ptr);
+  }
+  return out;
+}
+
+at::Tensor score_cpu(const at::Tensor& logits, const c10::optional<at::Tensor>& labels,
+                     at::IntArrayRef methods, bool check_labels) {
+  const RowPath path = cpu_simd_enabled() ? RowPath::kAvx512 : RowPath::kPortable;
+  return score_impl(logits, labels, methods, check_labels, path, 0);
+}
+
+at::Tensor score_tree_cpu(const at::Tensor& logits, const c10::optional<at::Tensor>& labels,
+                          at::IntArrayRef methods, int64_t seed) {
+  return score_impl(logits, labels, methods, true, RowPath::kTree, seed);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(unseen_fast, CPU, m) {
+  m.impl("score", &score_cpu);
+  m.impl("_score_tree", &score_tree_cpu);
+}
+
+}  // namespace unseen_fast

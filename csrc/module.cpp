@@ -1,0 +1,30 @@
+// The Python extension module unseen_fast._C: importing it loads the op
+// library (registering the unseen_fast:: ops) and exposes build facts.
+#include <pybind11/pybind11.h>
+
+#include "cpu/cpu_features.h"
+
+#ifndef UNSEEN_FAST_CUDA_ARCHS
+#define UNSEEN_FAST_CUDA_ARCHS ""
+#endif
+
+namespace py = pybind11;
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "unseen_fast compiled ops (see unseen_fast.ops)";
+  m.def("build_info", [] {
+    py::dict info;
+#ifdef UNSEEN_FAST_WITH_CUDA
+    info["cuda_compiled"] = true;
+#else
+    info["cuda_compiled"] = false;
+#endif
+    info["cuda_archs"] = UNSEEN_FAST_CUDA_ARCHS;
+    info["compiler"] = __VERSION__;
+    info["cpu_avx512"] = unseen_fast::cpu_has_avx512();
+    return info;
+  });
+  m.def("set_cpu_simd", &unseen_fast::set_cpu_simd, py::arg("enabled"),
+        "Use the AVX-512 score path when the CPU has it; returns whether it is in use.");
+  m.def("cpu_simd_enabled", &unseen_fast::cpu_simd_enabled);
+}

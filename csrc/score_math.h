@@ -1,0 +1,128 @@
+// Online softmax state, its merge and the score formulas: one header shared by
+// the CPU kernel, the CUDA kernel and the split-tree test op, so the row math
+// has exactly one implementation.
+//
+// The state keeps every sum relative to the running maximum and leaves the
+// argmax element out of `rest_sum` / `rest_sq`. The total is then
+// S = 1 + rest_sum, and the scores of confident rows (p1 -> 1) come out
+// without cancellation: 1 - p1 = rest_sum / S, log S = log1p(rest_sum).
+#pragma once
+
+#include <c10/macros/Macros.h>
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
+namespace unseen_fast {
+
+// Method codes shared with unseen_fast/ops.py (METHOD_CODES). Every score is
+// "importance": higher = harder = kept first (correct is 1.0 / 0.0).
+enum ScoreMethod : int64_t {
+  kEntropy = 0,
+  kLoss = 1,
+  kLeastConfidence = 2,
+  kMargin = 3,
+  kEl2n = 4,
+  kTrueMargin = 5,
+  kCorrect = 6,
+  kNumMethods = 7,
+};
+
+C10_HOST_DEVICE inline bool method_needs_label(int64_t method) {
+  return method == kLoss || method == kEl2n || method == kTrueMargin ||
+      method == kCorrect;
+}
+
+struct SoftmaxState {
+  float max;        // largest logit seen, -inf when none
+  int64_t argmax;   // lowest index holding `max`
+  float second;     // second-largest logit (a duplicate of max counts)
+  float rest_sum;   // sum of exp(z - max) over all elements but the argmax
+  float rest_sq;    // sum of exp(2 (z - max)) over all elements but the argmax
+  float ent_term;   // sum of exp(z - max) * (z - max) over all elements
+  bool nan;         // a NaN was seen: every score of the row is NaN
+};
+
+C10_HOST_DEVICE inline float neg_inf() {
+  return -std::numeric_limits<float>::infinity();
+}
+
+C10_HOST_DEVICE inline SoftmaxState empty_state() {
+  return SoftmaxState{neg_inf(), INT64_MAX, neg_inf(), 0.f, 0.f, 0.f, false};
+}
+
+// Merge of two partial states of disjoint parts of one row. Commutative (the
+// winner is chosen by (max, -argmax), not by argument order), so any
+// reduction tree, a warp shuffle included, gives the same argmax and, up to
+// float rounding, the same sums.
+C10_HOST_DEVICE inline SoftmaxState merge(const SoftmaxState& a,
+                                          const SoftmaxState& b) {
+  const bool a_wins = a.max > b.max || (a.max == b.max && a.argmax < b.argmax);
+  const SoftmaxState& win = a_wins ? a : b;
+  const SoftmaxState& lose = a_wins ? b : a;
+  SoftmaxState out = win;
+  out.nan = a.nan || b.nan;
+  out.second = fmaxf(win.second, lose.max);
+  const float shift = lose.max - win.max;  // <= 0, or NaN when both are +inf
+  const float scale = expf(shift);
+  // A loser holding only -inf (or nothing), or one that underflows entirely,
+  // adds nothing; skipping it also avoids 0 * inf = NaN.
+  if (!(scale > 0.f)) return out;
+  const float lose_total = 1.f + lose.rest_sum;
+  out.rest_sum = win.rest_sum + scale * lose_total;
+  out.rest_sq = win.rest_sq + scale * scale * (1.f + lose.rest_sq);
+  out.ent_term = win.ent_term + scale * (lose.ent_term + shift * lose_total);
+  return out;
+}
+
+// Adds one element; the online update is a merge with a one-element state.
+C10_HOST_DEVICE inline void push(SoftmaxState& state, float z, int64_t index) {
+  if (z != z) {
+    state.nan = true;
+    return;
+  }
+  state = merge(state,
+                SoftmaxState{z, index, neg_inf(), 0.f, 0.f, 0.f, false});
+}
+
+// One score of a finished row. `label` < 0 means "no label"; label methods
+// then give NaN (the host checks labels first, so this only happens when the
+// caller turned the check off). `label_logit` is row[label].
+C10_HOST_DEVICE inline float finalize(const SoftmaxState& s, int64_t method,
+                                      int64_t label, float label_logit) {
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  // NaN anywhere, a +inf logit, or a row of only -inf: softmax is undefined.
+  if (s.nan || !(s.max > neg_inf() && s.max < -neg_inf())) return nan;
+  if (method_needs_label(method) && (label < 0 || label_logit != label_logit))
+    return nan;
+  const float total = 1.f + s.rest_sum;
+  const bool label_is_top = label == s.argmax;
+  switch (method) {
+    case kEntropy:  // -sum p log p = log S - sum e d / S
+      return log1pf(s.rest_sum) - s.ent_term / total;
+    case kLoss:  // logsumexp(z) - z_y
+      return log1pf(s.rest_sum) - (label_logit - s.max);
+    case kLeastConfidence:  // 1 - p1
+      return s.rest_sum / total;
+    case kMargin:  // 1 - (p1 - p2)
+      return (s.rest_sum + expf(s.second - s.max)) / total;
+    case kEl2n: {  // ||p - onehot(y)||_2 = sqrt((1 - p_y)^2 + sum_{k!=y} p_k^2)
+      if (label_is_top)
+        return sqrtf(s.rest_sum * s.rest_sum + s.rest_sq) / total;
+      const float e_y = expf(label_logit - s.max);
+      const float miss = 1.f + s.rest_sum - e_y;  // S (1 - p_y)
+      const float others_sq = 1.f + s.rest_sq - e_y * e_y;
+      return sqrtf(fmaxf(miss * miss + others_sq, 0.f)) / total;
+    }
+    case kTrueMargin:  // -(p_y - max_{k!=y} p_k); C = 1 counts the max as 0
+      if (label_is_top) return expm1f(s.second - s.max) / total;
+      return -expm1f(label_logit - s.max) / total;
+    case kCorrect:
+      return label_is_top ? 1.f : 0.f;
+    default:
+      return nan;
+  }
+}
+
+}  // namespace unseen_fast

@@ -1,0 +1,148 @@
+"""Typed Python API of the unseen_fast torch ops (CPU and CUDA).
+
+Every score is an *importance*: higher means harder, and harder samples are
+kept first by UNSEEN. The ops are registered as ``torch.ops.unseen_fast.*``
+with fake (meta) kernels, so they trace under ``torch.compile``.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import torch
+
+from unseen_fast._extension import _C  # noqa: F401  (registers the ops)
+
+#: Score methods in the order of their integer codes (csrc/score_math.h).
+METHODS = ("entropy", "loss", "least_confidence", "margin", "el2n", "true_margin", "correct")
+METHOD_CODES = {name: code for code, name in enumerate(METHODS)}
+#: Methods that need no labels.
+LABEL_FREE_METHODS = frozenset({"entropy", "least_confidence", "margin"})
+
+
+def method_codes(methods: Union[str, Sequence[str]]) -> list[int]:
+    """Integer codes of ``methods`` (one name or a sequence of names)."""
+    if isinstance(methods, str):
+        methods = (methods,)
+    codes = []
+    for name in methods:
+        if name not in METHOD_CODES:
+            raise ValueError(f"unknown score method {name!r}; choose from {', '.join(METHODS)}")
+        codes.append(METHOD_CODES[name])
+    return codes
+
+
+def score(
+    logits: torch.Tensor,
+    labels: Optional[torch.Tensor] = None,
+    methods: Union[str, Sequence[str]] = ("entropy",),
+    *,
+    check_labels: bool = True,
+) -> torch.Tensor:
+    """Softmax-based difficulty scores of every row, all from one read of ``logits``.
+
+    Parameters
+    ----------
+    logits : Tensor [N, C], float32, bfloat16 or float16
+        Any strides. Low-precision input is read as is and accumulated in float32.
+    labels : Tensor [N], int64, optional
+        True class of each row, in ``[0, C)``. Needed by ``loss``, ``el2n``,
+        ``true_margin`` and ``correct``.
+    methods : str or sequence of str
+        With ``p = softmax(z)``, ``p1 >= p2`` the two largest probabilities and
+        ``y`` the label (every score: higher = harder = kept first):
+
+        - ``entropy``: ``-sum p log p`` (0 log 0 = 0), in ``[0, log C]``.
+        - ``loss``: ``logsumexp(z) - z_y`` (cross-entropy), ``>= 0``.
+        - ``least_confidence``: ``1 - p1``, in ``[0, 1 - 1/C]``.
+        - ``margin``: ``1 - (p1 - p2)``, in ``[0, 1]`` (label-free).
+        - ``el2n``: ``||p - onehot(y)||_2``, in ``[0, sqrt 2]``.
+        - ``true_margin``: ``-(p_y - max_{k != y} p_k)``, in ``[-1, 1]``
+          (for ``C = 1`` the other maximum counts as 0).
+        - ``correct``: 1.0 where ``argmax z == y`` (first index on ties), else 0.0.
+    check_labels : bool
+        Raise on labels outside ``[0, C)``, naming the first bad row. On CUDA
+        this costs one host synchronisation; with ``False`` there is none and
+        a bad row gets NaN for the label methods (never an out-of-bounds read).
+
+    Returns
+    -------
+    Tensor [N, len(methods)], float32
+        Column ``j`` holds ``methods[j]``. A row containing NaN or +inf, or only
+        -inf, scores NaN in every column.
+    """
+    return torch.ops.unseen_fast.score(logits, labels, method_codes(methods), check_labels)
+
+
+def normalize(scores: torch.Tensor) -> torch.Tensor:
+    """``scores / scores.sum()``, the sum taken in float64 in a fixed order.
+
+    Parameters
+    ----------
+    scores : Tensor, float32 or float64, any shape
+        Importance scores (higher = harder); their sum must be finite and > 0.
+
+    Returns
+    -------
+    Tensor, same shape and dtype
+        Normalized scores (they sum to 1); the same bits on every run.
+    """
+    return torch.ops.unseen_fast.normalize(scores)
+
+
+def select_topk(
+    scores: torch.Tensor,
+    k: int,
+    *,
+    labels: Optional[torch.Tensor] = None,
+    balanced: bool = False,
+    exclude: Optional[torch.Tensor] = None,
+    sorted: bool = False,
+) -> torch.Tensor:
+    """Indices of the ``k`` highest scores (higher = harder = kept first).
+
+    Parameters
+    ----------
+    scores : Tensor [N], float32 or float64, no NaN
+    k : int
+        How many to select, ``0 <= k <=`` number of eligible samples.
+    labels : Tensor [N], int64, optional
+        Class of each sample (>= 0); required when ``balanced``.
+    balanced : bool
+        Give every class a quota proportional to its share of the eligible
+        samples (largest-remainder rounding, quotas sum to ``k``, never more
+        than a class has) and take the highest of each class.
+    exclude : Tensor [N], bool, optional
+        ``True`` removes a sample from the candidates.
+    sorted : bool
+        ``False``: ascending index order. ``True``: descending score order.
+
+    Returns
+    -------
+    Tensor [k], int64
+        Ties between equal scores go to the lower index; the result is the
+        same on every run and on CPU and CUDA.
+    """
+    return torch.ops.unseen_fast.select_topk(scores, int(k), labels, balanced, exclude, sorted)
+
+
+@torch.library.register_fake("unseen_fast::score")
+def _score_fake(logits, labels, methods, check_labels=True):
+    return logits.new_empty((logits.shape[0], len(methods)), dtype=torch.float32)
+
+
+@torch.library.register_fake("unseen_fast::_score_tree")
+def _score_tree_fake(logits, labels, methods, seed):
+    return logits.new_empty((logits.shape[0], len(methods)), dtype=torch.float32)
+
+
+@torch.library.register_fake("unseen_fast::normalize")
+def _normalize_fake(scores):
+    return torch.empty_like(scores)
+
+
+@torch.library.register_fake("unseen_fast::select_topk")
+def _select_topk_fake(scores, k, labels, balanced, exclude, sorted):
+    return scores.new_empty((k,), dtype=torch.int64)
+
+
+__all__ = ["METHODS", "LABEL_FREE_METHODS", "method_codes", "score", "normalize", "select_topk"]
