@@ -4,7 +4,8 @@
 // The same merge and finalize as the CPU kernel (score_math.h). No host sync:
 // the optional label check is the only one, in check_score_args.
 #include <ATen/ATen.h>
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
@@ -72,7 +73,7 @@ void launch(const at::Tensor& logits, const int64_t* labels, const MethodList& m
             at::Tensor& out) {
   const int64_t N = logits.size(0);
   const int64_t blocks = (N + kBlock / TPR - 1) / (kBlock / TPR);
-  score_kernel<T, TPR><<<blocks, kBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
+  score_kernel<T, TPR><<<blocks, kBlock, 0, c10::cuda::getCurrentCUDAStream()>>>(
       logits.const_data_ptr<T>(), N, logits.size(1), logits.stride(0), logits.stride(1),
       labels, methods, out.data_ptr<float>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();

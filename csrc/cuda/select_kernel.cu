@@ -7,7 +7,8 @@
 // cumulative sums and nonzero(), which give ascending indices: the result is
 // the same on every run and matches the CPU kernel bit for bit.
 #include <ATen/ATen.h>
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
@@ -73,7 +74,7 @@ at::Tensor select_typed(const at::Tensor& scores_in, int64_t k, const at::Tensor
   const auto key_dtype = sizeof(K) == 4 ? at::kInt : at::kLong;  // raw storage for K
   const at::Tensor scores = scores_in.contiguous();
   const int64_t N = scores.size(0);
-  const auto stream = at::cuda::getCurrentCUDAStream();
+  const auto stream = c10::cuda::getCurrentCUDAStream();
   const auto opts = scores.options();
   if (k == 0) return at::empty({0}, opts.dtype(at::kLong));
   const at::Tensor exclude = exclude_in.defined() ? exclude_in.contiguous() : exclude_in;

@@ -1,0 +1,41 @@
+import pytest
+import torch
+
+from unseen_fast import _C
+
+HAS_CUDA = torch.cuda.is_available()
+DEVICES = ["cpu"] + (["cuda"] if HAS_CUDA else [])
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "cuda: needs a CUDA device (skipped without one)")
+
+
+def pytest_collection_modifyitems(config, items):
+    skip = pytest.mark.skip(reason="no CUDA device visible")
+    for item in items:
+        if "cuda" in item.keywords and not HAS_CUDA:
+            item.add_marker(skip)
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    return torch.device(request.param)
+
+
+@pytest.fixture(params=["avx512", "portable"])
+def cpu_path(request):
+    """Runs a test once per CPU score path (AVX-512 only where the CPU has it)."""
+    if request.param == "avx512" and not _C.build_info()["cpu_avx512"]:
+        pytest.skip("this CPU has no AVX-512")
+    _C.set_cpu_simd(request.param == "avx512")
+    yield request.param
+    _C.set_cpu_simd(True)
+
+
+@pytest.fixture
+def gen():
+    """A fresh seeded generator per test; the seed is printed on failure."""
+    seed = torch.randint(0, 2**31 - 1, ()).item()
+    print(f"generator seed {seed}")
+    return torch.Generator().manual_seed(seed)
