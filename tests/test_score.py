@@ -51,15 +51,28 @@ def adversarial_rows(C=12):
 
 
 def test_adversarial_rows(device, cpu_path):
-    logits = adversarial_rows().to(device)
+    # Three copies: for C <= 16 the first 32 rows take the rows-as-lanes path
+    # of the AVX-512 kernel, the rest the per-row path.
+    logits = adversarial_rows().repeat(3, 1).to(device)
     # row 7 takes label 1: with label 0 its loss (6e38) overflows float32
-    labels = torch.tensor([0, 11, 3, 5, 0, 11, 1, 1, 2, 0, 0, 0, 7]).to(device)
-    got = check(logits, labels)
-    assert got[:8].isfinite().all(), "only the undefined rows may be NaN"
-    assert got[8:12].isnan().all()
+    labels = torch.tensor([0, 11, 3, 5, 0, 11, 1, 1, 2, 0, 0, 0, 7]).repeat(3).to(device)
+    got = check(logits, labels).view(3, 13, len(ALL))
+    assert got[:, :8].isfinite().all(), "only the undefined rows may be NaN"
+    assert got[:, 8:12].isnan().all()
     # ties: argmax is the first maximal index
-    assert got[6, ALL.index("correct")] == 0.0  # label 1, argmax 0
-    assert got[0, ALL.index("margin")] == 1.0
+    assert (got[:, 6, ALL.index("correct")] == 0.0).all()  # label 1, argmax 0
+    assert (got[:, 0, ALL.index("margin")] == 1.0).all()
+
+
+def test_thread_count_does_not_change_scores(gen):
+    logits = torch.randn(1003, 10, generator=gen)
+    threads = torch.get_num_threads()
+    results = []
+    for t in (1, max(2, threads)):
+        torch.set_num_threads(t)
+        results.append(ops.score(logits, None, LABEL_FREE))
+    torch.set_num_threads(threads)
+    assert torch.equal(*results)
 
 
 def test_confident_rows_keep_relative_precision(cpu_path):

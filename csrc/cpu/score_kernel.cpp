@@ -80,6 +80,50 @@ UF_AVX512 inline __m512 exp_nonpositive(__m512 x) {
   return _mm512_scalef_ps(p, n);
 }
 
+// log1p(x) for x >= 0: log(u) * x / (u - 1) with u = 1 + x keeps tiny x exact;
+// log(u) = e ln 2 + log(m), m in [sqrt(1/2), sqrt 2), by the atanh series.
+UF_AVX512 inline __m512 log1p_nonnegative(__m512 x) {
+  const __m512 one = _mm512_set1_ps(1.f);
+  const __m512 u = _mm512_add_ps(one, x);
+  __m512 m = _mm512_getmant_ps(u, _MM_MANT_NORM_1_2, _MM_MANT_SIGN_zero);
+  __m512 e = _mm512_getexp_ps(u);
+  const __mmask16 high = _mm512_cmp_ps_mask(m, _mm512_set1_ps(1.41421356f), _CMP_GT_OQ);
+  m = _mm512_mask_mul_ps(m, high, m, _mm512_set1_ps(0.5f));
+  e = _mm512_mask_add_ps(e, high, e, one);
+  const __m512 t = _mm512_div_ps(_mm512_sub_ps(m, one), _mm512_add_ps(m, one));
+  const __m512 t2 = _mm512_mul_ps(t, t);
+  __m512 p = _mm512_set1_ps(1.f / 11);
+  p = _mm512_fmadd_ps(p, t2, _mm512_set1_ps(1.f / 9));
+  p = _mm512_fmadd_ps(p, t2, _mm512_set1_ps(1.f / 7));
+  p = _mm512_fmadd_ps(p, t2, _mm512_set1_ps(1.f / 5));
+  p = _mm512_fmadd_ps(p, t2, _mm512_set1_ps(1.f / 3));
+  p = _mm512_fmadd_ps(p, t2, one);
+  const __m512 log_u = _mm512_fmadd_ps(e, _mm512_set1_ps(0.693147180559945f),
+                                       _mm512_mul_ps(_mm512_add_ps(t, t), p));
+  const __m512 u_minus_1 = _mm512_sub_ps(u, one);
+  const __mmask16 exact = _mm512_cmp_ps_mask(u_minus_1, _mm512_setzero_ps(), _CMP_EQ_OQ);
+  const __m512 scaled = _mm512_mul_ps(log_u, _mm512_div_ps(x, u_minus_1));
+  return _mm512_mask_blend_ps(exact, scaled, x);  // u == 1: log1p(x) = x
+}
+
+// expm1(x) for x <= 0 (-inf gives -1): Taylor series on (-0.5, 0], where
+// exp(x) - 1 would cancel, exp(x) - 1 below.
+UF_AVX512 inline __m512 expm1_nonpositive(__m512 x) {
+  __m512 p = _mm512_set1_ps(1.f / 40320);
+  p = _mm512_fmadd_ps(p, x, _mm512_set1_ps(1.f / 5040));
+  p = _mm512_fmadd_ps(p, x, _mm512_set1_ps(1.f / 720));
+  p = _mm512_fmadd_ps(p, x, _mm512_set1_ps(1.f / 120));
+  p = _mm512_fmadd_ps(p, x, _mm512_set1_ps(1.f / 24));
+  p = _mm512_fmadd_ps(p, x, _mm512_set1_ps(1.f / 6));
+  p = _mm512_fmadd_ps(p, x, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, x, _mm512_set1_ps(1.f));
+  const __m512 series = _mm512_mul_ps(p, x);
+  const __m512 direct = _mm512_sub_ps(exp_nonpositive(_mm512_max_ps(_mm512_set1_ps(-120.f), x)),
+                                      _mm512_set1_ps(1.f));
+  const __mmask16 small = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-0.5f), _CMP_GT_OQ);
+  return _mm512_mask_blend_ps(small, direct, series);
+}
+
 UF_AVX512 inline __mmask16 tail_mask(int64_t left) {
   return left >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1u);
 }
@@ -151,6 +195,112 @@ UF_AVX512 SoftmaxState row_state_avx512(const T* row, int64_t C, const T* next) 
   return s;
 }
 
+// Rows as lanes for small C, where one row fills less than a vector: 16 rows
+// at once, one vector per column, the same two sweeps with no lane reductions.
+constexpr int64_t kSmallC = 16;
+
+// Scores 16 rows [r, r + 16): `labels` and `out` point at row r's entries.
+template <typename T>
+UF_AVX512 void score_block_avx512(const T* base, int64_t row_stride, int64_t col_stride,
+                                  int64_t C, const int64_t* labels, at::IntArrayRef methods,
+                                  float* out) {
+  const int64_t M = static_cast<int64_t>(methods.size());
+  alignas(64) float cols[kSmallC * 16];
+  for (int i = 0; i < 16; ++i)
+    for (int64_t j = 0; j < C; ++j)
+      cols[j * 16 + i] = static_cast<float>(base[i * row_stride + j * col_stride]);
+  __m512 top = _mm512_set1_ps(neg_inf()), second = top;
+  __m512i arg = _mm512_setzero_si512();
+  __mmask16 nan_seen = 0;
+  for (int64_t j = 0; j < C; ++j) {
+    const __m512 z = _mm512_load_ps(cols + j * 16);
+    nan_seen |= _mm512_cmp_ps_mask(z, z, _CMP_UNORD_Q);
+    const __mmask16 gt = _mm512_cmp_ps_mask(z, top, _CMP_GT_OQ);
+    second = _mm512_max_ps(second, _mm512_min_ps(top, z));  // a duplicate max counts
+    top = _mm512_mask_blend_ps(gt, top, z);
+    arg = _mm512_mask_mov_epi32(arg, gt, _mm512_set1_epi32(static_cast<int>(j)));
+  }
+  const __m512 lowest = _mm512_set1_ps(-120.f);
+  __m512 sum_e = _mm512_setzero_ps(), sum_e2 = sum_e, sum_ed = sum_e;
+  __m512i n_top = _mm512_setzero_si512();
+  for (int64_t j = 0; j < C; ++j) {
+    __m512 d = _mm512_sub_ps(_mm512_load_ps(cols + j * 16), top);
+    const __mmask16 is_top = _mm512_cmp_ps_mask(d, _mm512_setzero_ps(), _CMP_EQ_OQ);
+    n_top = _mm512_mask_add_epi32(n_top, is_top, n_top, _mm512_set1_epi32(1));
+    d = _mm512_max_ps(lowest, d);
+    const __m512 e = exp_nonpositive(d);
+    const __mmask16 rest = static_cast<__mmask16>(~is_top);
+    sum_e = _mm512_mask_add_ps(sum_e, rest, sum_e, e);
+    sum_e2 = _mm512_mask3_fmadd_ps(e, e, sum_e2, rest);
+    sum_ed = _mm512_mask3_fmadd_ps(e, d, sum_ed, rest);
+  }
+  // The score formulas of finalize() (score_math.h), 16 rows at a time.
+  const __m512 one = _mm512_set1_ps(1.f);
+  const __m512 rest = _mm512_add_ps(sum_e, _mm512_cvtepi32_ps(_mm512_sub_epi32(n_top, _mm512_set1_epi32(1))));
+  const __m512 rest_sq = _mm512_add_ps(sum_e2, _mm512_cvtepi32_ps(_mm512_sub_epi32(n_top, _mm512_set1_epi32(1))));
+  const __m512 inv_total = _mm512_div_ps(one, _mm512_add_ps(one, rest));
+  // NaN seen, or a max that is +inf / -inf (row of only -inf): NaN scores.
+  const __mmask16 undefined = nan_seen | _mm512_fpclass_ps_mask(top, 0x01 | 0x08 | 0x10 | 0x80);
+  const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  __mmask16 has_label = 0;
+  __m512i label = _mm512_set1_epi32(-1);
+  if (labels != nullptr) {
+    alignas(64) int32_t y[16];
+    for (int i = 0; i < 16; ++i) y[i] = (labels[i] >= 0 && labels[i] < C) ? int32_t(labels[i]) : -1;
+    label = _mm512_load_si512(y);
+    has_label = _mm512_cmpge_epi32_mask(label, _mm512_setzero_si512());
+  }
+  const __m512 z_label = _mm512_mask_i32gather_ps(
+      _mm512_setzero_ps(), has_label,
+      _mm512_add_epi32(_mm512_mullo_epi32(label, _mm512_set1_epi32(16)), lane), cols, 4);
+  const __mmask16 label_is_top = has_label & _mm512_cmpeq_epi32_mask(label, arg);
+  const __m512 label_gap = _mm512_sub_ps(z_label, top);  // <= 0
+  const __m512 second_gap = _mm512_sub_ps(second, top);  // <= 0
+  const __m512 nan = _mm512_set1_ps(std::numeric_limits<float>::quiet_NaN());
+  const __m512i out_index = _mm512_mullo_epi32(lane, _mm512_set1_epi32(static_cast<int>(M)));
+  bool needs_log = false;  // log S is shared by entropy and loss: compute it once
+  for (const int64_t m : methods) needs_log = needs_log || m == kEntropy || m == kLoss;
+  const __m512 log_total = needs_log ? log1p_nonnegative(rest) : _mm512_setzero_ps();
+  for (int64_t j = 0; j < M; ++j) {
+    __m512 v;
+    switch (methods[j]) {
+      case kEntropy:
+        v = _mm512_sub_ps(log_total, _mm512_mul_ps(sum_ed, inv_total));
+        break;
+      case kLoss:
+        v = _mm512_sub_ps(log_total, label_gap);
+        break;
+      case kLeastConfidence:
+        v = _mm512_mul_ps(rest, inv_total);
+        break;
+      case kMargin:
+        v = _mm512_mul_ps(_mm512_add_ps(rest, exp_nonpositive(_mm512_max_ps(lowest, second_gap))), inv_total);
+        break;
+      case kEl2n: {
+        const __m512 top_case = _mm512_sqrt_ps(_mm512_fmadd_ps(rest, rest, rest_sq));
+        const __m512 e_y = exp_nonpositive(_mm512_max_ps(lowest, label_gap));
+        const __m512 miss = _mm512_sub_ps(_mm512_add_ps(one, rest), e_y);
+        const __m512 others = _mm512_fnmadd_ps(e_y, e_y, _mm512_add_ps(one, rest_sq));
+        const __m512 other_case = _mm512_sqrt_ps(_mm512_max_ps(_mm512_fmadd_ps(miss, miss, others), _mm512_setzero_ps()));
+        v = _mm512_mul_ps(_mm512_mask_blend_ps(label_is_top, other_case, top_case), inv_total);
+        break;
+      }
+      case kTrueMargin: {
+        const __m512 top_case = expm1_nonpositive(second_gap);
+        const __m512 other_case = _mm512_sub_ps(_mm512_setzero_ps(), expm1_nonpositive(label_gap));
+        v = _mm512_mul_ps(_mm512_mask_blend_ps(label_is_top, other_case, top_case), inv_total);
+        break;
+      }
+      default:  // kCorrect
+        v = _mm512_mask_blend_ps(label_is_top, _mm512_setzero_ps(), one);
+    }
+    __mmask16 invalid = undefined;
+    if (method_needs_label(methods[j])) invalid |= static_cast<__mmask16>(~has_label);
+    v = _mm512_mask_blend_ps(invalid, v, nan);
+    _mm512_i32scatter_ps(out + j, out_index, v, 4);
+  }
+}
+
 #endif  // UF_HAVE_AVX512_PATH
 
 template <typename T>
@@ -191,13 +341,34 @@ void score_rows(const at::Tensor& logits, const int64_t* labels,
   const int64_t row_stride = logits.stride(0), col_stride = logits.stride(1);
   const T* base = logits.const_data_ptr<T>();
   const int64_t M = static_cast<int64_t>(methods.size());
-  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(C, 1));
-  at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
+  // Work is split in blocks of 16 rows, so which path scores a row (rows-as-
+  // lanes or per row) depends on N alone, never on the thread count.
+  const int64_t grain = std::max<int64_t>(1, 1024 / std::max<int64_t>(C, 1));
+  at::parallel_for(0, (N + 15) / 16, grain, [&](int64_t block_begin, int64_t block_end) {
+    const int64_t begin = block_begin * 16, end = std::min(N, block_end * 16);
 #ifdef UF_HAVE_AVX512_PATH
     const FlushDenormals ftz;
 #endif
+    // Label lookup and the scores of one finished row.
+    auto finish = [&](int64_t r, const SoftmaxState& s, const T* row, int64_t stride) {
+      int64_t label = -1;
+      float label_logit = 0.f;
+      if (labels != nullptr && labels[r] >= 0 && labels[r] < C) {
+        label = labels[r];
+        label_logit = static_cast<float>(row[label * stride]);
+      }
+      for (int64_t j = 0; j < M; ++j) out[r * M + j] = finalize(s, methods[j], label, label_logit);
+    };
+    int64_t r = begin;
+#ifdef UF_HAVE_AVX512_PATH
+    if (path == RowPath::kAvx512 && C <= kSmallC) {
+      for (; r + 16 <= end; r += 16)
+        score_block_avx512(base + r * row_stride, row_stride, col_stride, C,
+                           labels ? labels + r : nullptr, methods, out + r * M);
+    }
+#endif
     std::vector<T> gathered(col_stride == 1 ? 0 : C);
-    for (int64_t r = begin; r < end; ++r) {
+    for (; r < end; ++r) {
       const T* row = base + r * row_stride;  // 64-bit offsets throughout
       if (col_stride != 1) {  // strided rows are gathered once, in their dtype
         for (int64_t c = 0; c < C; ++c) gathered[c] = row[c * col_stride];
@@ -215,14 +386,7 @@ void score_rows(const at::Tensor& logits, const int64_t* labels,
         std::mt19937_64 rng(static_cast<uint64_t>(seed) * 0x9E3779B97F4A7C15ull + r);
         s = row_state_tree(row, 0, C, rng);
       }
-      int64_t label = -1;
-      float label_logit = 0.f;
-      if (labels != nullptr && labels[r] >= 0 && labels[r] < C) {
-        label = labels[r];
-        label_logit = static_cast<float>(row[label]);
-      }
-      for (int64_t j = 0; j < M; ++j)
-        out[r * M + j] = finalize(s, methods[j], label, label_logit);
+      finish(r, s, row, 1);
     }
   });
 }
