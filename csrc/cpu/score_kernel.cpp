@@ -349,13 +349,13 @@ void score_rows(const at::Tensor& logits, const int64_t* labels,
 #ifdef UF_HAVE_AVX512_PATH
     const FlushDenormals ftz;
 #endif
-    // Label lookup and the scores of one finished row.
-    auto finish = [&](int64_t r, const SoftmaxState& s, const T* row, int64_t stride) {
+    // Label lookup and the scores of one finished row (`row` is contiguous).
+    auto finish = [&](int64_t r, const SoftmaxState& s, const T* row) {
       int64_t label = -1;
       float label_logit = 0.f;
       if (labels != nullptr && labels[r] >= 0 && labels[r] < C) {
         label = labels[r];
-        label_logit = static_cast<float>(row[label * stride]);
+        label_logit = static_cast<float>(row[label]);
       }
       for (int64_t j = 0; j < M; ++j) out[r * M + j] = finalize(s, methods[j], label, label_logit);
     };
@@ -386,7 +386,7 @@ void score_rows(const at::Tensor& logits, const int64_t* labels,
         std::mt19937_64 rng(static_cast<uint64_t>(seed) * 0x9E3779B97F4A7C15ull + r);
         s = row_state_tree(row, 0, C, rng);
       }
-      finish(r, s, row, 1);
+      finish(r, s, row);
     }
   });
 }
