@@ -94,8 +94,7 @@ C10_HOST_DEVICE inline float finalize(const SoftmaxState& s, int64_t method,
   const float nan = std::numeric_limits<float>::quiet_NaN();
   // NaN anywhere, a +inf logit, or a row of only -inf: softmax is undefined.
   if (s.nan || !(s.max > neg_inf() && s.max < -neg_inf())) return nan;
-  if (method_needs_label(method) && (label < 0 || label_logit != label_logit))
-    return nan;
+  if (method_needs_label(method) && label < 0) return nan;
   const float total = 1.f + s.rest_sum;
   const bool label_is_top = label == s.argmax;
   switch (method) {

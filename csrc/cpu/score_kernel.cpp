@@ -80,6 +80,32 @@ UF_AVX512 inline __m512 exp_nonpositive(__m512 x) {
   return _mm512_scalef_ps(p, n);
 }
 
+// The three exp sums of SoftmaxState, per lane.
+struct ExpSums {
+  __m512 e;   // exp(d)
+  __m512 e2;  // exp(2 d)
+  __m512 ed;  // exp(d) * d
+};
+
+UF_AVX512 inline ExpSums zero_exp_sums() {
+  return {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+}
+
+// Adds the lanes in `rest` of d = z - max (<= 0) to the sums. -inf is
+// clamped to -120 first, so e = 0 and e * d = 0 (not NaN); NaN is kept.
+UF_AVX512 inline void add_exp_terms(ExpSums& sums, __m512 d, __mmask16 rest) {
+  d = _mm512_max_ps(_mm512_set1_ps(-120.f), d);
+  const __m512 e = exp_nonpositive(d);
+  sums.e = _mm512_mask_add_ps(sums.e, rest, sums.e, e);
+  sums.e2 = _mm512_mask3_fmadd_ps(e, e, sums.e2, rest);
+  sums.ed = _mm512_mask3_fmadd_ps(e, d, sums.ed, rest);
+}
+
+// e^x for any x <= 0, -inf included (gives 0).
+UF_AVX512 inline __m512 exp_or_zero(__m512 x) {
+  return exp_nonpositive(_mm512_max_ps(_mm512_set1_ps(-120.f), x));
+}
+
 // log1p(x) for x >= 0: log(u) * x / (u - 1) with u = 1 + x keeps tiny x exact;
 // log(u) = e ln 2 + log(m), m in [sqrt(1/2), sqrt 2), by the atanh series.
 UF_AVX512 inline __m512 log1p_nonnegative(__m512 x) {
@@ -118,8 +144,7 @@ UF_AVX512 inline __m512 expm1_nonpositive(__m512 x) {
   p = _mm512_fmadd_ps(p, x, _mm512_set1_ps(0.5f));
   p = _mm512_fmadd_ps(p, x, _mm512_set1_ps(1.f));
   const __m512 series = _mm512_mul_ps(p, x);
-  const __m512 direct = _mm512_sub_ps(exp_nonpositive(_mm512_max_ps(_mm512_set1_ps(-120.f), x)),
-                                      _mm512_set1_ps(1.f));
+  const __m512 direct = _mm512_sub_ps(exp_or_zero(x), _mm512_set1_ps(1.f));
   const __mmask16 small = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-0.5f), _CMP_GT_OQ);
   return _mm512_mask_blend_ps(small, direct, series);
 }
@@ -164,8 +189,8 @@ UF_AVX512 SoftmaxState row_state_avx512(const T* row, int64_t C, const T* next) 
   // Sweep 2: differences d = z - max. Elements with d == 0 (argmax and its
   // duplicates) count exactly 1 each, added after the loop; the rest feed the
   // exp sums and the second-largest difference.
-  const __m512 vmax = _mm512_set1_ps(mx), lowest = _mm512_set1_ps(-120.f);
-  __m512 sum_e = _mm512_setzero_ps(), sum_e2 = _mm512_setzero_ps(), sum_ed = _mm512_setzero_ps();
+  const __m512 vmax = _mm512_set1_ps(mx);
+  ExpSums sums = zero_exp_sums();
   __m512 second = _mm512_set1_ps(neg_inf());
   int64_t n_top = 0, first_top = -1;
   for (c = 0; c < C; c += 16) {
@@ -180,18 +205,14 @@ UF_AVX512 SoftmaxState row_state_avx512(const T* row, int64_t C, const T* next) 
       n_top += __builtin_popcount(is_top);
     }
     second = _mm512_mask_max_ps(second, rest, second, z);
-    d = _mm512_max_ps(lowest, d);  // -inf -> -120 (e = 0, e * d = 0); NaN kept
-    const __m512 e = exp_nonpositive(d);
-    sum_e = _mm512_mask_add_ps(sum_e, rest, sum_e, e);
-    sum_e2 = _mm512_mask3_fmadd_ps(e, e, sum_e2, rest);
-    sum_ed = _mm512_mask3_fmadd_ps(e, d, sum_ed, rest);
+    add_exp_terms(sums, d, rest);
   }
-  s.rest_sum = _mm512_reduce_add_ps(sum_e) + static_cast<float>(n_top - 1);
+  s.rest_sum = _mm512_reduce_add_ps(sums.e) + static_cast<float>(n_top - 1);
   s.nan = s.rest_sum != s.rest_sum;
   s.argmax = first_top;
   s.second = n_top > 1 ? mx : _mm512_reduce_max_ps(second);
-  s.rest_sq = _mm512_reduce_add_ps(sum_e2) + static_cast<float>(n_top - 1);
-  s.ent_term = _mm512_reduce_add_ps(sum_ed);
+  s.rest_sq = _mm512_reduce_add_ps(sums.e2) + static_cast<float>(n_top - 1);
+  s.ent_term = _mm512_reduce_add_ps(sums.ed);
   return s;
 }
 
@@ -220,20 +241,15 @@ UF_AVX512 void score_block_avx512(const T* base, int64_t row_stride, int64_t col
     top = _mm512_mask_blend_ps(gt, top, z);
     arg = _mm512_mask_mov_epi32(arg, gt, _mm512_set1_epi32(static_cast<int>(j)));
   }
-  const __m512 lowest = _mm512_set1_ps(-120.f);
-  __m512 sum_e = _mm512_setzero_ps(), sum_e2 = sum_e, sum_ed = sum_e;
+  ExpSums sums = zero_exp_sums();
   __m512i n_top = _mm512_setzero_si512();
   for (int64_t j = 0; j < C; ++j) {
-    __m512 d = _mm512_sub_ps(_mm512_load_ps(cols + j * 16), top);
+    const __m512 d = _mm512_sub_ps(_mm512_load_ps(cols + j * 16), top);
     const __mmask16 is_top = _mm512_cmp_ps_mask(d, _mm512_setzero_ps(), _CMP_EQ_OQ);
     n_top = _mm512_mask_add_epi32(n_top, is_top, n_top, _mm512_set1_epi32(1));
-    d = _mm512_max_ps(lowest, d);
-    const __m512 e = exp_nonpositive(d);
-    const __mmask16 rest = static_cast<__mmask16>(~is_top);
-    sum_e = _mm512_mask_add_ps(sum_e, rest, sum_e, e);
-    sum_e2 = _mm512_mask3_fmadd_ps(e, e, sum_e2, rest);
-    sum_ed = _mm512_mask3_fmadd_ps(e, d, sum_ed, rest);
+    add_exp_terms(sums, d, static_cast<__mmask16>(~is_top));
   }
+  const __m512 sum_e = sums.e, sum_e2 = sums.e2, sum_ed = sums.ed;
   // The score formulas of finalize() (score_math.h), 16 rows at a time.
   const __m512 one = _mm512_set1_ps(1.f);
   const __m512 rest = _mm512_add_ps(sum_e, _mm512_cvtepi32_ps(_mm512_sub_epi32(n_top, _mm512_set1_epi32(1))));
@@ -274,11 +290,11 @@ UF_AVX512 void score_block_avx512(const T* base, int64_t row_stride, int64_t col
         v = _mm512_mul_ps(rest, inv_total);
         break;
       case kMargin:
-        v = _mm512_mul_ps(_mm512_add_ps(rest, exp_nonpositive(_mm512_max_ps(lowest, second_gap))), inv_total);
+        v = _mm512_mul_ps(_mm512_add_ps(rest, exp_or_zero(second_gap)), inv_total);
         break;
       case kEl2n: {
         const __m512 top_case = _mm512_sqrt_ps(_mm512_fmadd_ps(rest, rest, rest_sq));
-        const __m512 e_y = exp_nonpositive(_mm512_max_ps(lowest, label_gap));
+        const __m512 e_y = exp_or_zero(label_gap);
         const __m512 miss = _mm512_sub_ps(_mm512_add_ps(one, rest), e_y);
         const __m512 others = _mm512_fnmadd_ps(e_y, e_y, _mm512_add_ps(one, rest_sq));
         const __m512 other_case = _mm512_sqrt_ps(_mm512_max_ps(_mm512_fmadd_ps(miss, miss, others), _mm512_setzero_ps()));
