@@ -1,0 +1,146 @@
+"""The DALI backend: readers.file over an explicit file list in visiting
+order, decoding on the GPU ("mixed", with decode and random crop fused) or,
+without one, on CPU threads (device_id=None).
+
+The reader's label is the sample's position in the visiting order, so every
+image comes back with its sample id. DALI errors never escape as pipeline
+tracebacks: a failed batch is re-decoded file by file to name the bad file.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+import torch
+
+from unseen_fast.data.batches import BatchLoader
+from unseen_fast.data.decode import decode_file
+from unseen_fast.data.errors import BadImageError, DataError
+from unseen_fast.data.transforms import MEAN, RRC_AREA, RRC_RATIO, Augment
+
+log = logging.getLogger("unseen_fast.data")
+
+
+def dali_available() -> bool:
+    try:
+        import nvidia.dali  # noqa: F401
+    except Exception:  # not installed, or its native libraries fail to load
+        return False
+    return True
+
+
+def _build_pipeline(root: str, files: list[str], aug: Augment, *, batch_size: int, num_threads: int,
+                    device_id: int | None, seed: int):
+    from nvidia.dali import fn, pipeline_def, types
+
+    on_gpu = device_id is not None
+    decode_device = "mixed" if on_gpu else "cpu"
+    size = aug.image_size
+
+    @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id, seed=seed,
+                  prefetch_queue_depth=2)
+    def pipeline():
+        encoded, position = fn.readers.file(file_root=root, files=files, labels=list(range(len(files))),
+                                            random_shuffle=False, pad_last_batch=True, name="reader")
+        if aug.train and not aug.small:
+            images = fn.decoders.image_random_crop(encoded, device=decode_device, output_type=types.RGB,
+                                                   random_area=list(RRC_AREA),
+                                                   random_aspect_ratio=list(RRC_RATIO))
+            images = fn.resize(images, size=[size, size], antialias=True)
+        else:
+            images = fn.decoders.image(encoded, device=decode_device, output_type=types.RGB)
+            if aug.small:
+                images = fn.resize(images, size=[aug.side, aug.side], antialias=True)
+            else:
+                images = fn.resize(images, resize_shorter=aug.resize_size, antialias=True)
+        if aug.train and aug.small:
+            shift = [float(v) for v in range(-aug.pad, aug.pad + 1)]
+            anchor = fn.random.uniform(values=shift, shape=[2])
+            images = fn.slice(images, anchor, [float(size), float(size)], normalized_anchor=False,
+                              normalized_shape=False, axis_names="WH", out_of_bounds_policy="pad",
+                              fill_values=0)
+        mirror = fn.random.coin_flip() if aug.train else 0
+        # uint8 out (mean 0, std 1): normalization happens in finish_batch,
+        # identically for every backend.
+        images = fn.crop_mirror_normalize(images, crop=[size, size], mirror=mirror, dtype=types.UINT8,
+                                          mean=[0.0] * len(MEAN), std=[1.0] * len(MEAN), output_layout="HWC")
+        return images, position
+
+    pipe = pipeline()
+    pipe.build()
+    return pipe
+
+
+class DaliLoader(BatchLoader):
+    backend = "dali"
+
+    def __init__(self, *args, num_threads: int | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.index.in_memory:
+            raise DataError(f"the dali backend reads files; {self.index!r} is in memory: use backend='cache'")
+        self.num_threads = num_threads or min(os.cpu_count() or 2, 8)
+        self.device_id = (self.device.index or 0) if self.device.type == "cuda" else None
+
+    def _uint8_batches(self):
+        order = self.order
+        start = 0
+        while start < len(order):
+            # A bad file (with skip_bad) restarts the pipeline after it.
+            restart = yield from self._run(order, start)
+            if restart is None:
+                return
+            order, start = restart
+
+    def _run(self, order: np.ndarray, start: int):
+        files = [self.index.paths[i] for i in order[start:].tolist()]
+        try:
+            pipe = _build_pipeline(self.index.root, files, self.aug, batch_size=self.batch_size,
+                                   num_threads=self.num_threads, device_id=self.device_id,
+                                   seed=self.seed_for(start))
+        except RuntimeError as err:
+            raise DataError(f"DALI could not start reading {self.index.root}: {str(err).splitlines()[0]}") from None
+        done = 0
+        while done < len(files):
+            count = min(self.batch_size, len(files) - done)
+            try:
+                images, positions = pipe.run()
+            except RuntimeError as err:
+                batch = order[start + done:start + done + count]
+                bad = self._find_bad(batch, err)
+                keep = ~np.isin(order, bad)
+                # Resume right at the failed batch, without the bad files.
+                return order[keep], int(keep[:start + done].sum())
+            ids = torch.from_numpy(order[start + np.asarray(positions.as_tensor()).reshape(-1)[:count]])
+            yield _to_torch(images, self.device)[:count], ids
+            done += count
+        return None
+
+    def _find_bad(self, batch: np.ndarray, err: RuntimeError) -> np.ndarray:
+        """Name the files of a failed batch that do not decode; raise unless
+        skipping them."""
+        bad = []
+        for sample_id in batch.tolist():
+            try:
+                decode_file(self.index.file(sample_id), sample_id)
+            except BadImageError as bad_image:
+                self._record_bad(bad_image)
+                bad.append(sample_id)
+        if not bad:
+            first_line = next((line for line in str(err).splitlines() if line.strip()), "unknown error")
+            raise DataError(f"DALI failed on a batch of {len(batch)} files starting with "
+                            f"{self.index.file(int(batch[0]))}: {first_line}") from None
+        return np.asarray(bad, dtype=np.int64)
+
+
+def _to_torch(images, device: torch.device) -> torch.Tensor:
+    """DALI TensorList (B, S, S, 3) uint8 -> (B, 3, S, S) channels_last on ``device``."""
+    if device.type == "cuda":
+        from nvidia.dali.plugin.pytorch import feed_ndarray
+
+        tensor = images.as_tensor()
+        out = torch.empty(tensor.shape(), dtype=torch.uint8, device=device)
+        feed_ndarray(tensor, out, cuda_stream=torch.cuda.current_stream(device))
+    else:
+        out = torch.from_numpy(np.array(images.as_tensor()))
+    return out.permute(0, 3, 1, 2)

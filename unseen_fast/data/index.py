@@ -1,0 +1,295 @@
+"""The dataset index: which files (or in-memory images) exist, their labels,
+and the sample id of each (its position in a fixed, sorted order)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from unseen_fast.data.errors import DataError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+INDEX_LIST = "index.txt"  # "relative/path label" lines: DALI's file_list format
+INDEX_META = "index.json"
+
+
+BUILTIN_DATASETS = ("builtin:digits",)
+
+
+def open_index(data, *, file_list=None) -> "ImageIndex":
+    """The index a user names on the command line: "builtin:digits", an
+    ImageFolder root, or (with ``file_list``) a file list under ``data``."""
+    if str(data) == "builtin:digits":
+        return ImageIndex.digits()
+    if str(data).startswith("builtin:"):
+        raise DataError(f"unknown built-in dataset {data!r}; known: {', '.join(BUILTIN_DATASETS)}")
+    if file_list is not None:
+        return ImageIndex.from_file_list(file_list, root=data)
+    return ImageIndex.from_folder(data)
+
+
+class ImageIndex:
+    """Every sample of a dataset in a stable order: sample id = position.
+
+    Attributes
+    ----------
+    root : str or None
+        Folder the relative ``paths`` are under (None for in-memory images).
+    paths : list of str
+        (N,) relative paths with "/" separators (names only for in-memory data).
+    labels : numpy.ndarray
+        (N,) int64 class of each sample, in ``range(len(classes))``.
+    classes : list of str
+        Class names; label ``c`` is ``classes[c]``.
+    images : numpy.ndarray or None
+        (N, H, W, 3) uint8 RGB pixels for in-memory datasets, else None.
+    source : str
+        "folder", "file_list" or "digits".
+    ignored : list of str
+        Files under ``root`` that were skipped because they are not images.
+    """
+
+    def __init__(self, *, root, paths, labels, classes, source, images=None, ignored=()):
+        self.root = None if root is None else str(root)
+        self.paths = list(paths)
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.classes = list(classes)
+        self.source = source
+        self.images = images
+        self.ignored = list(ignored)
+        if len(self.labels) != len(self.paths):
+            raise DataError(f"index has {len(self.paths)} paths but {len(self.labels)} labels")
+        if images is not None and len(images) != len(self.paths):
+            raise DataError(f"index has {len(self.paths)} paths but {len(images)} images")
+        self._fingerprint = None
+
+    # ----------------------------------------------------------- constructors
+    @classmethod
+    def from_folder(cls, root, *, workers: int | None = None) -> "ImageIndex":
+        """Scan an ImageFolder tree: ``root/<class>/**/<image>``.
+
+        Classes are the sorted sub-folder names, files are sorted within each
+        class, and only image extensions count (case-insensitive). Class
+        folders are scanned in parallel (``workers`` threads).
+        """
+        root_path = Path(root)
+        if not root_path.exists():
+            raise DataError(f"dataset folder {root} does not exist")
+        if not root_path.is_dir():
+            raise DataError(f"dataset path {root} is not a folder")
+        try:
+            entries = sorted(os.scandir(root_path), key=lambda e: e.name)
+        except OSError as err:
+            raise DataError(f"cannot read dataset folder {root}: {err.strerror}") from None
+        classes = [e.name for e in entries if e.is_dir(follow_symlinks=True) and not e.name.startswith(".")]
+        if not classes:
+            loose = sum(1 for e in entries if e.is_file())
+            raise DataError(
+                f"no class folders in {root}: expected the ImageFolder layout "
+                f"{root}/<class>/<image> (found {loose} files and no sub-folders)")
+        workers = workers or min(32, len(classes))
+        with ThreadPoolExecutor(workers) as pool:
+            scanned = list(pool.map(lambda name: _scan_class(root_path, name), classes))
+        empty = [name for name, (files, _) in zip(classes, scanned) if not files]
+        if empty:
+            shown = ", ".join(repr(name) for name in empty[:20])
+            more = f" and {len(empty) - 20} more" if len(empty) > 20 else ""
+            raise DataError(
+                f"{len(empty)} class folder(s) under {root} contain no images "
+                f"({', '.join(IMAGE_EXTENSIONS)}): {shown}{more}")
+        paths, labels, ignored = [], [], []
+        for label, (files, skipped) in enumerate(scanned):
+            paths.extend(files)
+            labels.extend([label] * len(files))
+            ignored.extend(skipped)
+        return cls(root=str(root_path), paths=paths, labels=labels, classes=classes,
+                   source="folder", ignored=ignored)
+
+    @classmethod
+    def from_file_list(cls, list_file, *, root=None, classes=None, check_files: bool = True) -> "ImageIndex":
+        """Read "relative/path label" lines (DALI's file_list format).
+
+        ``root`` defaults to the list file's folder; blank lines and lines
+        starting with "#" are skipped. ``classes`` (names for labels 0..C-1)
+        defaults to the label numbers as strings. With ``check_files`` every
+        listed file must exist.
+        """
+        list_path = Path(list_file)
+        if not list_path.is_file():
+            raise DataError(f"file list {list_file} does not exist")
+        root = Path(root) if root is not None else list_path.parent
+        paths, labels = [], []
+        with open(list_path, encoding="utf-8") as handle:
+            for lineno, line in enumerate(handle, 1):
+                text = line.strip()
+                if not text or text.startswith("#"):
+                    continue
+                parts = text.rsplit(maxsplit=1)
+                if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
+                    raise DataError(f"{list_file}:{lineno}: expected 'relative/path label', got {text!r}")
+                if int(parts[1]) < 0:
+                    raise DataError(f"{list_file}:{lineno}: label must be >= 0, got {parts[1]}")
+                paths.append(parts[0])
+                labels.append(int(parts[1]))
+        if not paths:
+            raise DataError(f"file list {list_file} lists no images")
+        num_classes = max(labels) + 1
+        if classes is None:
+            classes = [str(c) for c in range(num_classes)]
+        elif len(classes) < num_classes:
+            raise DataError(f"file list {list_file} uses label {num_classes - 1} but only {len(classes)} class names were given")
+        if check_files:
+            with ThreadPoolExecutor(16) as pool:
+                exists = list(pool.map(lambda p: (root / p).is_file(), paths, chunksize=4096))
+            missing = [p for p, ok in zip(paths, exists) if not ok]
+            if missing:
+                raise DataError(f"{len(missing)} file(s) in {list_file} do not exist under {root}, "
+                                f"first: {root / missing[0]}")
+        return cls(root=str(root), paths=paths, labels=labels, classes=classes, source="file_list")
+
+    @classmethod
+    def digits(cls) -> "ImageIndex":
+        """scikit-learn's handwritten digits: 1,797 8x8 images in 10 classes,
+        shipped inside scikit-learn (no download), as in-memory RGB images."""
+        from sklearn.datasets import load_digits
+
+        data = load_digits()
+        gray = np.rint(data.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
+        images = np.repeat(gray[..., None], 3, axis=3)
+        labels = data.target.astype(np.int64)
+        paths = [f"digits/{label}/{i:04d}" for i, label in enumerate(labels)]
+        return cls(root=None, paths=paths, labels=labels, classes=[str(d) for d in range(10)],
+                   source="digits", images=np.ascontiguousarray(images))
+
+    # ---------------------------------------------------------------- access
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __repr__(self) -> str:
+        return (f"ImageIndex({self.source}, {len(self)} samples, {len(self.classes)} classes, "
+                f"root={self.root!r})")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def in_memory(self) -> bool:
+        return self.images is not None
+
+    def file(self, sample_id: int) -> str:
+        """The absolute path of one sample (its name for in-memory data)."""
+        if self.root is None:
+            return self.paths[sample_id]
+        return os.path.join(self.root, self.paths[sample_id])
+
+    def class_counts(self) -> np.ndarray:
+        """(C,) int64 number of samples per class."""
+        return np.bincount(self.labels, minlength=self.num_classes)
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 of the listing (classes, paths, labels; pixels for in-memory
+        data): equal fingerprints mean equal sample ids."""
+        if self._fingerprint is None:
+            digest = hashlib.sha256()
+            digest.update(("\n".join(self.classes) + "\n\n").encode())
+            digest.update("".join(f"{p}\t{l}\n" for p, l in zip(self.paths, self.labels.tolist())).encode())
+            if self.images is not None:
+                digest.update(self.images.tobytes())
+            self._fingerprint = digest.hexdigest()
+        return self._fingerprint
+
+    # ------------------------------------------------------- run directory
+    def save(self, run_dir) -> None:
+        """Write ``index.txt`` (file_list format) and ``index.json`` into
+        ``run_dir``. An index already saved there must be the same listing:
+        a different one raises instead of being overwritten."""
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        meta_path = run_dir / INDEX_META
+        if meta_path.exists():
+            saved = json.loads(meta_path.read_text())
+            if saved.get("fingerprint") != self.fingerprint:
+                raise DataError(
+                    f"{meta_path} holds a different dataset index ({saved.get('num_samples')} samples from "
+                    f"{saved.get('root')!r}); refusing to overwrite it: use a new run directory")
+            return
+        meta = dict(source=self.source, root=self.root, classes=self.classes,
+                    num_samples=len(self), fingerprint=self.fingerprint)
+        _write_atomic(run_dir / INDEX_LIST,
+                      "".join(f"{p} {l}\n" for p, l in zip(self.paths, self.labels.tolist())))
+        _write_atomic(meta_path, json.dumps(meta, indent=1))
+
+    @classmethod
+    def load(cls, run_dir) -> "ImageIndex":
+        """Read an index saved by :meth:`save`, checking its fingerprint."""
+        run_dir = Path(run_dir)
+        meta_path = run_dir / INDEX_META
+        if not meta_path.exists():
+            raise DataError(f"no saved dataset index in {run_dir} (missing {INDEX_META})")
+        meta = json.loads(meta_path.read_text())
+        if meta["source"] == "digits":
+            index = cls.digits()
+        else:
+            paths, labels = [], []
+            with open(run_dir / INDEX_LIST, encoding="utf-8") as handle:
+                for line in handle:
+                    path, label = line.rstrip("\n").rsplit(" ", 1)
+                    paths.append(path)
+                    labels.append(int(label))
+            index = cls(root=meta["root"], paths=paths, labels=labels, classes=meta["classes"],
+                        source=meta["source"])
+        if index.fingerprint != meta["fingerprint"]:
+            raise DataError(f"the dataset index in {run_dir} does not match its fingerprint "
+                            f"(files edited or truncated)")
+        return index
+
+    def assert_same_listing(self, other: "ImageIndex") -> None:
+        """Raise a DataError describing the first difference if ``other`` (for
+        example a fresh scan at resume time) lists different samples."""
+        if self.fingerprint == other.fingerprint:
+            return
+        if self.classes != other.classes:
+            diff = sorted(set(self.classes) ^ set(other.classes))[:5]
+            raise DataError(f"the dataset changed: classes differ ({len(self.classes)} saved, "
+                            f"{len(other.classes)} now; e.g. {diff})")
+        for i, (a, b) in enumerate(zip(self.paths, other.paths)):
+            if a != b or self.labels[i] != other.labels[i]:
+                raise DataError(f"the dataset changed: sample {i} was {a!r}, is now {b!r}")
+        raise DataError(f"the dataset changed: {len(self)} samples saved, {len(other)} now")
+
+
+def _scan_class(root: Path, name: str) -> tuple[list[str], list[str]]:
+    """Image files (sorted relative paths) and ignored non-image files of one
+    class folder, recursing into sub-folders."""
+    images, ignored = [], []
+    stack = [name]
+    while stack:
+        rel = stack.pop()
+        try:
+            with os.scandir(root / rel) as it:
+                entries = list(it)
+        except OSError as err:
+            raise DataError(f"cannot read folder {root / rel}: {err.strerror}") from None
+        for entry in entries:
+            child = f"{rel}/{entry.name}"
+            if entry.is_dir(follow_symlinks=True):
+                stack.append(child)
+            elif entry.name.lower().endswith(IMAGE_EXTENSIONS):
+                images.append(child)
+            else:
+                ignored.append(child)
+    images.sort()
+    ignored.sort()
+    return images, ignored
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)

@@ -1,0 +1,118 @@
+"""make_loader: one entry point over the three backends, and the rule that
+picks one."""
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+
+from unseen_fast.data.cache import CacheLoader, DecodedCache, cache_bytes
+from unseen_fast.data.dali_loader import DaliLoader, dali_available
+from unseen_fast.data.errors import DataError
+from unseen_fast.data.index import ImageIndex
+from unseen_fast.data.order import as_id_array, resolve_rank, shard_order
+from unseen_fast.data.torchvision_loader import TorchvisionLoader
+from unseen_fast.data.transforms import Augment
+
+log = logging.getLogger("unseen_fast.data")
+
+BACKENDS = ("auto", "cache", "dali", "torchvision")
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def default_cache_budget() -> int:
+    """A quarter of physical memory: the decoded cache should sit in the page cache."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+
+
+def choose_backend(index: ImageIndex, image_size: int, *, cache_budget_bytes: int | None = None) -> tuple[str, str]:
+    """(backend, reason) for ``backend="auto"``: the decoded cache when it fits
+    the memory budget, else DALI, else torchvision."""
+    if index.in_memory:
+        return "cache", "the images are already in memory"
+    budget = default_cache_budget() if cache_budget_bytes is None else cache_budget_bytes
+    need = cache_bytes(len(index), Augment(image_size, train=False).side)
+    if need <= budget:
+        return "cache", f"the decoded dataset ({need / 1e9:.2f} GB) fits the cache budget ({budget / 1e9:.2f} GB)"
+    if dali_available():
+        return "dali", f"the decoded dataset ({need / 1e9:.1f} GB) exceeds the cache budget ({budget / 1e9:.1f} GB)"
+    return "torchvision", "the decoded dataset exceeds the cache budget and DALI is not installed"
+
+
+def make_loader(index: ImageIndex, ids, *, train: bool, batch_size: int, image_size: int,
+                backend: str = "auto", device="cpu", seed: int = 0, epoch: int = 0,
+                dtype: torch.dtype = torch.float32, rank: int | None = None, world_size: int | None = None,
+                drop_last: bool = False, start_batch: int = 0, skip_bad: bool = False,
+                cache_dir=None, cache_budget_bytes: int | None = None, workers: int | None = None,
+                progress: bool = False):
+    """Batches of (images, labels, sample_ids) for exactly the given sample ids.
+
+    Parameters
+    ----------
+    index : ImageIndex
+    ids : array-like of int
+        (M,) distinct sample ids to visit.
+    train : bool
+        True: a permutation of ``ids`` fixed by (seed, epoch), training
+        augmentation; ranks get equal shares (padded by repetition when
+        world_size does not divide M). False: ``ids`` in the given order,
+        evaluation transform, each id exactly once over all ranks.
+    batch_size, image_size : int
+        Output images are (B, 3, image_size, image_size).
+    backend : {"auto", "cache", "dali", "torchvision"}
+    device : torch.device or str
+        Where batches land (and where DALI decodes / the cache augments).
+    dtype : torch.dtype
+        float32, bfloat16 or float16; images are normalized, channels_last.
+    rank, world_size : int, optional
+        This process's shard; default torch.distributed's, else (0, 1).
+    drop_last : bool
+        Drop a final partial batch (training only makes sense).
+    start_batch : int
+        Skip the first batches of this epoch (resuming mid-epoch).
+    skip_bad : bool
+        Leave unreadable images out (recorded in ``loader.skipped``) instead
+        of raising BadImageError.
+    cache_dir : path, optional
+        Where the decoded cache lives (default $UNSEEN_FAST_CACHE or
+        ~/.cache/unseen-fast).
+    cache_budget_bytes : int, optional
+        Memory budget for ``auto`` (default: a quarter of physical memory).
+    workers : int, optional
+        DataLoader workers (torchvision), DALI threads, or cache build threads.
+
+    Returns
+    -------
+    An iterable with ``len()`` (batches), ``backend``, ``num_samples`` and
+    ``skipped``; each item is images (B, 3, S, S), labels (B,) int64 and
+    sample_ids (B,) int64, all on ``device``.
+    """
+    if backend not in BACKENDS:
+        raise DataError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if image_size < 1:
+        raise DataError(f"image_size must be >= 1, got {image_size}")
+    if dtype not in DTYPES:
+        raise DataError(f"dtype must be one of {DTYPES}, got {dtype}")
+    if start_batch < 0:
+        raise DataError(f"start_batch must be >= 0, got {start_batch}")
+    rank, world_size = resolve_rank(rank, world_size)
+    ids = as_id_array(ids, len(index))
+    order = shard_order(ids, train=train, seed=seed, epoch=epoch, rank=rank, world_size=world_size)
+    if backend == "auto":
+        backend, reason = choose_backend(index, image_size, cache_budget_bytes=cache_budget_bytes)
+        log.info("data backend: %s (%s)", backend, reason)
+    aug = Augment(image_size, train=train)
+    common = dict(aug=aug, batch_size=batch_size, dtype=dtype, device=device, seed=seed, epoch=epoch,
+                  rank=rank, drop_last=drop_last, start_batch=start_batch, skip_bad=skip_bad)
+    if backend == "cache":
+        cache = DecodedCache.open_or_build(index, aug, cache_dir, workers=workers, progress=progress)
+        return CacheLoader(index, order, cache=cache, **common)
+    if index.in_memory:
+        raise DataError(f"backend {backend!r} reads image files; {index!r} is in memory: use 'cache' or 'auto'")
+    if backend == "dali":
+        if not dali_available():
+            raise DataError("backend 'dali' needs nvidia-dali (pip install nvidia-dali-cuda120); "
+                            "use backend='torchvision' or 'auto'")
+        return DaliLoader(index, order, num_threads=workers, **common)
+    return TorchvisionLoader(index, order, num_workers=2 if workers is None else workers, **common)

@@ -1,0 +1,158 @@
+"""Augmentation, defined once and realised three ways (torchvision per
+sample, DALI per batch, batched tensor ops for the decoded cache).
+
+Small images (image_size <= SMALL_IMAGE_MAX, CIFAR-like): resize to a square
+image_size if needed; train adds zero-pad-and-crop (pad = image_size // 8)
+and a horizontal flip. Large images (ImageNet-like): train is
+random-resized-crop (area 8%-100%, aspect 3/4-4/3) + flip; eval resizes the
+shorter side to image_size / 0.875 and center-crops image_size.
+Every backend hands uint8 pixels to :func:`finish_batch`, which normalizes
+on the target device, so normalization is identical everywhere.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+SMALL_IMAGE_MAX = 64
+MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)  # ImageNet statistics, in uint8 units
+STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+RRC_AREA = (0.08, 1.0)
+RRC_RATIO = (3 / 4, 4 / 3)
+EVAL_CROP_FRACTION = 0.875  # 224 of 256
+
+
+@dataclass(frozen=True)
+class Augment:
+    """What to do to each image. ``side`` is the square size the decoded
+    cache stores (image_size for small images, the eval resize otherwise)."""
+
+    image_size: int
+    train: bool
+
+    @property
+    def small(self) -> bool:
+        return self.image_size <= SMALL_IMAGE_MAX
+
+    @property
+    def pad(self) -> int:
+        return self.image_size // 8
+
+    @property
+    def resize_size(self) -> int:
+        return self.image_size if self.small else int(round(self.image_size / EVAL_CROP_FRACTION))
+
+    @property
+    def side(self) -> int:
+        return self.resize_size
+
+
+def torchvision_transform(aug: Augment):
+    """Per-sample torchvision.transforms.v2 pipeline on (3, H, W) uint8."""
+    from torchvision.transforms import v2
+
+    size = aug.image_size
+    if aug.small:
+        steps = [v2.Resize((size, size), antialias=True)]
+        if aug.train:
+            steps += [v2.RandomCrop(size, padding=aug.pad, fill=0), v2.RandomHorizontalFlip()]
+    elif aug.train:
+        steps = [v2.RandomResizedCrop(size, scale=RRC_AREA, ratio=RRC_RATIO, antialias=True),
+                 v2.RandomHorizontalFlip()]
+    else:
+        steps = [v2.Resize(aug.resize_size, antialias=True), v2.CenterCrop(size)]
+    return v2.Compose(steps)
+
+
+def cache_pixels(image: torch.Tensor, aug: Augment) -> torch.Tensor:
+    """What the decoded cache stores for one (3, H, W) uint8 image: a square
+    ``aug.side`` image, (side, side, 3) uint8 HWC. Small images are resized to
+    the square; large ones resized (shorter side) and center-cropped, so an
+    eval center crop of it equals the torchvision eval transform."""
+    from torchvision.transforms.v2 import functional as F
+
+    side = aug.side
+    if aug.small:
+        image = F.resize(image, [side, side], antialias=True)
+    else:
+        image = F.center_crop(F.resize(image, side, antialias=True), [side, side])
+    return image.permute(1, 2, 0)
+
+
+def cache_augment(batch: torch.Tensor, aug: Augment, generator: torch.Generator | None) -> torch.Tensor:
+    """Augment a batch from the decoded cache on its device.
+
+    batch: (B, side, side, 3) uint8. Returns (B, 3, S, S) uint8 in
+    channels_last memory, S = aug.image_size.
+    """
+    images = batch.permute(0, 3, 1, 2)  # NCHW view of NHWC memory = channels_last
+    size = aug.image_size
+    if not aug.train:
+        if images.shape[-1] == size:
+            return images
+        offset = (images.shape[-1] - size) // 2
+        return images[..., offset:offset + size, offset:offset + size]
+    if aug.small:
+        images = _pad_crop(images, aug.pad, generator)
+    else:
+        images = _random_resized_crop(images, size, generator)
+    return _random_flip(images, generator)
+
+
+def finish_batch(images: torch.Tensor, *, dtype: torch.dtype, device) -> torch.Tensor:
+    """uint8 (B, 3, H, W) -> normalized ``dtype`` on ``device``, channels_last."""
+    images = images.to(device, non_blocking=True)
+    mean = torch.tensor(MEAN, device=images.device).view(1, 3, 1, 1)
+    inv_std = torch.tensor([1 / s for s in STD], device=images.device).view(1, 3, 1, 1)
+    out = (images.float() - mean) * inv_std
+    return out.to(dtype=dtype, memory_format=torch.channels_last)
+
+
+def _rand(shape, generator, device):
+    return torch.rand(shape, generator=generator, device=device)
+
+
+def _random_flip(images: torch.Tensor, generator) -> torch.Tensor:
+    flip = _rand((images.shape[0],), generator, images.device) < 0.5
+    return torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
+
+
+def _pad_crop(images: torch.Tensor, pad: int, generator) -> torch.Tensor:
+    """Zero-pad by ``pad`` and crop back at a random offset, per sample, as
+    one gather (no Python loop over the batch)."""
+    b, _, h, w = images.shape
+    padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))
+    shifts = (_rand((b, 2), generator, images.device) * (2 * pad + 1)).long().clamp_(max=2 * pad)
+    rows = (shifts[:, 0:1] + torch.arange(h, device=images.device)).view(b, 1, h, 1)
+    cols = (shifts[:, 1:2] + torch.arange(w, device=images.device)).view(b, 1, 1, w)
+    batch_idx = torch.arange(b, device=images.device).view(b, 1, 1, 1)
+    chan = torch.arange(3, device=images.device).view(1, 3, 1, 1)
+    out = padded[batch_idx, chan, rows, cols]
+    return out.contiguous(memory_format=torch.channels_last)
+
+
+def _random_resized_crop(images: torch.Tensor, size: int, generator, attempts: int = 10) -> torch.Tensor:
+    """torchvision's RandomResizedCrop box sampling, vectorized over the
+    batch (first valid of ``attempts`` tries, else the whole image), with
+    bilinear crop-and-resize by roi_align."""
+    from torchvision.ops import roi_align
+
+    b, _, h, w = images.shape
+    dev = images.device
+    area = h * w * (RRC_AREA[0] + (RRC_AREA[1] - RRC_AREA[0]) * _rand((b, attempts), generator, dev))
+    log_lo, log_hi = math.log(RRC_RATIO[0]), math.log(RRC_RATIO[1])
+    ratio = torch.exp(log_lo + (log_hi - log_lo) * _rand((b, attempts), generator, dev))
+    cw = torch.sqrt(area * ratio).round()
+    ch = torch.sqrt(area / ratio).round()
+    ok = (cw <= w) & (ch <= h) & (cw > 0) & (ch > 0)
+    first = torch.where(ok.any(1), ok.float().argmax(1), torch.full((b,), -1, device=dev))
+    pick = first.clamp(min=0).view(-1, 1)
+    cw = torch.where(first >= 0, cw.gather(1, pick).squeeze(1), torch.full((b,), float(w), device=dev))
+    ch = torch.where(first >= 0, ch.gather(1, pick).squeeze(1), torch.full((b,), float(h), device=dev))
+    x0 = ((w - cw + 1) * _rand((b,), generator, dev)).floor()
+    y0 = ((h - ch + 1) * _rand((b,), generator, dev)).floor()
+    boxes = torch.stack([torch.arange(b, device=dev, dtype=torch.float32), x0, y0, x0 + cw, y0 + ch], 1)
+    out = roi_align(images.float(), boxes, output_size=size, spatial_scale=1.0, sampling_ratio=2, aligned=True)
+    return out.round_().clamp_(0, 255).to(torch.uint8).contiguous(memory_format=torch.channels_last)
