@@ -39,3 +39,24 @@ def gen():
     seed = torch.randint(0, 2**31 - 1, ()).item()
     print(f"generator seed {seed}")
     return torch.Generator().manual_seed(seed)
+
+
+@pytest.fixture(scope="session")
+def small_folder(tmp_path_factory):
+    """130 real CIFAR-10 JPEGs (13 per class): sizes that divide nothing."""
+    from data_fixtures import copy_subset
+
+    return copy_subset(tmp_path_factory.mktemp("small") / "train", per_class=13)
+
+
+@pytest.fixture(scope="session")
+def square_folder(tmp_path_factory):
+    """36 CIFAR images upscaled to 96x96 JPEGs (large-image transforms)."""
+    from data_fixtures import upscaled_folder
+
+    return upscaled_folder(tmp_path_factory.mktemp("square") / "train", (96, 96), per_class=12)
+
+
+@pytest.fixture
+def cache_dir(tmp_path):
+    return tmp_path / "cache"

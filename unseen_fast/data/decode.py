@@ -2,6 +2,7 @@
 the cache builder and check-data so all three agree on pixels and errors."""
 from __future__ import annotations
 
+import os
 import re
 
 import torch
@@ -18,11 +19,11 @@ def decode_file(path: str, sample_id: int | None = None) -> torch.Tensor:
     naming the file.
     """
     try:
+        if os.path.getsize(path) == 0:
+            raise BadImageError(path, "empty file", sample_id)
         data = read_file(path)
     except (OSError, RuntimeError) as err:
         raise BadImageError(path, _first_line(err), sample_id) from None
-    if data.numel() == 0:
-        raise BadImageError(path, "empty file", sample_id)
     try:
         return decode_image(data, mode=ImageReadMode.RGB)
     except (RuntimeError, ValueError) as err:
@@ -87,8 +88,6 @@ def decode_every_image(index, convert, *, workers: int | None = None, progress: 
     would contend for the GIL) and yield, in id order, chunks of
     (first sample id, [convert(pixels) or None per sample], [(id, reason)]).
     ``convert`` runs in the workers on (3, H, W) uint8 and must be picklable."""
-    import os
-
     from tqdm import tqdm
 
     workers = (os.cpu_count() or 2) if workers is None else workers

@@ -108,8 +108,6 @@ def make_loader(index: ImageIndex, ids, *, train: bool, batch_size: int, image_s
     if backend == "cache":
         cache = DecodedCache.open_or_build(index, aug, cache_dir, workers=workers, progress=progress)
         return CacheLoader(index, order, cache=cache, **common)
-    if index.in_memory:
-        raise DataError(f"backend {backend!r} reads image files; {index!r} is in memory: use 'cache' or 'auto'")
     if backend == "dali":
         if not dali_available():
             raise DataError("backend 'dali' needs nvidia-dali (pip install nvidia-dali-cuda120); "

@@ -92,7 +92,7 @@ def cache_augment(batch: torch.Tensor, aug: Augment, generator: torch.Generator 
     if not aug.train:
         if images.shape[-1] == size:
             return images
-        offset = (images.shape[-1] - size) // 2
+        offset = int(round((images.shape[-1] - size) / 2.0))  # as torchvision's center_crop
         return images[..., offset:offset + size, offset:offset + size]
     if aug.small:
         images = _pad_crop(images, aug.pad, generator)

@@ -1,0 +1,51 @@
+"""Real image folders for data tests, cut from the CIFAR-10 JPEGs in
+../shared/datasets (extracted once into .cache/datasets, never committed)."""
+from __future__ import annotations
+
+import os
+import shutil
+import tarfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CIFAR_TAR = REPO.parent / "shared" / "datasets" / "cifar10-train-jpg.tar.gz"
+DATA_CACHE = Path(os.environ.get("UNSEEN_FAST_DATA", REPO / ".cache" / "datasets"))
+
+
+def cifar10_root() -> Path:
+    """The 50,000 CIFAR-10 training JPEGs in ImageFolder layout (extracted on first use)."""
+    root = DATA_CACHE / "cifar10" / "train"
+    done = DATA_CACHE / "cifar10" / ".extracted"
+    if not done.exists():
+        if not CIFAR_TAR.exists():
+            raise FileNotFoundError(f"CIFAR-10 archive not found at {CIFAR_TAR}")
+        DATA_CACHE.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(CIFAR_TAR) as tar:
+            tar.extractall(DATA_CACHE, filter="data")
+        done.touch()
+    return root
+
+
+def copy_subset(dest: Path, per_class: int, classes: int = 10) -> Path:
+    """An ImageFolder of the first ``per_class`` CIFAR images of ``classes`` classes."""
+    src = cifar10_root()
+    for name in sorted(os.listdir(src))[:classes]:
+        (dest / name).mkdir(parents=True)
+        for file in sorted(os.listdir(src / name))[:per_class]:
+            shutil.copy(src / name / file, dest / name / file)
+    return dest
+
+
+def upscaled_folder(dest: Path, size: tuple[int, int], per_class: int, classes: int = 3,
+                    quality: int = 90) -> Path:
+    """CIFAR images upscaled to ``size`` = (width, height) and re-encoded as
+    JPEG: ImageNet-size files from real pictures."""
+    from PIL import Image
+
+    src = cifar10_root()
+    for name in sorted(os.listdir(src))[:classes]:
+        (dest / name).mkdir(parents=True)
+        for file in sorted(os.listdir(src / name))[:per_class]:
+            with Image.open(src / name / file) as img:
+                img.convert("RGB").resize(size, Image.BICUBIC).save(dest / name / file, quality=quality)
+    return dest

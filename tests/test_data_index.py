@@ -1,0 +1,180 @@
+"""ImageIndex: ordering, stability, file lists, digits, run-directory round
+trips and the errors users see for bad folders."""
+import os
+import time
+
+import numpy as np
+import pytest
+
+from unseen_fast.data import DataError, ImageIndex, open_index
+
+
+def make_tree(root, layout):
+    """layout: {relative path: bytes}; folders are created as needed."""
+    for rel, data in layout.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    return root
+
+
+def test_folder_order_extensions_and_nesting(tmp_path):
+    root = make_tree(tmp_path / "data", {
+        "b/2.jpg": b"x", "b/10.JPG": b"x", "b/sub/1.png": b"x", "b/notes.txt": b"x",
+        "a/z.Jpeg": b"x", "a/y.webp": b"x", "a/x.bmp": b"x", "a/.DS_Store": b"x",
+        "c/k.PNG": b"x",
+    })
+    index = ImageIndex.from_folder(root)
+    assert index.classes == ["a", "b", "c"]
+    assert index.paths == ["a/x.bmp", "a/y.webp", "a/z.Jpeg", "b/10.JPG", "b/2.jpg", "b/sub/1.png", "c/k.PNG"]
+    assert index.labels.tolist() == [0, 0, 0, 1, 1, 1, 2]
+    assert index.labels.dtype == np.int64
+    assert len(index) == 7
+    assert sorted(index.ignored) == ["a/.DS_Store", "b/notes.txt"]
+    assert index.file(3) == os.path.join(str(root), "b/10.JPG")
+    assert index.class_counts().tolist() == [3, 3, 1]
+
+
+def test_fingerprint_stable_across_scans_and_worker_counts(small_folder):
+    one = ImageIndex.from_folder(small_folder, workers=1)
+    many = ImageIndex.from_folder(small_folder, workers=8)
+    assert one.fingerprint == many.fingerprint
+    assert one.paths == many.paths
+
+
+def test_fingerprint_changes_when_the_listing_changes(tmp_path):
+    root = make_tree(tmp_path / "d", {"a/1.jpg": b"x", "b/1.jpg": b"x"})
+    before = ImageIndex.from_folder(root).fingerprint
+    (root / "b" / "2.jpg").write_bytes(b"x")
+    after_add = ImageIndex.from_folder(root)
+    assert after_add.fingerprint != before
+    (root / "b" / "2.jpg").rename(root / "b" / "3.jpg")
+    assert ImageIndex.from_folder(root).fingerprint not in (before, after_add.fingerprint)
+
+
+def test_full_cifar_scan(request):
+    from data_fixtures import cifar10_root
+
+    start = time.perf_counter()
+    index = ImageIndex.from_folder(cifar10_root())
+    elapsed = time.perf_counter() - start
+    print(f"scanned {len(index)} files in {elapsed:.2f} s")
+    assert len(index) == 50_000
+    assert index.classes[:3] == ["airplane", "automobile", "bird"]
+    assert index.class_counts().tolist() == [5000] * 10
+    assert index.paths[0] == "airplane/0000.jpg" and index.paths[-1] == "truck/4999.jpg"
+
+
+def test_save_load_round_trip(small_folder, tmp_path):
+    index = ImageIndex.from_folder(small_folder)
+    index.save(tmp_path / "run")
+    loaded = ImageIndex.load(tmp_path / "run")
+    assert loaded.fingerprint == index.fingerprint
+    assert loaded.paths == index.paths and loaded.classes == index.classes
+    assert np.array_equal(loaded.labels, index.labels)
+    index.save(tmp_path / "run")  # same listing: a no-op, not an error
+    loaded.assert_same_listing(ImageIndex.from_folder(small_folder))
+
+
+def test_save_refuses_to_overwrite_a_different_index(small_folder, tmp_path):
+    ImageIndex.from_folder(small_folder).save(tmp_path / "run")
+    before = (tmp_path / "run" / "index.txt").read_text()
+    with pytest.raises(DataError, match="different dataset index.*refusing to overwrite"):
+        ImageIndex.digits().save(tmp_path / "run")
+    assert (tmp_path / "run" / "index.txt").read_text() == before
+
+
+def test_load_detects_edited_list(small_folder, tmp_path):
+    ImageIndex.from_folder(small_folder).save(tmp_path / "run")
+    listing = tmp_path / "run" / "index.txt"
+    listing.write_text(listing.read_text().replace(" 0\n", " 1\n", 1))
+    with pytest.raises(DataError, match="does not match its fingerprint"):
+        ImageIndex.load(tmp_path / "run")
+    with pytest.raises(DataError, match="no saved dataset index"):
+        ImageIndex.load(tmp_path / "elsewhere")
+
+
+def test_changed_dataset_is_described(tmp_path):
+    root = make_tree(tmp_path / "d", {"a/1.jpg": b"x", "a/2.jpg": b"x", "b/1.jpg": b"x"})
+    saved = ImageIndex.from_folder(root)
+    (root / "a" / "2.jpg").unlink()
+    with pytest.raises(DataError, match=r"sample 1 was 'a/2.jpg', is now 'b/1.jpg'"):
+        saved.assert_same_listing(ImageIndex.from_folder(root))
+    (root / "c").mkdir()
+    (root / "c" / "1.jpg").write_bytes(b"x")
+    with pytest.raises(DataError, match="classes differ"):
+        saved.assert_same_listing(ImageIndex.from_folder(root))
+
+
+def test_digits_round_trip(tmp_path):
+    digits = ImageIndex.digits()
+    assert len(digits) == 1797 and digits.num_classes == 10 and digits.in_memory
+    assert digits.images.shape == (1797, 8, 8, 3) and digits.images.dtype == np.uint8
+    assert digits.images.max() == 255 and digits.fingerprint == ImageIndex.digits().fingerprint
+    digits.save(tmp_path / "run")
+    assert ImageIndex.load(tmp_path / "run").fingerprint == digits.fingerprint
+    assert open_index("builtin:digits").fingerprint == digits.fingerprint
+    with pytest.raises(DataError, match="unknown built-in dataset 'builtin:mnist'"):
+        open_index("builtin:mnist")
+
+
+def test_file_list(tmp_path):
+    make_tree(tmp_path, {"imgs/a b.jpg": b"x", "imgs/c.jpg": b"x"})
+    listing = tmp_path / "list.txt"
+    listing.write_text("# comment\nimgs/a b.jpg 2\n\nimgs/c.jpg 0\n")
+    index = ImageIndex.from_file_list(listing)
+    assert index.paths == ["imgs/a b.jpg", "imgs/c.jpg"] and index.labels.tolist() == [2, 0]
+    assert index.classes == ["0", "1", "2"] and index.root == str(tmp_path)
+    named = ImageIndex.from_file_list(listing, classes=["x", "y", "z"])
+    assert named.classes == ["x", "y", "z"]
+    assert open_index(tmp_path, file_list=listing).fingerprint == index.fingerprint
+
+
+@pytest.mark.parametrize("text, message", [
+    ("imgs/c.jpg\n", r"list.txt:1: expected 'relative/path label', got 'imgs/c.jpg'"),
+    ("imgs/c.jpg zero\n", r"list.txt:1: expected 'relative/path label'"),
+    ("imgs/c.jpg 0\nimgs/c.jpg -1\n", r"list.txt:2: label must be >= 0, got -1"),
+    ("imgs/missing.jpg 0\n", r"1 file\(s\) in .*list.txt do not exist .*missing.jpg"),
+    ("# nothing\n", r"lists no images"),
+])
+def test_file_list_errors(tmp_path, text, message):
+    make_tree(tmp_path, {"imgs/c.jpg": b"x"})
+    (tmp_path / "list.txt").write_text(text)
+    with pytest.raises(DataError, match=message):
+        ImageIndex.from_file_list(tmp_path / "list.txt")
+
+
+def test_file_list_with_too_few_class_names(tmp_path):
+    make_tree(tmp_path, {"c.jpg": b"x"})
+    (tmp_path / "list.txt").write_text("c.jpg 3\n")
+    with pytest.raises(DataError, match="uses label 3 but only 2 class names"):
+        ImageIndex.from_file_list(tmp_path / "list.txt", classes=["a", "b"])
+
+
+def test_folder_errors(tmp_path):
+    with pytest.raises(DataError, match=r"dataset folder .*nope does not exist"):
+        ImageIndex.from_folder(tmp_path / "nope")
+    (tmp_path / "file.jpg").write_bytes(b"x")
+    with pytest.raises(DataError, match=r"file.jpg is not a folder"):
+        ImageIndex.from_folder(tmp_path / "file.jpg")
+    flat = make_tree(tmp_path / "flat", {"1.jpg": b"x", "2.jpg": b"x"})
+    with pytest.raises(DataError, match=r"no class folders in .*flat.*found 2 files"):
+        ImageIndex.from_folder(flat)
+    empty = make_tree(tmp_path / "empty", {"a/1.jpg": b"x", "b/readme.txt": b"x"})
+    (empty / "c").mkdir()
+    with pytest.raises(DataError, match=r"2 class folder\(s\) .* contain no images .*'b', 'c'"):
+        ImageIndex.from_folder(empty)
+
+
+def test_unreadable_class_folder(tmp_path, monkeypatch):
+    root = make_tree(tmp_path / "d", {"a/1.jpg": b"x", "b/1.jpg": b"x"})
+    real_scandir = os.scandir
+
+    def scandir(path="."):  # as a permission-less folder behaves (root reads anything)
+        if str(path).endswith("/b"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with pytest.raises(DataError, match=r"cannot read folder .*d/b: Permission denied"):
+        ImageIndex.from_folder(root)
