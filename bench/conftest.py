@@ -1,5 +1,6 @@
 """Prints, after the pytest-benchmark table, each alternative's median time
-divided by ours (>1: ours is faster) and GB/s of input read, per group."""
+divided by ours (>1: ours is faster) and the rate (GB/s of input read, or
+items per second when a benchmark sets extra_info["items"]), per group."""
 from collections import defaultdict
 
 
@@ -26,4 +27,7 @@ def pytest_terminal_summary(terminalreporter, config):
 
 def _rate(bench):
     nbytes = bench.extra_info.get("bytes")
+    items = bench.extra_info.get("items")
+    if items:
+        return f" ({items / bench['median']:,.0f} {bench.extra_info.get('unit', 'items')}/s)"
     return f" ({nbytes / bench['median'] / 1e9:.1f} GB/s)" if nbytes else ""

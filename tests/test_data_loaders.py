@@ -306,3 +306,14 @@ def test_bad_arguments(small_index, kwargs, message):
     args = dict(train=False, batch_size=4, image_size=32, backend="cache") | kwargs
     with pytest.raises(DataError, match=message):
         make_loader(small_index, [0, 1], **args)
+
+
+def test_dali_pipeline_reuse_after_an_abandoned_pass(small_index, cache_dir):
+    """A pass left half-way keeps prefetched batches inside DALI; the next
+    pass must not see them."""
+    kwargs = dict(train=False, batch_size=8)
+    it = iter(loader(small_index, np.arange(40), "dali", cache_dir, **kwargs))
+    next(it)
+    ids = np.arange(130)[::-1].copy()
+    assert collect(loader(small_index, ids, "dali", cache_dir, **kwargs))[2].tolist() == ids.tolist()
+    assert collect(loader(small_index, ids[:9], "dali", cache_dir, **kwargs))[2].tolist() == ids[:9].tolist()
