@@ -125,6 +125,34 @@ def select_topk(
     return torch.ops.unseen_fast.select_topk(scores, int(k), labels, balanced, exclude, sorted)
 
 
+def apply_lut(pixels: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """Look up every uint8 value in a per-channel table, in one pass.
+
+    Parameters
+    ----------
+    pixels : torch.Tensor
+        (..., C) uint8, channels last (for example an NHWC image batch).
+    table : torch.Tensor
+        (256, C) float32, bfloat16 or float16: ``table[v, c]`` replaces value
+        ``v`` of channel ``c``.
+
+    Returns
+    -------
+    torch.Tensor
+        pixels.shape, table's dtype: ``out[..., c] = table[pixels[..., c], c]``.
+        CPU tensors use the compiled kernel; others an indexing fallback.
+    """
+    if pixels.device.type == "cpu":
+        return torch.ops.unseen_fast.apply_lut(pixels, table)
+    channels = torch.arange(pixels.shape[-1], device=pixels.device)
+    return table.reshape(-1)[pixels.long() * pixels.shape[-1] + channels]
+
+
+@torch.library.register_fake("unseen_fast::apply_lut")
+def _apply_lut_fake(pixels, table):
+    return pixels.new_empty(pixels.shape, dtype=table.dtype)
+
+
 @torch.library.register_fake("unseen_fast::score")
 def _score_fake(logits, labels, methods, check_labels=True):
     return logits.new_empty((logits.shape[0], len(methods)), dtype=torch.float32)
@@ -145,4 +173,4 @@ def _select_topk_fake(scores, k, labels, balanced, exclude, sorted):
     return scores.new_empty((k,), dtype=torch.int64)
 
 
-__all__ = ["METHODS", "LABEL_FREE_METHODS", "method_codes", "score", "normalize", "select_topk"]
+__all__ = ["METHODS", "LABEL_FREE_METHODS", "apply_lut", "method_codes", "score", "normalize", "select_topk"]

@@ -1,0 +1,58 @@
+"""apply_lut (uint8 -> per-channel table values) against indexing in float64."""
+import pytest
+import torch
+
+from unseen_fast import ops
+from unseen_fast.data.transforms import MEAN, STD, finish_batch, normalization_table
+
+
+def reference(pixels, table):
+    c = pixels.shape[-1]
+    return table.double().reshape(-1)[pixels.long() * c + torch.arange(c)]
+
+
+@pytest.mark.parametrize("shape", [(0, 3), (1, 1), (5, 7, 3), (2, 17, 13, 4), (3, 1000, 3)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_matches_reference(gen, shape, dtype):
+    pixels = torch.randint(0, 256, shape, generator=gen, dtype=torch.uint8)
+    table = torch.randn(256, shape[-1], generator=gen).to(dtype)
+    out = ops.apply_lut(pixels, table)
+    assert out.dtype == dtype and out.shape == pixels.shape
+    assert torch.equal(out.double(), reference(pixels, table))
+
+
+def test_non_contiguous_and_extreme_levels(gen):
+    pixels = torch.randint(0, 256, (4, 3, 9, 11), generator=gen, dtype=torch.uint8).permute(0, 2, 3, 1)
+    pixels[0, 0, 0] = torch.tensor([0, 255, 128], dtype=torch.uint8)
+    table = torch.randn(256, 3, generator=gen)
+    assert torch.equal(ops.apply_lut(pixels, table).double(), reference(pixels, table))
+    strided = pixels[:, ::2]
+    assert torch.equal(ops.apply_lut(strided, table).double(), reference(strided, table))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_finish_batch_equals_the_float_formula(gen, dtype):
+    images = torch.randint(0, 256, (6, 3, 10, 12), generator=gen, dtype=torch.uint8)
+    mean = torch.tensor(MEAN).view(1, 3, 1, 1)
+    inv_std = torch.tensor([1 / s for s in STD]).view(1, 3, 1, 1)
+    expected = ((images.float() - mean) * inv_std).to(dtype)
+    out = finish_batch(images, dtype=dtype, device="cpu")
+    assert torch.equal(out, expected) and out.is_contiguous(memory_format=torch.channels_last)
+    exact = (images.double() - mean.double()) / torch.tensor(STD, dtype=torch.float64).view(1, 3, 1, 1)
+    assert (out.double() - exact).abs().max() <= (expected.double() - exact).abs().max()
+    assert normalization_table(dtype, "cpu").shape == (256, 3)
+
+
+@pytest.mark.parametrize("pixels, table, message", [
+    (torch.zeros(2, 3), torch.zeros(256, 3), "pixels must be uint8"),
+    (torch.zeros(2, 3, dtype=torch.uint8), torch.zeros(255, 3), r"table must be \[256, C\] with C = pixels.shape\[-1\] = 3"),
+    (torch.zeros(2, 4, dtype=torch.uint8), torch.zeros(256, 3), r"C = pixels.shape\[-1\] = 4"),
+])
+def test_errors(pixels, table, message):
+    with pytest.raises(RuntimeError, match=message):
+        ops.apply_lut(pixels, table)
+
+
+def test_opcheck(gen):
+    pixels = torch.randint(0, 256, (3, 5, 3), generator=gen, dtype=torch.uint8)
+    torch.library.opcheck(torch.ops.unseen_fast.apply_lut, (pixels, torch.randn(256, 3, generator=gen)))
