@@ -68,7 +68,9 @@ def _build_pipeline(aug: Augment, *, batch_size: int, num_threads: int, device_i
             images = fn.decoders.image_random_crop(encoded, device=decode_device, output_type=types.RGB,
                                                    random_area=list(RRC_AREA),
                                                    random_aspect_ratio=list(RRC_RATIO))
-            images = fn.resize(images, size=[size, size], antialias=True)
+            # As NVIDIA's DALI ResNet-50 training example: linear, no antialias
+            # (antialiased CPU resize cost 3.7x the decode here: 720 vs 985 img/s).
+            images = fn.resize(images, size=[size, size], interp_type=types.INTERP_LINEAR, antialias=False)
         else:
             images = fn.decoders.image(encoded, device=decode_device, output_type=types.RGB)
             if aug.small:

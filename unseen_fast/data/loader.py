@@ -26,18 +26,24 @@ def default_cache_budget() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
 
 
-def choose_backend(index: ImageIndex, image_size: int, *, cache_budget_bytes: int | None = None) -> tuple[str, str]:
+def choose_backend(index: ImageIndex, image_size: int, *, device="cpu",
+                   cache_budget_bytes: int | None = None) -> tuple[str, str]:
     """(backend, reason) for ``backend="auto"``: the decoded cache when it fits
-    the memory budget, else DALI, else torchvision."""
+    the memory budget and its augmentation is cheap where it runs (small
+    images, or any size on a GPU), else DALI, else torchvision."""
     if index.in_memory:
         return "cache", "the images are already in memory"
+    aug = Augment(image_size, train=False)
     budget = default_cache_budget() if cache_budget_bytes is None else cache_budget_bytes
-    need = cache_bytes(len(index), Augment(image_size, train=False).side)
-    if need <= budget:
+    need = cache_bytes(len(index), aug.side)
+    fits = need <= budget
+    if fits and (aug.small or torch.device(device).type == "cuda"):
         return "cache", f"the decoded dataset ({need / 1e9:.2f} GB) fits the cache budget ({budget / 1e9:.2f} GB)"
+    why = (f"the decoded dataset ({need / 1e9:.1f} GB) exceeds the cache budget ({budget / 1e9:.1f} GB)"
+           if not fits else f"random-resized crops of {image_size}px images from the cache are slow on the CPU")
     if dali_available():
-        return "dali", f"the decoded dataset ({need / 1e9:.1f} GB) exceeds the cache budget ({budget / 1e9:.1f} GB)"
-    return "torchvision", "the decoded dataset exceeds the cache budget and DALI is not installed"
+        return "dali", why
+    return "torchvision", why + " and DALI is not installed"
 
 
 def make_loader(index: ImageIndex, ids, *, train: bool, batch_size: int, image_size: int,
@@ -100,7 +106,7 @@ def make_loader(index: ImageIndex, ids, *, train: bool, batch_size: int, image_s
     ids = as_id_array(ids, len(index))
     order = shard_order(ids, train=train, seed=seed, epoch=epoch, rank=rank, world_size=world_size)
     if backend == "auto":
-        backend, reason = choose_backend(index, image_size, cache_budget_bytes=cache_budget_bytes)
+        backend, reason = choose_backend(index, image_size, device=device, cache_budget_bytes=cache_budget_bytes)
         log.info("data backend: %s (%s)", backend, reason)
     aug = Augment(image_size, train=train)
     common = dict(aug=aug, batch_size=batch_size, dtype=dtype, device=device, seed=seed, epoch=epoch,
