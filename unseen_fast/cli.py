@@ -5,6 +5,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -72,6 +73,84 @@ def cmd_check_data(args: argparse.Namespace) -> int:
     return 0 if report["ok"] else 1
 
 
+def _read_subset(path: str, index) -> "np.ndarray":
+    """Sample ids from a .npy file of ids, or from a file list of paths."""
+    import numpy as np
+
+    from unseen_fast.data import DataError
+    from unseen_fast.data.order import as_id_array
+
+    if path.endswith(".npy"):
+        return as_id_array(np.load(path), len(index))
+    position = {p: i for i, p in enumerate(index.paths)}
+    ids = []
+    with open(path, encoding="utf-8") as handle:
+        for lineno, line in enumerate(handle, 1):
+            text = line.strip()
+            if not text or text.startswith("#"):
+                continue
+            rel = text.rsplit(maxsplit=1)[0] if text.rsplit(maxsplit=1)[-1].isdigit() else text
+            if rel not in position:
+                raise DataError(f"{path}:{lineno}: {rel!r} is not a sample of {index.root}")
+            ids.append(position[rel])
+    return as_id_array(ids, len(index))
+
+
+def default_image_size(index) -> int:
+    """Native size for small images (CIFAR, digits), else 224."""
+    height, width = index.native_size()
+    return max(height, width) if max(height, width) <= 64 else 224
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train one model; write RUN/checkpoint.pt and RUN/eval.json."""
+    import logging
+
+    import numpy as np
+    import torch
+
+    from unseen_fast.data import open_index
+    from unseen_fast.models import default_arch
+    from unseen_fast.parallel import TrainJob, train_many
+    from unseen_fast.splits import stratified_holdout
+    from unseen_fast.train import TrainConfig, accuracy_report, load_model, predict_logits, write_json
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    out = Path(args.out)
+    index = open_index(args.data, file_list=args.file_list)
+    ids = _read_subset(args.subset, index) if args.subset else np.arange(len(index))
+    device = torch.device("cuda" if args.gpus else args.device)
+    image_size = args.image_size or default_image_size(index)
+    if args.val_data:
+        val_index = open_index(args.val_data)
+        if val_index.classes != index.classes:
+            raise SystemExit(f"train: --val-data classes {val_index.classes[:5]}... differ from --data's")
+        val_ids = np.arange(len(val_index))
+    else:
+        val_index = index
+        ids, val_ids = stratified_holdout(ids, index.labels, args.val_fraction, seed=args.seed)
+    config = TrainConfig(arch=args.arch or default_arch(device), epochs=args.epochs, batch_size=args.batch_size,
+                         lr=args.lr, image_size=image_size, seed=args.seed, backend=args.backend,
+                         amp=args.amp)
+    out.mkdir(parents=True, exist_ok=True)
+    index.save(out)
+    write_json(out / "train_config.json", dict(vars(config), train_samples=len(ids), val_samples=len(val_ids)))
+    loader_kwargs = dict(cache_dir=out / "cache")
+    train_many([TrainJob("model", ids, str(out), seed=args.seed)], config, index, device=device,
+               nproc=args.nproc, gpus=args.gpus, loader_kwargs=loader_kwargs, progress=sys.stderr.isatty())
+    if len(val_ids):
+        model = load_model(out, index.num_classes, device=device)
+        logits = predict_logits(model, val_index, val_ids, image_size=image_size, device=device,
+                                amp=args.amp, cache_dir=out / "cache")
+        labels = torch.from_numpy(val_index.labels[val_ids]).to(logits.device)
+        report = accuracy_report(logits, labels, index.classes)
+        write_json(out / "eval.json", report)
+        print(f"validation top1 {report['top1']:.4f} on {len(val_ids)} samples; "
+              f"variance of per-class accuracy {report['class_accuracy_variance']:.5f}")
+    print(f"model: {out / 'checkpoint.pt'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="unseen-fast", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -92,6 +171,26 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--workers", type=int, default=None, help="decoding processes (default: CPU count)")
     check.add_argument("--json", action="store_true", help="print the report as JSON")
     check.set_defaults(func=cmd_check_data)
+    tr = sub.add_parser("train", help="train one model (on all samples or a subset) and evaluate it")
+    tr.add_argument("--data", required=True, help="ImageFolder root, or builtin:digits")
+    tr.add_argument("--file-list", help="'relative/path label' lines, paths relative to --data")
+    tr.add_argument("--out", required=True, help="run folder: checkpoint.pt, eval.json (resumed if present)")
+    tr.add_argument("--arch", default=None, help="fastnet, resnet18, resnet34, resnet50 (default: fastnet on CPU)")
+    tr.add_argument("--epochs", type=int, default=10)
+    tr.add_argument("--batch-size", type=int, default=256)
+    tr.add_argument("--lr", type=float, default=0.2, help="peak learning rate")
+    tr.add_argument("--image-size", type=int, default=None, help="default: native size up to 64 px, else 224")
+    tr.add_argument("--amp", choices=["bf16", "fp16", "off"], default="bf16")
+    tr.add_argument("--subset", help="train only on these samples: .npy of sample ids, or a file list")
+    tr.add_argument("--val-data", help="validation ImageFolder with the same classes")
+    tr.add_argument("--val-fraction", type=float, default=0.1,
+                    help="without --val-data: stratified share of the training ids held out (0: none)")
+    tr.add_argument("--backend", default="auto", choices=["auto", "cache", "dali", "torchvision"])
+    tr.add_argument("--device", default="cpu")
+    tr.add_argument("--gpus", type=int, default=None, help="GPUs (one worker process each when > 1)")
+    tr.add_argument("--nproc", type=int, default=None, help="CPU worker processes (gloo)")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.set_defaults(func=cmd_train)
     return parser
 
 

@@ -187,6 +187,17 @@ class ImageIndex:
             return self.paths[sample_id]
         return os.path.join(self.root, self.paths[sample_id])
 
+    def native_size(self) -> tuple[int, int]:
+        """(height, width) of the first image, read from its file header."""
+        if self.images is not None:
+            return tuple(self.images.shape[1:3])
+        from unseen_fast.data.decode import image_size
+
+        try:
+            return image_size(self.file(0))
+        except Exception as err:  # Pillow raises several types for unreadable headers
+            raise DataError(f"cannot read the size of {self.file(0)}: {err}") from None
+
     def class_counts(self) -> np.ndarray:
         """(C,) int64 number of samples per class."""
         return np.bincount(self.labels, minlength=self.num_classes)

@@ -1,0 +1,60 @@
+"""Per-sample training dynamics (the fused loss's statistics, every epoch),
+stored by sample id in memory-mapped float32 arrays of a run directory.
+The Forgetting, AUM, EL2N, DynUnc and TDDS baselines read them."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from unseen_fast.fused_loss import STATS
+
+
+class DynamicsRecorder:
+    """``{stat}.f32`` arrays of shape (epochs, num_samples) under ``folder``,
+    NaN where a sample was not seen in an epoch. Opening an existing folder
+    (a resumed run) keeps what was recorded."""
+
+    def __init__(self, folder, *, epochs: int, num_samples: int, stats=STATS):
+        self.folder = Path(folder)
+        self.stats = tuple(stats)
+        self.shape = (epochs, num_samples)
+        meta_path = self.folder / "dynamics.json"
+        exists = meta_path.exists()
+        if exists:
+            meta = json.loads(meta_path.read_text())
+            if tuple(meta["shape"]) != self.shape or tuple(meta["stats"]) != self.stats:
+                raise ValueError(f"{meta_path} records shape {meta['shape']} stats {meta['stats']}, "
+                                 f"not {list(self.shape)} {list(self.stats)}")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        mode = "r+" if exists else "w+"
+        self.arrays = {name: np.memmap(self.folder / f"{name}.f32", dtype=np.float32, mode=mode, shape=self.shape)
+                       for name in self.stats}
+        if not exists:
+            for array in self.arrays.values():
+                array[:] = np.nan
+            self.flush()
+            meta_path.write_text(json.dumps(dict(shape=list(self.shape), stats=list(self.stats))))
+
+    def record(self, epoch: int, sample_ids: torch.Tensor, stats: torch.Tensor) -> None:
+        """Write (B, len(STATS)) statistics of a batch at its sample ids."""
+        ids = sample_ids.cpu().numpy()
+        values = stats.float().cpu().numpy()
+        for column, name in enumerate(STATS):
+            if name in self.arrays:
+                self.arrays[name][epoch, ids] = values[:, column]
+
+    def flush(self) -> None:
+        for array in self.arrays.values():
+            array.flush()
+
+
+def load_dynamics(folder) -> dict[str, np.ndarray]:
+    """{stat: (epochs, num_samples) float32} read-only views of a recorder's arrays."""
+    folder = Path(folder)
+    meta = json.loads((folder / "dynamics.json").read_text())
+    shape = tuple(meta["shape"])
+    return {name: np.memmap(folder / f"{name}.f32", dtype=np.float32, mode="r", shape=shape)
+            for name in meta["stats"]}
