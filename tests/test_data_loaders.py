@@ -249,7 +249,7 @@ def test_auto_backend_choice(small_index, caplog):
     assert choose_backend(ImageIndex.digits(), 8, cache_budget_bytes=0)[0] == "cache"
     assert choose_backend(small_index, 224)[0] == "dali"  # CPU random-resized crops: DALI is faster
     assert choose_backend(small_index, 224, device="cuda")[0] == "cache"
-    with caplog.at_level(logging.INFO, logger="unseen_fast.data"):
+    with caplog.at_level(logging.DEBUG, logger="unseen_fast.data"):
         make_loader(small_index, [0, 1], train=False, batch_size=2, image_size=32, cache_budget_bytes=1000)
     assert "data backend: dali" in caplog.text and "exceeds the cache budget" in caplog.text
 

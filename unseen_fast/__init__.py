@@ -36,4 +36,11 @@ def _dali_version():
     return dali.__version__
 
 
-__all__ = ["__version__", "build_info"]
+def prune(data, *, out, config, **kwargs):
+    """UNSEEN pruning; see unseen_fast.prune.prune (imported lazily: torch, DALI)."""
+    from unseen_fast.prune import prune as run
+
+    return run(data, out=out, config=config, **kwargs)
+
+
+__all__ = ["__version__", "build_info", "prune"]

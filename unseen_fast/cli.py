@@ -151,6 +151,43 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prune(args: argparse.Namespace) -> int:
+    """UNSEEN pruning end to end; outputs in --out."""
+    import logging
+
+    import torch
+
+    from unseen_fast.data import open_index
+    from unseen_fast.models import default_arch
+    from unseen_fast.prune import PruneConfig, prune
+    from unseen_fast.train import TrainConfig
+
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    index = open_index(args.data, file_list=args.file_list)
+    device = torch.device("cuda" if args.gpus else args.device)
+    train_config = TrainConfig(arch=args.arch or default_arch(device), epochs=args.epochs,
+                               batch_size=args.batch_size, lr=args.lr,
+                               image_size=args.image_size or default_image_size(index),
+                               seed=args.seed, backend=args.backend)
+    stage_size = float(args.stage_size)
+    config = PruneConfig(prune_rate=args.prune_rate, folds=args.folds, stages=args.stages, stage_size=stage_size,
+                         score=args.score, framework=args.framework, selection=args.selection, split=args.split,
+                         seed=args.seed, train=train_config)
+    try:
+        summary = prune(index, out=args.out, config=config, device=device, nproc=args.nproc, gpus=args.gpus,
+                        resume=args.resume, progress=not args.quiet and sys.stderr.isatty())
+    except ValueError as err:  # a bad option value: one line, no traceback
+        print(f"unseen-fast prune: error: {err}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    print(f"kept {summary['coreset_size']} of {summary['num_samples']} samples "
+          f"(prune rate {args.prune_rate}, stages {summary['stage_sizes']})")
+    print(f"coreset: {out / 'coreset.npy'} (sample ids), {out / 'coreset.txt'} (file list)")
+    print(f"summary: {out / 'summary.json'}; plots: {out / 'score_distribution.png'}, {out / 'kept_per_class.png'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="unseen-fast", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -178,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--arch", default=None, help="fastnet, resnet18, resnet34, resnet50 (default: fastnet on CPU)")
     tr.add_argument("--epochs", type=int, default=10)
     tr.add_argument("--batch-size", type=int, default=256)
-    tr.add_argument("--lr", type=float, default=0.2, help="peak learning rate")
+    tr.add_argument("--lr", type=float, default=0.05, help="peak learning rate")
     tr.add_argument("--image-size", type=int, default=None, help="default: native size up to 64 px, else 224")
     tr.add_argument("--amp", choices=["bf16", "fp16", "off"], default="bf16")
     tr.add_argument("--subset", help="train only on these samples: .npy of sample ids, or a file list")
@@ -191,6 +228,32 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--nproc", type=int, default=None, help="CPU worker processes (gloo)")
     tr.add_argument("--seed", type=int, default=0)
     tr.set_defaults(func=cmd_train)
+    pr = sub.add_parser("prune", help="UNSEEN pruning: K-fold unseen scoring, selection, incremental stages")
+    pr.add_argument("--data", required=True, help="ImageFolder root, or builtin:digits")
+    pr.add_argument("--file-list", help="'relative/path label' lines, paths relative to --data")
+    pr.add_argument("--prune-rate", type=float, required=True, help="fraction of samples to remove, in (0, 1)")
+    pr.add_argument("--out", required=True, help="run folder (refused if it holds another run)")
+    pr.add_argument("--folds", type=int, default=4, help="K fold models (default 4)")
+    pr.add_argument("--stages", type=int, default=2, help="J selection stages (default 2)")
+    pr.add_argument("--stage-size", default="0.1", help="M_j for stages >= 2: fraction of N (< 1) or a count")
+    pr.add_argument("--score", default="entropy",
+                    choices=["entropy", "loss", "margin", "least_confidence", "el2n", "random"])
+    pr.add_argument("--framework", default="unseen", choices=["unseen", "fitting", "proxy"])
+    pr.add_argument("--selection", default="global", choices=["global", "balanced"])
+    pr.add_argument("--split", default="random", choices=["random", "stratified"])
+    pr.add_argument("--arch", default=None, help="fastnet, resnet18, resnet34, resnet50 (default: fastnet on CPU)")
+    pr.add_argument("--epochs", type=int, default=10, help="epochs of every training (fold and stage models)")
+    pr.add_argument("--batch-size", type=int, default=256)
+    pr.add_argument("--lr", type=float, default=0.05, help="peak learning rate")
+    pr.add_argument("--image-size", type=int, default=None, help="default: native size up to 64 px, else 224")
+    pr.add_argument("--backend", default="auto", choices=["auto", "cache", "dali", "torchvision"])
+    pr.add_argument("--device", default="cpu")
+    pr.add_argument("--gpus", type=int, default=None, help="GPUs (one worker process each when > 1)")
+    pr.add_argument("--nproc", type=int, default=None, help="CPU worker processes (gloo)")
+    pr.add_argument("--seed", type=int, default=0)
+    pr.add_argument("--resume", action="store_true", help="continue the run in --out")
+    pr.add_argument("--quiet", action="store_true", help="warnings only")
+    pr.set_defaults(func=cmd_prune)
     return parser
 
 

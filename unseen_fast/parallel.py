@@ -31,16 +31,17 @@ class TrainJob:
     seed: int = 0
 
 
-def _run_job(job: TrainJob, config: TrainConfig, index: ImageIndex, device, loader_kwargs, progress) -> None:
+def _run_job(job: TrainJob, config: TrainConfig, index: ImageIndex, device, loader_kwargs, progress,
+             model_factory=None) -> None:
     # Each job reads all of its ids: never shard them by the worker's rank.
     kwargs = dict(loader_kwargs or {}, rank=0, world_size=1)
     train(dataclasses.replace(config, seed=job.seed), index, job.ids, job.out_dir, device=device,
-          progress=progress, loader_kwargs=kwargs)
+          progress=progress, loader_kwargs=kwargs, model_factory=model_factory)
 
 
 def train_many(jobs: list[TrainJob], config: TrainConfig, index: ImageIndex, *, device="cpu",
                nproc: int | None = None, gpus: int | None = None, loader_kwargs: dict | None = None,
-               progress: bool = False) -> list[Path]:
+               progress: bool = False, model_factory=None) -> list[Path]:
     """Train every job; return their output folders (each holds checkpoint.pt).
 
     - ``gpus`` > 1: one worker process per GPU (elastic launch), jobs dealt
@@ -55,29 +56,29 @@ def train_many(jobs: list[TrainJob], config: TrainConfig, index: ImageIndex, *, 
     workers = gpus if gpus and gpus > 1 else nproc
     if workers and workers > 1:
         _launch(jobs, config, index, workers=workers, use_gpus=bool(gpus and gpus > 1),
-                loader_kwargs=loader_kwargs)
+                loader_kwargs=loader_kwargs, model_factory=model_factory)
     elif torch.device(device).type == "cuda" and len(jobs) > 1:
-        _on_streams(jobs, config, index, torch.device(device), loader_kwargs)
+        _on_streams(jobs, config, index, torch.device(device), loader_kwargs, model_factory)
     else:
         for job in jobs:
             log.info("training %s on %d samples", job.name, len(job.ids))
-            _run_job(job, config, index, device, loader_kwargs, progress)
+            _run_job(job, config, index, device, loader_kwargs, progress, model_factory)
     return [Path(job.out_dir) for job in jobs]
 
 
-def _on_streams(jobs, config, index, device, loader_kwargs) -> None:
+def _on_streams(jobs, config, index, device, loader_kwargs, model_factory) -> None:
     """One thread per job, each issuing its kernels on its own stream so the
     GPU overlaps them (the models are small next to the GPU)."""
     def run(job):
         with torch.cuda.device(device), torch.cuda.stream(torch.cuda.Stream(device)):
-            _run_job(job, config, index, device, loader_kwargs, False)
+            _run_job(job, config, index, device, loader_kwargs, False, model_factory)
 
     with ThreadPoolExecutor(len(jobs)) as pool:
         for future in [pool.submit(run, job) for job in jobs]:
             future.result()  # re-raises the first failure
 
 
-def _worker(jobs, config, index, use_gpus, loader_kwargs) -> None:
+def _worker(jobs, config, index, use_gpus, loader_kwargs, model_factory=None) -> None:
     """Body of each launched process: train this rank's share of the jobs."""
     import torch.distributed as dist
 
@@ -87,17 +88,17 @@ def _worker(jobs, config, index, use_gpus, loader_kwargs) -> None:
     try:
         for job in jobs[rank::world]:
             log.info("rank %d/%d training %s on %d samples", rank, world, job.name, len(job.ids))
-            _run_job(job, config, index, device, loader_kwargs, False)
+            _run_job(job, config, index, device, loader_kwargs, False, model_factory)
         dist.barrier()
     finally:
         dist.destroy_process_group()
 
 
-def _launch(jobs, config, index, *, workers: int, use_gpus: bool, loader_kwargs) -> None:
+def _launch(jobs, config, index, *, workers: int, use_gpus: bool, loader_kwargs, model_factory=None) -> None:
     """Start ``workers`` processes with torch.distributed's elastic launcher
     (or, already inside torchrun, run this rank's share directly)."""
     if "TORCHELASTIC_RUN_ID" in os.environ:  # started by torchrun: we are one of the workers
-        return _worker(jobs, config, index, use_gpus, loader_kwargs)
+        return _worker(jobs, config, index, use_gpus, loader_kwargs, model_factory)
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -105,7 +106,7 @@ def _launch(jobs, config, index, *, workers: int, use_gpus: bool, loader_kwargs)
                           rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0,
                           monitor_interval=0.1, start_method="spawn")
     try:
-        elastic_launch(launch, _recorded_worker)(jobs, config, index, use_gpus, loader_kwargs)
+        elastic_launch(launch, _recorded_worker)(jobs, config, index, use_gpus, loader_kwargs, model_factory)
     except ChildFailedError as err:
         rank, failure = err.get_first_failure()
         message = failure.message if isinstance(failure.message, str) else failure.message.get("message", "")

@@ -107,7 +107,7 @@ def make_loader(index: ImageIndex, ids, *, train: bool, batch_size: int, image_s
     order = shard_order(ids, train=train, seed=seed, epoch=epoch, rank=rank, world_size=world_size)
     if backend == "auto":
         backend, reason = choose_backend(index, image_size, device=device, cache_budget_bytes=cache_budget_bytes)
-        log.info("data backend: %s (%s)", backend, reason)
+        log.debug("data backend: %s (%s)", backend, reason)
     aug = Augment(image_size, train=train)
     common = dict(aug=aug, batch_size=batch_size, dtype=dtype, device=device, seed=seed, epoch=epoch,
                   rank=rank, drop_last=drop_last, start_batch=start_batch, skip_bad=skip_bad)

@@ -1,0 +1,237 @@
+"""Training engine: fused loss vs float64 autograd, models, learning,
+resume equivalence, train_many across processes, dynamics, the train CLI."""
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from unseen_fast import ops
+from unseen_fast.data import ImageIndex
+from unseen_fast.dynamics import DynamicsRecorder, load_dynamics
+from unseen_fast.fused_loss import STATS
+from unseen_fast.models import ARCHS, build_model
+from unseen_fast.parallel import TrainJob, train_many
+from unseen_fast.train import (TrainConfig, accuracy_report, load_model, lr_factor, predict_logits, train)
+
+
+# ------------------------------------------------------------- fused loss
+def reference_loss(logits, labels, eps):
+    z = logits.detach().double().requires_grad_()
+    return z, F.cross_entropy(z, labels, label_smoothing=eps, reduction="none")
+
+
+@pytest.mark.parametrize("n, c", [(1, 1), (7, 2), (33, 10), (64, 1000)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+def test_loss_and_gradient_vs_float64(gen, n, c, dtype, eps):
+    logits = (torch.randn(n, c, generator=gen) * 4).to(dtype).requires_grad_()
+    labels = torch.randint(0, c, (n,), generator=gen)
+    weights = torch.randn(n, generator=gen)
+    loss, stats = ops.cross_entropy_with_stats(logits, labels, label_smoothing=eps)
+    (loss * weights).sum().backward()
+    z, expected = reference_loss(logits, labels, eps)
+    (expected * weights.double()).sum().backward()
+    # Precision rule: at most 2x the error of plain PyTorch in the same dtype.
+    plain = logits.detach().clone().requires_grad_()
+    plain_loss = F.cross_entropy(plain.float() if dtype == torch.float32 else plain, labels,
+                                 label_smoothing=eps, reduction="none")
+    (plain_loss.float() * weights).sum().backward()
+    loss_tol = max(2 * (plain_loss.double() - expected).abs().max().item(), 1e-5)
+    # floor: 8 float32 ulps of the largest gradient (logsumexp is rebuilt from the loss)
+    floor = 8 * torch.finfo(torch.float32).eps * max(1.0, weights.abs().max().item())
+    grad_tol = max(2 * (plain.grad.double() - z.grad).abs().max().item(), floor)
+    assert (loss.double() - expected).abs().max().item() <= loss_tol
+    assert logits.grad.dtype == dtype
+    assert (logits.grad.double() - z.grad).abs().max().item() <= grad_tol
+    assert stats.shape == (n, len(STATS)) and not stats.requires_grad
+
+
+def test_stats_match_the_score_op(gen):
+    logits = torch.randn(50, 7, generator=gen) * 3
+    labels = torch.randint(0, 7, (50,), generator=gen)
+    _, stats = ops.cross_entropy_with_stats(logits, labels)
+    scores = ops.score(logits, labels, ["correct", "true_margin", "margin", "entropy", "el2n", "loss"])
+    assert torch.equal(stats[:, 1:], scores)
+    p_true = torch.softmax(logits.double(), 1).gather(1, labels[:, None]).squeeze(1)
+    assert torch.allclose(stats[:, 0].double(), p_true, atol=1e-6)
+
+
+def test_loss_non_contiguous_and_extreme(gen):
+    logits = (torch.randn(12, 40, generator=gen) * 3).t()[:, :12].contiguous().t()  # column-major view
+    logits = logits.clone().requires_grad_()
+    labels = torch.randint(0, 12, (40,), generator=gen)[:logits.shape[0]]
+    loss, _ = ops.cross_entropy_with_stats(logits, labels)
+    z, expected = reference_loss(logits, labels, 0.0)
+    assert torch.allclose(loss.double(), expected, atol=1e-5)
+    huge = torch.tensor([[1e30, 0.0, -1e30]], requires_grad=True)
+    loss, _ = ops.cross_entropy_with_stats(huge, torch.tensor([1]))
+    loss.sum().backward()
+    assert loss.item() == pytest.approx(1e30, rel=1e-6) and torch.isfinite(huge.grad).all()
+
+
+def test_loss_errors():
+    with pytest.raises(ValueError, match="label_smoothing must be in \\[0, 1\\), got 1.0"):
+        ops.cross_entropy_with_stats(torch.zeros(2, 3), torch.zeros(2, dtype=torch.long), label_smoothing=1.0)
+    with pytest.raises(ValueError, match="labels must be int64, got torch.int32"):
+        ops.cross_entropy_with_stats(torch.zeros(2, 3), torch.zeros(2, dtype=torch.int32))
+    with pytest.raises(RuntimeError, match="label"):
+        ops.cross_entropy_with_stats(torch.zeros(2, 3), torch.tensor([0, 3]))
+
+
+def test_loss_opcheck(gen):
+    logits = torch.randn(6, 5, generator=gen, requires_grad=True)
+    labels = torch.randint(0, 5, (6,), generator=gen)
+    for eps in (0.0, 0.2):
+        torch.library.opcheck(torch.ops.unseen_fast.cross_entropy_with_stats, (logits, labels, eps))
+
+
+# ------------------------------------------------------------------ models
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_models(arch):
+    small = build_model(arch, 10, image_size=32)
+    out = small(torch.randn(2, 3, 32, 32).to(memory_format=torch.channels_last))
+    assert out.shape == (2, 10)
+    if arch != "fastnet":
+        assert small.conv1.kernel_size == (3, 3) and isinstance(small.maxpool, torch.nn.Identity)
+        large = build_model(arch, 5, image_size=224)
+        assert large.conv1.kernel_size == (7, 7)
+    with pytest.raises(ValueError, match="unknown arch 'vgg'; choose one of fastnet, resnet18"):
+        build_model("vgg", 10, image_size=32)
+
+
+def test_schedule_shapes():
+    factors = [lr_factor(s, 100, 10, "onecycle") for s in range(100)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == 1.0 and factors[-1] < 0.02
+    assert all(a >= b for a, b in zip(factors[9:], factors[10:]))
+    cosine = [lr_factor(s, 100, 10, "cosine") for s in range(100)]
+    assert cosine[10] == 1.0 and cosine[55] == pytest.approx(0.5, abs=0.02)
+    with pytest.raises(ValueError, match="schedule must be"):
+        TrainConfig(schedule="step")
+
+
+# ----------------------------------------------------------------- training
+@pytest.fixture(scope="module")
+def cifar_index():
+    from data_fixtures import cifar10_root
+
+    return ImageIndex.from_folder(cifar10_root())
+
+
+def test_cpu_network_learns_cifar(cifar_index, tmp_path):
+    rng = np.random.default_rng(0)
+    ids = rng.permutation(len(cifar_index))
+    train_ids, val_ids = ids[:3000], ids[3000:4000]
+    config = TrainConfig(epochs=3, batch_size=128, lr=0.2, image_size=32)
+    model = train(config, cifar_index, train_ids, tmp_path / "run", loader_kwargs=dict(cache_dir=tmp_path / "c"))
+    logits = predict_logits(model, cifar_index, val_ids, image_size=32, cache_dir=tmp_path / "c")
+    report = accuracy_report(logits, torch.from_numpy(cifar_index.labels[val_ids]), cifar_index.classes)
+    print(f"validation top1 after 3 epochs on 3,000 images: {report['top1']:.3f}")
+    assert report["top1"] > 0.30  # chance is 0.10
+
+
+def digits_config(**kw):
+    return TrainConfig(**(dict(epochs=3, batch_size=128, image_size=8, threads=1) | kw))
+
+
+def state(run_dir):
+    return torch.load(run_dir / "checkpoint.pt", weights_only=False)["model"]
+
+
+def same_weights(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_gives_the_same_weights(tmp_path, monkeypatch):
+    digits = ImageIndex.digits()
+    ids = np.arange(0, 1797, 2)
+    config = digits_config(record_dynamics=True)
+    train(config, digits, ids, tmp_path / "straight")
+
+    from unseen_fast import train as train_module
+
+    real_save = train_module._save_checkpoint
+
+    def crash_after_first_epoch(out_dir, *args):
+        real_save(out_dir, *args)
+        raise KeyboardInterrupt("simulated crash")
+
+    monkeypatch.setattr(train_module, "_save_checkpoint", crash_after_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, digits, ids, tmp_path / "resumed")
+    monkeypatch.undo()
+    assert torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=False)["epochs_done"] == 1
+    train(config, digits, ids, tmp_path / "resumed")
+    assert same_weights(state(tmp_path / "straight"), state(tmp_path / "resumed"))
+    a, b = load_dynamics(tmp_path / "straight" / "dynamics"), load_dynamics(tmp_path / "resumed" / "dynamics")
+    assert all(np.array_equal(a[k], b[k], equal_nan=True) for k in a)
+    with pytest.raises(ValueError, match="different training config.*'lr': \\(0.05, 0.1\\)"):
+        train(digits_config(lr=0.1, record_dynamics=True), digits, ids, tmp_path / "resumed")
+
+
+def test_train_many_processes_match_in_process(tmp_path):
+    digits = ImageIndex.digits()
+    config = digits_config(epochs=2)
+
+    def jobs(folder):
+        return [TrainJob(f"fold{k}", np.arange(k, 1797, 3), str(tmp_path / folder / f"fold{k}"), seed=k)
+                for k in range(3)]
+
+    train_many(jobs("inline"), config, digits)
+    train_many(jobs("workers"), config, digits, nproc=2)
+    for k in range(3):
+        assert same_weights(state(tmp_path / "inline" / f"fold{k}"), state(tmp_path / "workers" / f"fold{k}"))
+
+
+def test_failing_worker_stops_the_run_and_keeps_finished_models(tmp_path):
+    digits = ImageIndex.digits()
+    good = TrainJob("good", np.arange(100), str(tmp_path / "good"))
+    bad = TrainJob("bad", np.array([0, 5000]), str(tmp_path / "bad"))
+    with pytest.raises(RuntimeError, match="training worker 1 failed: .*sample id 5000 is out of range"):
+        train_many([good, bad], digits_config(epochs=1), digits, nproc=2)
+    assert (tmp_path / "good" / "checkpoint.pt").exists()
+
+
+def test_dynamics_recorder_indexes_by_sample_id(tmp_path, gen):
+    recorder = DynamicsRecorder(tmp_path / "dyn", epochs=2, num_samples=10)
+    ids = torch.randperm(10, generator=gen)[:6]
+    stats = torch.randn(6, len(STATS), generator=gen)
+    recorder.record(1, ids, stats)
+    recorder.flush()
+    arrays = load_dynamics(tmp_path / "dyn")
+    for column, name in enumerate(STATS):
+        assert np.array_equal(arrays[name][1, ids.numpy()], stats[:, column].numpy())
+        assert np.isnan(arrays[name][0]).all()
+        assert np.isnan(np.delete(arrays[name][1], ids.numpy())).all()
+    with pytest.raises(ValueError, match="records shape"):
+        DynamicsRecorder(tmp_path / "dyn", epochs=3, num_samples=10)
+
+
+def test_training_records_every_trained_sample(tmp_path):
+    digits = ImageIndex.digits()
+    ids = np.arange(3, 1797, 4)
+    train(digits_config(epochs=2, record_dynamics=True), digits, ids, tmp_path / "run")
+    loss = load_dynamics(tmp_path / "run" / "dynamics")["loss"]
+    assert np.isfinite(loss[:, ids]).all()
+    assert np.isnan(np.delete(loss, ids, axis=1)).all()
+
+
+def test_train_cli_on_digits(tmp_path, capsys):
+    from unseen_fast.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", "--data", "builtin:digits", "--epochs", "4", "--batch-size", "64",
+                 "--out", str(out)]) == 0
+    report = json.loads((out / "eval.json").read_text())
+    assert set(report) >= {"top1", "per_class", "class_accuracy_variance"}
+    assert report["top1"] > 0.5 and len(report["per_class"]) == 10
+    assert "validation top1" in capsys.readouterr().out
+    model = load_model(out, 10)
+    assert model(torch.zeros(1, 3, 8, 8)).shape == (1, 10)
+    subset = tmp_path / "subset.npy"
+    np.save(subset, np.arange(0, 1797, 5))
+    assert main(["train", "--data", "builtin:digits", "--epochs", "1", "--subset", str(subset),
+                 "--val-fraction", "0", "--out", str(tmp_path / "sub")]) == 0
+    config = json.loads((tmp_path / "sub" / "train_config.json").read_text())
+    assert config["train_samples"] == 360 and config["val_samples"] == 0

@@ -1,0 +1,405 @@
+"""UNSEEN pruning (Algorithm 1 of the paper), resumable phase by phase.
+
+Phases: fold split -> K fold trainings (train_many) -> one scoring pass in
+which each image is decoded once and scored by every model that never saw
+it -> normalize + top-M_1 -> incremental stages (train on S_{j-1}, score the
+rest, add the top M_j) -> outputs. Every phase writes its result atomically
+into the run directory and is skipped when found there, so a killed run
+resumes from the last finished epoch of the last unfinished training.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from unseen_fast import ops
+from unseen_fast.data import DataError, ImageIndex
+from unseen_fast.parallel import TrainJob, train_many
+from unseen_fast.train import TrainConfig, load_model, write_json
+
+log = logging.getLogger("unseen_fast.prune")
+
+SCORES = ("entropy", "loss", "margin", "least_confidence", "el2n", "random")
+FRAMEWORKS = ("unseen", "fitting", "proxy")
+
+
+@dataclass
+class PruneConfig:
+    prune_rate: float                # fraction of samples removed, in (0, 1)
+    folds: int = 4                   # K: fold models, each trained on one fold
+    stages: int = 2                  # J: selection stages (1 = no incremental selection)
+    stage_size: float = 0.1          # M_j for j >= 2: a fraction of N (< 1) or a count (>= 1)
+    score: str = "entropy"           # importance score (higher = harder = kept first)
+    framework: str = "unseen"        # unseen: K-1 unseen models; fitting: one model on all; proxy: own fold
+    selection: str = "global"        # global top-M, or balanced (per class, proportional)
+    split: str = "random"            # fold split: random or stratified by class
+    seed: int = 0                    # fold split, model seeds, data order
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self, index: ImageIndex) -> None:
+        n = len(index)
+        if not 0 < self.prune_rate < 1:
+            raise ValueError(f"prune rate must be in (0, 1), got {self.prune_rate}")
+        if self.score not in SCORES:
+            raise ValueError(f"unknown score {self.score!r}; choose one of {', '.join(SCORES)}")
+        if self.framework not in FRAMEWORKS:
+            raise ValueError(f"unknown framework {self.framework!r}; choose one of {', '.join(FRAMEWORKS)}")
+        if self.selection not in ("global", "balanced"):
+            raise ValueError(f"selection must be 'global' or 'balanced', got {self.selection!r}")
+        if self.split not in ("random", "stratified"):
+            raise ValueError(f"split must be 'random' or 'stratified', got {self.split!r}")
+        if self.framework != "fitting" and self.folds < 2:
+            raise ValueError(f"need at least 2 folds, got {self.folds}")
+        if self.folds > n:
+            raise ValueError(f"{self.folds} folds for {n} samples")
+        if self.split == "stratified" and self.framework != "fitting":
+            smallest = int(index.class_counts().min())
+            if smallest < self.folds:
+                cls = index.classes[int(index.class_counts().argmin())]
+                raise ValueError(f"stratified split into {self.folds} folds needs >= {self.folds} samples per "
+                                 f"class; class {cls!r} has {smallest}")
+        if self.stages < 1:
+            raise ValueError(f"need at least 1 stage, got {self.stages}")
+        if self.stage_size <= 0:
+            raise ValueError(f"stage size must be > 0, got {self.stage_size}")
+        stage_sizes(n, self.prune_rate, self.stages, self.stage_size)
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(dataclasses.asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def stage_sizes(n: int, prune_rate: float, stages: int, stage_size: float) -> list[int]:
+    """[M_1, ..., M_J] summing to M = floor(N (1 - p)): M_j = stage_size
+    (fraction of N or count) for j >= 2 and M_1 the rest; when that leaves
+    M_1 <= 0, M is split evenly over the stages (and the log says so)."""
+    total = int(np.floor(n * (1 - prune_rate) + 1e-9))
+    if total < 1:
+        raise ValueError(f"prune rate {prune_rate} keeps nothing of {n} samples")
+    if stages == 1:
+        return [total]
+    later = int(np.floor(stage_size * n)) if stage_size < 1 else int(stage_size)
+    if later < 1:
+        raise ValueError(f"stage size {stage_size} of {n} samples is less than one sample")
+    first = total - (stages - 1) * later
+    if first > 0:
+        return [first] + [later] * (stages - 1)
+    if total < stages:
+        raise ValueError(f"{stages} stages cannot split a coreset of {total} samples")
+    log.warning("stage size %s leaves no room for stage 1 (M=%d, J=%d): splitting M evenly", stage_size, total, stages)
+    base, extra = divmod(total, stages)
+    return [base + (1 if j < extra else 0) for j in range(stages)]
+
+
+def fold_assignment(labels: np.ndarray, folds: int, split: str, seed: int) -> np.ndarray:
+    """(N,) fold of every sample: a random permutation dealt into K nearly
+    equal folds, or the same within each class (stratified)."""
+    n = len(labels)
+    rng = np.random.Generator(np.random.PCG64([seed, 1]))
+    fold = np.empty(n, dtype=np.int64)
+    if split == "random":
+        fold[rng.permutation(n)] = np.arange(n) % folds
+        return fold
+    offset = 0
+    for cls in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == cls))
+        fold[members] = (np.arange(len(members)) + offset) % folds  # rotate so small classes spread
+        offset += len(members)
+    return fold
+
+
+class RunDir:
+    """Paths of a run directory and atomic numpy writes."""
+
+    def __init__(self, root):
+        self.root = Path(root)
+
+    def __truediv__(self, name):
+        return self.root / name
+
+    def save_npy(self, name: str, array: np.ndarray) -> None:
+        tmp = self.root / f"{name}.tmp.npy"
+        np.save(tmp, array)
+        tmp.replace(self.root / name)
+
+    def load_npy(self, name: str):
+        path = self.root / name
+        return np.load(path) if path.exists() else None
+
+
+def prune(data, *, out, config: PruneConfig, device="cpu", nproc: int | None = None, gpus: int | None = None,
+          resume: bool = False, progress: bool = False, model_factory=None) -> dict:
+    """Run UNSEEN pruning and return the summary (also in ``out/summary.json``).
+
+    Parameters
+    ----------
+    data : ImageIndex, or a path / "builtin:digits" understood by open_index
+    out : path
+        Run directory. An existing one is only continued with ``resume=True``
+        and the same configuration and data; otherwise refused.
+    config : PruneConfig
+    model_factory : callable(num_classes) -> nn.Module, optional
+        The user's own model instead of ``config.train.arch`` (must be
+        picklable, e.g. a module-level function, when workers are used).
+    """
+    from unseen_fast.data import open_index
+
+    start_all = time.perf_counter()
+    index = data if isinstance(data, ImageIndex) else open_index(data)
+    config.validate(index)
+    run = RunDir(out)
+    _claim_run_dir(run, config, index, resume)
+    n = len(index)
+    sizes = stage_sizes(n, config.prune_rate, config.stages, config.stage_size)
+    labels = index.labels
+    timings, images = {}, {}
+    loader_kwargs = dict(cache_dir=run / "cache")
+    common = dict(device=device, nproc=nproc, gpus=gpus, loader_kwargs=loader_kwargs, progress=progress,
+                  model_factory=model_factory)
+
+    fold = run.load_npy("folds.npy")
+    if fold is None:
+        fold = fold_assignment(labels, config.folds, config.split, config.seed)
+        run.save_npy("folds.npy", fold)
+
+    # Stage 1: fold models (or one model for fitting) and one scoring pass.
+    scores = run.load_npy("scores_stage1.npy")
+    if scores is None:
+        tick = time.perf_counter()
+        jobs = _stage1_jobs(config, fold, run, n)
+        if jobs:
+            _train(jobs, config, index, **common)
+        timings["stage1_training_s"] = time.perf_counter() - tick
+        images["stage1_training"] = config.train.epochs * sum(len(job.ids) for job in jobs)
+        tick = time.perf_counter()
+        scores, counts = _score_stage1(config, index, fold, jobs, device, loader_kwargs, model_factory)
+        timings["stage1_scoring_s"] = time.perf_counter() - tick
+        images["stage1_scoring"] = n
+        run.save_npy("score_counts_stage1.npy", counts)
+        run.save_npy("scores_stage1.npy", scores)
+    selected = _select(scores, sizes[0], labels, config, exclude=None)
+    added = np.zeros(n, dtype=np.int64)  # stage in which each sample was added (0: pruned)
+    added[selected] = 1
+
+    # Incremental stages: train on the coreset so far, score the rest, add the hardest.
+    for stage in range(2, config.stages + 1):
+        name = f"scores_stage{stage}.npy"
+        stage_scores = run.load_npy(name)
+        coreset = np.flatnonzero(added)
+        rest = np.flatnonzero(added == 0)
+        if stage_scores is None:
+            tick = time.perf_counter()
+            job = TrainJob(f"stage{stage}", coreset, str(run / "models" / f"stage{stage}"),
+                           seed=config.seed + 1000 * stage)
+            if config.score != "random":
+                _train([job], config, index, **common)
+            timings[f"stage{stage}_training_s"] = time.perf_counter() - tick
+            images[f"stage{stage}_training"] = config.train.epochs * len(coreset) if config.score != "random" else 0
+            tick = time.perf_counter()
+            stage_scores = np.full(n, np.nan, dtype=np.float32)
+            stage_scores[rest] = _score_with(config, index, [job], rest, device, loader_kwargs, model_factory,
+                                             stage=stage)[0]
+            timings[f"stage{stage}_scoring_s"] = time.perf_counter() - tick
+            images[f"stage{stage}_scoring"] = len(rest)
+            run.save_npy(name, stage_scores)
+        exclude = torch.from_numpy(added > 0)
+        picked = _select(np.nan_to_num(stage_scores, nan=0.0), sizes[stage - 1], labels, config, exclude=exclude)
+        added[picked] = stage
+
+    coreset = np.flatnonzero(added)
+    assert len(coreset) == sum(sizes), (len(coreset), sizes)
+    summary = _write_outputs(run, index, config, sizes, added, fold, timings, images,
+                             time.perf_counter() - start_all)
+    return summary
+
+
+def _claim_run_dir(run: RunDir, config: PruneConfig, index: ImageIndex, resume: bool) -> None:
+    """Refuse to reuse a run directory for another configuration or dataset."""
+    path = run / "config.json"
+    wanted = dict(fingerprint=config.fingerprint(), config=dataclasses.asdict(config))
+    if path.exists():
+        saved = json.loads(path.read_text())
+        if saved["fingerprint"] != wanted["fingerprint"]:
+            diff = _config_diff(saved["config"], wanted["config"])
+            raise DataError(f"{run.root} holds a run with a different configuration ({diff}); "
+                            f"use a new --out folder")
+        if not resume:
+            raise DataError(f"{run.root} already holds a run of this configuration; pass --resume to continue it "
+                            f"or choose a new --out folder")
+        ImageIndex.load(run.root).assert_same_listing(index)
+        log.info("resuming %s", run.root)
+        return
+    if run.root.exists() and any(run.root.iterdir()):
+        raise DataError(f"{run.root} is not empty and holds no unseen-fast run; choose a new --out folder")
+    run.root.mkdir(parents=True, exist_ok=True)
+    index.save(run.root)
+    write_json(path, wanted)
+
+
+def _config_diff(saved: dict, wanted: dict, prefix: str = "") -> str:
+    parts = []
+    for key in sorted(set(saved) | set(wanted)):
+        a, b = saved.get(key), wanted.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            inner = _config_diff(a, b, f"{prefix}{key}.")
+            if inner:
+                parts.append(inner)
+        elif a != b:
+            parts.append(f"{prefix}{key}: saved {a!r}, now {b!r}")
+    return "; ".join(parts)
+
+
+def _stage1_jobs(config: PruneConfig, fold: np.ndarray, run: RunDir, n: int) -> list[TrainJob]:
+    if config.score == "random":
+        return []
+    if config.framework == "fitting":
+        return [TrainJob("fitting", np.arange(n), str(run / "models" / "fitting"), seed=config.seed)]
+    return [TrainJob(f"fold{k}", np.flatnonzero(fold == k), str(run / "models" / f"fold{k}"), seed=config.seed + k)
+            for k in range(config.folds)]
+
+
+def _train(jobs, config, index, *, device, nproc, gpus, loader_kwargs, progress, model_factory) -> None:
+    train_many(jobs, config.train, index, device=device, nproc=nproc, gpus=gpus, loader_kwargs=loader_kwargs,
+               progress=progress, model_factory=model_factory)
+
+
+def _score_stage1(config, index, fold, jobs, device, loader_kwargs, model_factory):
+    """(N,) mean importance and (N,) number of models that scored each sample."""
+    n = len(index)
+    if config.score == "random":
+        rng = np.random.Generator(np.random.PCG64([config.seed, 2]))
+        return rng.random(n).astype(np.float32), np.zeros(n, dtype=np.int64)
+    ids = np.arange(n)
+    if config.framework == "fitting":
+        scores = _score_with(config, index, jobs, ids, device, loader_kwargs, model_factory)[0]
+        return scores, np.ones(n, dtype=np.int64)
+    per_model = _score_with(config, index, jobs, ids, device, loader_kwargs, model_factory)
+    # unseen: model k scores the samples outside fold k; proxy: only its own fold.
+    use = np.stack([(fold != k) if config.framework == "unseen" else (fold == k) for k in range(len(jobs))])
+    counts = use.sum(0)
+    mean = np.where(use, per_model, 0.0).sum(0) / counts
+    return mean.astype(np.float32), counts
+
+
+@torch.inference_mode()
+def _score_with(config, index, jobs, ids, device, loader_kwargs, model_factory, stage: int = 1) -> np.ndarray:
+    """(len(jobs), len(ids)) scores: every model scores every requested
+    sample in one pass over the data (each image decoded once)."""
+    from unseen_fast.data import make_loader
+
+    device = torch.device(device)
+    models = [load_model(job.out_dir, index.num_classes, device=device, model_factory=model_factory) for job in jobs]
+    out = np.empty((len(models), len(ids)), dtype=np.float32)
+    position = np.empty(len(index), dtype=np.int64)
+    position[ids] = np.arange(len(ids))
+    method = ops.method_codes([config.score])
+    amp = config.train.amp != "off"
+    dtype = torch.bfloat16 if config.train.amp == "bf16" else torch.float16
+    loader = make_loader(index, ids, train=False, batch_size=max(512, config.train.batch_size),
+                         image_size=config.train.image_size, device=device, backend=config.train.backend,
+                         dtype=dtype if config.train.amp == "bf16" else torch.float32, **loader_kwargs)
+    for images, labels, sample_ids in loader:
+        rows = position[sample_ids.cpu().numpy()]
+        for k, model in enumerate(models):
+            with torch.autocast(device.type, dtype=dtype, enabled=amp):
+                logits = model(images)
+            scored = torch.ops.unseen_fast.score(logits, labels, method, True)[:, 0]
+            out[k, rows] = scored.float().cpu().numpy()
+    return out
+
+
+def _select(scores: np.ndarray, k: int, labels: np.ndarray, config: PruneConfig, exclude) -> np.ndarray:
+    scores_t = torch.from_numpy(np.ascontiguousarray(scores, dtype=np.float32))
+    if exclude is not None:
+        scores_t = torch.where(exclude, torch.zeros((), dtype=scores_t.dtype), scores_t)
+    total = float(scores_t.double().sum())
+    if total > 0:
+        scores_t = ops.normalize(scores_t)
+    balanced = config.selection == "balanced"
+    picked = ops.select_topk(scores_t, k, labels=torch.from_numpy(labels) if balanced else None,
+                             balanced=balanced, exclude=exclude)
+    return picked.numpy()
+
+
+def _write_outputs(run, index, config, sizes, added, fold, timings, images, wall_s) -> dict:
+    from unseen_fast import __version__
+
+    coreset = np.flatnonzero(added)
+    run.save_npy("coreset.npy", coreset)
+    run.save_npy("added_stage.npy", added)
+    (run / "coreset.txt.tmp").write_text(
+        "".join(f"{index.paths[i]} {index.labels[i]}\n" for i in coreset.tolist()), encoding="utf-8")
+    (run / "coreset.txt.tmp").replace(run / "coreset.txt")
+    n, batch = len(index), config.train.batch_size
+    kept = np.bincount(index.labels[coreset], minlength=index.num_classes)
+    summary_path = run / "summary.json"
+    previous = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    timings = {**previous.get("wall_time_s", {}), **timings}
+    summary = dict(
+        num_samples=n, coreset_size=len(coreset), prune_rate=config.prune_rate, stage_sizes=sizes,
+        config=dataclasses.asdict(config),
+        kept_per_class={c: int(kept[i]) for i, c in enumerate(index.classes)},
+        total_per_class={c: int(t) for c, t in zip(index.classes, index.class_counts().tolist())},
+        wall_time_s={**timings, "total_this_invocation": wall_s},
+        images_processed={**previous.get("images_processed", {}), **images},
+        iterations_per_epoch=_iterations(n, batch, config, fold, sizes),
+        versions=dict(unseen_fast=__version__, torch=torch.__version__),
+    )
+    write_json(summary_path, summary)
+    _plots(run, index, config, added)
+    log.info("coreset of %d / %d samples: %s", len(coreset), n, run / "coreset.npy")
+    return summary
+
+
+def _iterations(n: int, batch: int, config: PruneConfig, fold: np.ndarray, sizes: list[int]) -> dict:
+    """Optimizer steps per epoch of training, ours against the paper's accounting."""
+    if config.score == "random":
+        stage1 = 0
+    elif config.framework == "fitting":
+        stage1 = -(-n // batch)
+    else:
+        stage1 = sum(-(-int((fold == k).sum()) // batch) for k in range(config.folds))
+    stages = sum(-(-sum(sizes[:j - 1]) // batch) for j in range(2, config.stages + 1))
+    final = -(-sum(sizes) // batch)
+    return dict(stage1=stage1, incremental_stages=stages, final_training_on_coreset=final,
+                ours_total_with_final=stage1 + stages + final,
+                paper_unseen=n * (2 - config.prune_rate) / batch,
+                paper_incremental_extra=n * (1 - config.prune_rate - 0.1) / batch)
+
+
+def _plots(run, index, config, added) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scores = np.load(run / "scores_stage1.npy")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    kept = added > 0
+    bins = np.linspace(float(np.nanmin(scores)), float(np.nanmax(scores)) + 1e-12, 60)
+    ax.hist(scores[kept], bins=bins, alpha=0.6, label=f"kept ({kept.sum()})")
+    ax.hist(scores[~kept], bins=bins, alpha=0.6, label=f"pruned ({(~kept).sum()})")
+    ax.set_xlabel(f"stage-1 {config.score} ({config.framework})")
+    ax.set_ylabel("samples")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(run / "score_distribution.png", dpi=120)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(max(6, 0.25 * index.num_classes), 4))
+    kept_frac = np.bincount(index.labels[kept], minlength=index.num_classes) / np.maximum(index.class_counts(), 1)
+    ax.bar(range(index.num_classes), kept_frac)
+    ax.set_xticks(range(index.num_classes) if index.num_classes <= 30 else [])
+    if index.num_classes <= 30:
+        ax.set_xticklabels(index.classes, rotation=60, ha="right", fontsize=8)
+    ax.axhline(1 - config.prune_rate, color="k", lw=0.8, ls="--")
+    ax.set_ylabel("kept fraction")
+    fig.tight_layout()
+    fig.savefig(run / "kept_per_class.png", dpi=120)
+    plt.close(fig)
