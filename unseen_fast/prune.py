@@ -204,8 +204,10 @@ def prune(data, *, out, config: PruneConfig, device="cpu", nproc: int | None = N
             images[f"stage{stage}_training"] = config.train.epochs * len(coreset) if config.score != "random" else 0
             tick = time.perf_counter()
             stage_scores = np.full(n, np.nan, dtype=np.float32)
-            stage_scores[rest] = _score_with(config, index, [job], rest, device, loader_kwargs, model_factory,
-                                             stage=stage)[0]
+            if config.score == "random":
+                stage_scores[rest] = _random_scores(config.seed, stage, len(rest))
+            else:
+                stage_scores[rest] = _score_with(config, index, [job], rest, device, loader_kwargs, model_factory)[0]
             timings[f"stage{stage}_scoring_s"] = time.perf_counter() - tick
             images[f"stage{stage}_scoring"] = len(rest)
             run.save_npy(name, stage_scores)
@@ -274,8 +276,7 @@ def _score_stage1(config, index, fold, jobs, device, loader_kwargs, model_factor
     """(N,) mean importance and (N,) number of models that scored each sample."""
     n = len(index)
     if config.score == "random":
-        rng = np.random.Generator(np.random.PCG64([config.seed, 2]))
-        return rng.random(n).astype(np.float32), np.zeros(n, dtype=np.int64)
+        return _random_scores(config.seed, 1, n), np.zeros(n, dtype=np.int64)
     ids = np.arange(n)
     if config.framework == "fitting":
         scores = _score_with(config, index, jobs, ids, device, loader_kwargs, model_factory)[0]
@@ -288,8 +289,13 @@ def _score_stage1(config, index, fold, jobs, device, loader_kwargs, model_factor
     return mean.astype(np.float32), counts
 
 
+def _random_scores(seed: int, stage: int, count: int) -> np.ndarray:
+    """The Random baseline: uniform scores fixed by (seed, stage)."""
+    return np.random.Generator(np.random.PCG64([seed, 2, stage])).random(count).astype(np.float32)
+
+
 @torch.inference_mode()
-def _score_with(config, index, jobs, ids, device, loader_kwargs, model_factory, stage: int = 1) -> np.ndarray:
+def _score_with(config, index, jobs, ids, device, loader_kwargs, model_factory) -> np.ndarray:
     """(len(jobs), len(ids)) scores: every model scores every requested
     sample in one pass over the data (each image decoded once)."""
     from unseen_fast.data import make_loader

@@ -1,0 +1,210 @@
+"""unseen-fast prune end to end on CPU: sizes, bookkeeping, frameworks,
+resume after interruptions, refused reuse, bad arguments."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from unseen_fast.cli import main
+from unseen_fast.data import DataError, ImageIndex
+from unseen_fast.prune import PruneConfig, fold_assignment, prune, stage_sizes
+from unseen_fast.train import TrainConfig
+
+FAST = dict(epochs=2, batch_size=128, image_size=8, threads=1)
+
+
+def config(**kw):
+    train = TrainConfig(**(FAST | kw.pop("train", {})))
+    return PruneConfig(**({"prune_rate": 0.3, "train": train} | kw))
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return ImageIndex.digits()
+
+
+def check_invariants(run, index, cfg, summary):
+    n = len(index)
+    coreset = np.load(run / "coreset.npy")
+    sizes = stage_sizes(n, cfg.prune_rate, cfg.stages, cfg.stage_size)
+    assert len(coreset) == int(np.floor(n * (1 - cfg.prune_rate))) == sum(sizes) == summary["coreset_size"]
+    assert np.array_equal(coreset, np.unique(coreset))  # sorted, no duplicates
+    added = np.load(run / "added_stage.npy")
+    assert [int((added == j).sum()) for j in range(1, cfg.stages + 1)] == sizes
+    lines = (run / "coreset.txt").read_text().splitlines()
+    assert lines == [f"{index.paths[i]} {index.labels[i]}" for i in coreset]
+    assert sum(summary["kept_per_class"].values()) == len(coreset)
+    for stage in range(2, cfg.stages + 1):  # stage j scored exactly the samples not yet selected
+        scores = np.load(run / f"scores_stage{stage}.npy")
+        assert np.array_equal(np.isfinite(scores), (added == 0) | (added >= stage))
+        assert np.isnan(scores[(added > 0) & (added < stage)]).all()
+    assert (run / "score_distribution.png").stat().st_size > 1000 and (run / "kept_per_class.png").exists()
+    return coreset
+
+
+@pytest.mark.parametrize("framework, expected_count", [("unseen", 3), ("fitting", 1), ("proxy", 1)])
+@pytest.mark.parametrize("selection", ["global", "balanced"])
+def test_frameworks_and_selections(digits, tmp_path, framework, expected_count, selection):
+    cfg = config(framework=framework, selection=selection)
+    summary = prune(digits, out=tmp_path / "run", config=cfg)
+    check_invariants(tmp_path / "run", digits, cfg, summary)
+    counts = np.load(tmp_path / "run" / "score_counts_stage1.npy")
+    assert (counts == expected_count).all()  # unseen: K-1 = 3 models per sample
+    if selection == "balanced":
+        kept = np.array(list(summary["kept_per_class"].values()))
+        total = np.array(list(summary["total_per_class"].values()))
+        stage1 = np.bincount(digits.labels[np.load(tmp_path / "run" / "added_stage.npy") == 1], minlength=10)
+        assert np.abs(stage1 - total * summary["stage_sizes"][0] / len(digits)).max() <= 1
+        assert kept.sum() == summary["coreset_size"]
+
+
+def test_unseen_scores_come_from_models_that_never_saw_the_sample(digits, tmp_path):
+    cfg = config(stages=1)
+    prune(digits, out=tmp_path / "run", config=cfg)
+    run = tmp_path / "run"
+    fold = np.load(run / "folds.npy")
+    from unseen_fast.prune import _score_with
+    from unseen_fast.parallel import TrainJob
+
+    jobs = [TrainJob(f"fold{k}", np.flatnonzero(fold == k), str(run / "models" / f"fold{k}")) for k in range(4)]
+    per_model = _score_with(cfg, digits, jobs, np.arange(len(digits)), "cpu", dict(cache_dir=run / "cache"), None)
+    expected = np.array([per_model[np.arange(4) != fold[i], i].mean() for i in range(len(digits))], dtype=np.float32)
+    assert np.allclose(np.load(run / "scores_stage1.npy"), expected, rtol=1e-6)
+    for k in range(4):  # and fold model k trained only on fold k
+        state = torch.load(run / "models" / f"fold{k}" / "checkpoint.pt", weights_only=False)
+        assert state["epochs_done"] == FAST["epochs"]
+
+
+def test_cifar_subset_end_to_end(tmp_path, small_folder):
+    index = ImageIndex.from_folder(small_folder)
+    cfg = config(prune_rate=0.5, folds=2, stage_size=10, split="stratified", selection="balanced",
+                 train=dict(image_size=32, batch_size=32))
+    summary = prune(index, out=tmp_path / "run", config=cfg)
+    check_invariants(tmp_path / "run", index, cfg, summary)
+    assert summary["stage_sizes"] == [55, 10]
+
+
+def test_random_score_needs_no_training(digits, tmp_path):
+    summary = prune(digits, out=tmp_path / "run", config=config(score="random"))
+    assert not (tmp_path / "run" / "models").exists() or not any((tmp_path / "run" / "models").iterdir())
+    assert summary["coreset_size"] == 1257
+
+
+def test_resume_after_interruptions_gives_the_same_coreset(digits, tmp_path, monkeypatch):
+    cfg = config(stages=3, stage_size=0.05)
+    prune(digits, out=tmp_path / "straight", config=cfg)
+    expected = np.load(tmp_path / "straight" / "coreset.npy")
+
+    from unseen_fast import train as train_module
+
+    real_save = train_module._save_checkpoint
+    calls = {"n": 0}
+
+    def crash_every_third_checkpoint(*args):
+        real_save(*args)
+        calls["n"] += 1
+        if calls["n"] % 3 == 0:
+            raise KeyboardInterrupt("simulated kill")
+
+    monkeypatch.setattr(train_module, "_save_checkpoint", crash_every_third_checkpoint)
+    interruptions = 0
+    while True:
+        try:
+            prune(digits, out=tmp_path / "resumed", config=cfg, resume=True)
+            break
+        except KeyboardInterrupt:
+            interruptions += 1
+    assert interruptions >= 3  # in fold training, between phases and in the stage trainings
+    assert np.array_equal(np.load(tmp_path / "resumed" / "coreset.npy"), expected)
+
+
+def test_sigkill_then_resume(digits, tmp_path):
+    """A real SIGKILL in the middle of fold training, then --resume."""
+    out = tmp_path / "run"
+    args = ["prune", "--data", "builtin:digits", "--prune-rate", "0.3", "--epochs", "3", "--out", str(out),
+            "--quiet", "--seed", "3"]
+    code = ("import os, signal, sys\n"
+            "from unseen_fast import train as t\n"
+            "real = t._save_checkpoint\n"
+            "def save(*a):\n"
+            "    real(*a)\n"
+            "    if a[-1] == 2: os.kill(os.getpid(), signal.SIGKILL)\n"
+            "t._save_checkpoint = save\n"
+            "from unseen_fast.cli import main\n"
+            f"sys.exit(main({args!r}))\n")
+    killed = subprocess.run([sys.executable, "-c", code], capture_output=True)
+    assert killed.returncode == -9
+    # Resume and the reference run in fresh processes too: CPU results are
+    # bitwise only at equal thread counts, and other tests set this process's.
+    cli = [sys.executable, "-m", "unseen_fast.cli"]
+    assert subprocess.run(cli + args + ["--resume"], capture_output=True).returncode == 0
+    straight = args[:-5] + ["--out", str(tmp_path / "straight"), "--quiet", "--seed", "3"]
+    assert subprocess.run(cli + straight, capture_output=True).returncode == 0
+    assert np.array_equal(np.load(out / "coreset.npy"), np.load(tmp_path / "straight" / "coreset.npy"))
+
+
+def test_changed_config_or_data_is_refused(digits, tmp_path):
+    prune(digits, out=tmp_path / "run", config=config(stages=1))
+    before = (tmp_path / "run" / "coreset.npy").read_bytes()
+    with pytest.raises(DataError, match=r"different configuration \(prune_rate: saved 0.3, now 0.5\)"):
+        prune(digits, out=tmp_path / "run", config=config(stages=1, prune_rate=0.5), resume=True)
+    with pytest.raises(DataError, match="pass --resume"):
+        prune(digits, out=tmp_path / "run", config=config(stages=1))
+    other = ImageIndex(root=None, paths=digits.paths[:-1], labels=digits.labels[:-1], classes=digits.classes,
+                       source="digits", images=digits.images[:-1])
+    with pytest.raises(DataError, match="the dataset changed"):
+        prune(other, out=tmp_path / "run", config=config(stages=1), resume=True)
+    assert (tmp_path / "run" / "coreset.npy").read_bytes() == before
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(DataError, match="is not empty and holds no unseen-fast run"):
+        prune(digits, out=tmp_path / "other", config=config(stages=1))
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(prune_rate=1.0), r"prune rate must be in \(0, 1\), got 1.0"),
+    (dict(prune_rate=0.0), r"prune rate must be in \(0, 1\), got 0.0"),
+    (dict(folds=1), "need at least 2 folds, got 1"),
+    (dict(folds=200, split="stratified"), "stratified split into 200 folds needs >= 200 samples per class; class '8' has 174"),
+    (dict(stages=2000, stage_size=1, prune_rate=0.5), "2000 stages cannot split a coreset of 898 samples"),
+    (dict(score="gradnorm"), "unknown score 'gradnorm'"),
+    (dict(stage_size=0.0001), "less than one sample"),
+])
+def test_bad_arguments(digits, tmp_path, kw, message):
+    cfg = config(**kw)
+    with pytest.raises(ValueError, match=message):
+        prune(digits, out=tmp_path / "run", config=cfg)
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_prune_and_errors(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["prune", "--data", "builtin:digits", "--prune-rate", "0.5", "--epochs", "1", "--folds", "2",
+                 "--out", str(out), "--quiet"]) == 0
+    assert "kept 898 of 1797 samples" in capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["config"]["folds"] == 2 and summary["iterations_per_epoch"]["stage1"] == 8
+    assert main(["prune", "--data", "builtin:digits", "--prune-rate", "1.5", "--out", str(tmp_path / "x")]) == 2
+    assert "prune rate must be in (0, 1), got 1.5" in capsys.readouterr().err
+
+
+def test_stage_sizes():
+    assert stage_sizes(1797, 0.3, 2, 0.1) == [1078, 179]
+    assert stage_sizes(1000, 0.5, 3, 50) == [400, 50, 50]
+    assert stage_sizes(1000, 0.5, 1, 0.1) == [500]
+    assert stage_sizes(1797, 0.3, 3, 0.5) == [419, 419, 419]  # no room for stage 1: split evenly
+
+
+def test_fold_assignment():
+    labels = np.repeat(np.arange(3), [10, 7, 5])
+    for split in ("random", "stratified"):
+        fold = fold_assignment(labels, 4, split, seed=1)
+        assert np.bincount(fold).max() - np.bincount(fold).min() <= 1
+        assert np.array_equal(fold, fold_assignment(labels, 4, split, seed=1))
+    strat = fold_assignment(labels, 4, "stratified", seed=1)
+    for cls in range(3):
+        counts = np.bincount(strat[labels == cls], minlength=4)
+        assert counts.max() - counts.min() <= 1
