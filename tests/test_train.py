@@ -123,7 +123,7 @@ def test_cpu_network_learns_cifar(cifar_index, tmp_path):
     rng = np.random.default_rng(0)
     ids = rng.permutation(len(cifar_index))
     train_ids, val_ids = ids[:3000], ids[3000:4000]
-    config = TrainConfig(epochs=3, batch_size=128, lr=0.2, image_size=32)
+    config = TrainConfig(epochs=3, batch_size=128, image_size=32)
     model = train(config, cifar_index, train_ids, tmp_path / "run", loader_kwargs=dict(cache_dir=tmp_path / "c"))
     logits = predict_logits(model, cifar_index, val_ids, image_size=32, cache_dir=tmp_path / "c")
     report = accuracy_report(logits, torch.from_numpy(cifar_index.labels[val_ids]), cifar_index.classes)
