@@ -186,7 +186,7 @@ def test_cli_prune_and_errors(tmp_path, capsys):
                  "--out", str(out), "--quiet"]) == 0
     assert "kept 898 of 1797 samples" in capsys.readouterr().out
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["config"]["folds"] == 2 and summary["iterations_per_epoch"]["stage1"] == 8
+    assert summary["config"]["folds"] == 2 and summary["iterations_per_epoch"]["stage1"] == 6  # 2 x (898 // 256)
     assert main(["prune", "--data", "builtin:digits", "--prune-rate", "1.5", "--out", str(tmp_path / "x")]) == 2
     assert "prune rate must be in (0, 1), got 1.5" in capsys.readouterr().err
 

@@ -186,11 +186,16 @@ def test_train_many_processes_match_in_process(tmp_path):
 
 def test_failing_worker_stops_the_run_and_keeps_finished_models(tmp_path):
     digits = ImageIndex.digits()
-    good = TrainJob("good", np.arange(100), str(tmp_path / "good"))
-    bad = TrainJob("bad", np.array([0, 5000]), str(tmp_path / "bad"))
+    # Worker 1 trains "finished" to the end, then fails on "bad"; worker 0 is
+    # stopped wherever it is.
+    jobs = [TrainJob("other", np.arange(200), str(tmp_path / "other")),
+            TrainJob("finished", np.arange(100), str(tmp_path / "finished")),
+            TrainJob("bad", np.array([0, 5000]), str(tmp_path / "bad"))]
+    jobs.insert(2, TrainJob("other2", np.arange(100), str(tmp_path / "other2")))
     with pytest.raises(RuntimeError, match="training worker 1 failed: .*sample id 5000 is out of range"):
-        train_many([good, bad], digits_config(epochs=1), digits, nproc=2)
-    assert (tmp_path / "good" / "checkpoint.pt").exists()
+        train_many(jobs, digits_config(epochs=1), digits, nproc=2)
+    assert load_model(tmp_path / "finished", 10)(torch.zeros(2, 3, 8, 8)).shape == (2, 10)
+    assert not (tmp_path / "bad" / "checkpoint.pt").exists()
 
 
 def test_dynamics_recorder_indexes_by_sample_id(tmp_path, gen):
@@ -213,7 +218,9 @@ def test_training_records_every_trained_sample(tmp_path):
     ids = np.arange(3, 1797, 4)
     train(digits_config(epochs=2, record_dynamics=True), digits, ids, tmp_path / "run")
     loss = load_dynamics(tmp_path / "run" / "dynamics")["loss"]
-    assert np.isfinite(loss[:, ids]).all()
+    # full batches only: 449 ids, batch 128 -> 384 recorded per epoch, by sample id
+    assert (np.isfinite(loss).sum(1) == 384).all()
+    assert np.isfinite(loss[:, ids]).any(0).mean() > 0.9
     assert np.isnan(np.delete(loss, ids, axis=1)).all()
 
 

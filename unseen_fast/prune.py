@@ -366,14 +366,16 @@ def _write_outputs(run, index, config, sizes, added, fold, timings, images, wall
 
 def _iterations(n: int, batch: int, config: PruneConfig, fold: np.ndarray, sizes: list[int]) -> dict:
     """Optimizer steps per epoch of training, ours against the paper's accounting."""
+    from unseen_fast.train import steps_per_epoch_for as steps
+
     if config.score == "random":
         stage1 = 0
     elif config.framework == "fitting":
-        stage1 = -(-n // batch)
+        stage1 = steps(n, batch)
     else:
-        stage1 = sum(-(-int((fold == k).sum()) // batch) for k in range(config.folds))
-    stages = sum(-(-sum(sizes[:j - 1]) // batch) for j in range(2, config.stages + 1))
-    final = -(-sum(sizes) // batch)
+        stage1 = sum(steps(int((fold == k).sum()), batch) for k in range(config.folds))
+    stages = sum(steps(sum(sizes[:j - 1]), batch) for j in range(2, config.stages + 1))
+    final = steps(sum(sizes), batch)
     return dict(stage1=stage1, incremental_stages=stages, final_training_on_coreset=final,
                 ours_total_with_final=stage1 + stages + final,
                 paper_unseen=n * (2 - config.prune_rate) / batch,

@@ -60,6 +60,11 @@ def parameter_groups(model: nn.Module, weight_decay: float):
     return [dict(params=decay, weight_decay=weight_decay), dict(params=no_decay, weight_decay=0.0)]
 
 
+def steps_per_epoch_for(num_samples: int, batch_size: int) -> int:
+    """Optimizer steps per epoch: full batches only (one batch if fewer samples)."""
+    return max(1, num_samples // batch_size)
+
+
 def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
     """Multiplier of the peak learning rate at optimizer step ``step``."""
     if step < warmup:
@@ -94,7 +99,8 @@ def train(config: TrainConfig, index: ImageIndex, ids, out_dir, *, device="cpu",
     model = _new_model(config, index.num_classes, model_factory).to(device)
     optimizer = torch.optim.SGD(parameter_groups(model, config.weight_decay), lr=config.lr,
                                 momentum=config.momentum, nesterov=True)
-    steps_per_epoch = -(-len(ids) // config.batch_size)
+    steps_per_epoch = steps_per_epoch_for(len(ids), config.batch_size)
+    drop_last = len(ids) >= config.batch_size  # full batches: a last batch of 1 breaks BatchNorm
     total_steps = steps_per_epoch * config.epochs
     warmup = int(round(config.warmup_epochs * steps_per_epoch))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -110,7 +116,8 @@ def train(config: TrainConfig, index: ImageIndex, ids, out_dir, *, device="cpu",
         model.train()
         loader = make_loader(index, ids, train=True, batch_size=config.batch_size, image_size=config.image_size,
                              backend=config.backend, device=device, seed=config.seed, epoch=epoch,
-                             dtype=dtype if config.amp == "bf16" else torch.float32, **loader_kwargs)
+                             dtype=dtype if config.amp == "bf16" else torch.float32, drop_last=drop_last,
+                             **loader_kwargs)
         if epoch == start_epoch:
             log.info("training on %d samples with the %s data backend", len(ids), loader.backend)
         start, seen, loss_sum, correct_sum = time.perf_counter(), 0, 0.0, 0.0
