@@ -281,9 +281,9 @@ def _score_stage1(config, index, fold, jobs, device, loader_kwargs, model_factor
     if config.framework == "fitting":
         scores = _score_with(config, index, jobs, ids, device, loader_kwargs, model_factory)[0]
         return scores, np.ones(n, dtype=np.int64)
-    per_model = _score_with(config, index, jobs, ids, device, loader_kwargs, model_factory)
     # unseen: model k scores the samples outside fold k; proxy: only its own fold.
     use = np.stack([(fold != k) if config.framework == "unseen" else (fold == k) for k in range(len(jobs))])
+    per_model = _score_with(config, index, jobs, ids, device, loader_kwargs, model_factory, use=use)
     counts = use.sum(0)
     mean = np.where(use, per_model, 0.0).sum(0) / counts
     return mean.astype(np.float32), counts
@@ -295,14 +295,16 @@ def _random_scores(seed: int, stage: int, count: int) -> np.ndarray:
 
 
 @torch.inference_mode()
-def _score_with(config, index, jobs, ids, device, loader_kwargs, model_factory) -> np.ndarray:
-    """(len(jobs), len(ids)) scores: every model scores every requested
-    sample in one pass over the data (each image decoded once)."""
+def _score_with(config, index, jobs, ids, device, loader_kwargs, model_factory, use=None) -> np.ndarray:
+    """(len(jobs), len(ids)) scores from one pass over the data (each image
+    decoded once): model k scores the samples where ``use[k]`` (default all;
+    NaN elsewhere), so no forward pass is spent on a score that is dropped."""
     from unseen_fast.data import make_loader
 
     device = torch.device(device)
     models = [load_model(job.out_dir, index.num_classes, device=device, model_factory=model_factory) for job in jobs]
-    out = np.empty((len(models), len(ids)), dtype=np.float32)
+    out = np.full((len(models), len(ids)), np.nan, dtype=np.float32)
+    use_t = None if use is None else torch.from_numpy(use)
     position = np.empty(len(index), dtype=np.int64)
     position[ids] = np.arange(len(ids))
     method = ops.method_codes([config.score])
@@ -314,10 +316,13 @@ def _score_with(config, index, jobs, ids, device, loader_kwargs, model_factory) 
     for images, labels, sample_ids in loader:
         rows = position[sample_ids.cpu().numpy()]
         for k, model in enumerate(models):
+            pick = slice(None) if use_t is None else use_t[k, torch.from_numpy(rows)].to(images.device)
+            if use_t is not None and not bool(pick.any()):
+                continue
             with torch.autocast(device.type, dtype=dtype, enabled=amp):
-                logits = model(images)
-            scored = torch.ops.unseen_fast.score(logits, labels, method, True)[:, 0]
-            out[k, rows] = scored.float().cpu().numpy()
+                logits = model(images[pick].contiguous(memory_format=torch.channels_last))
+            scored = torch.ops.unseen_fast.score(logits, labels[pick], method, True)[:, 0]
+            out[k, rows[pick.cpu().numpy()] if use_t is not None else rows] = scored.float().cpu().numpy()
     return out
 
 
