@@ -164,6 +164,7 @@ def prune(data, *, out, config: PruneConfig, device="cpu", nproc: int | None = N
     common = dict(device=device, nproc=nproc, gpus=gpus, loader_kwargs=loader_kwargs, progress=progress,
                   model_factory=model_factory)
 
+    _prepare_cache(index, config, device, run, progress)
     fold = run.load_npy("folds.npy")
     if fold is None:
         fold = fold_assignment(labels, config.folds, config.split, config.seed)
@@ -256,6 +257,21 @@ def _config_diff(saved: dict, wanted: dict, prefix: str = "") -> str:
         elif a != b:
             parts.append(f"{prefix}{key}: saved {a!r}, now {b!r}")
     return "; ".join(parts)
+
+
+def _prepare_cache(index, config, device, run, progress) -> None:
+    """Build the decoded cache once here, before worker processes start, so
+    they do not each decode the dataset."""
+    from unseen_fast.data import choose_backend
+    from unseen_fast.data.cache import DecodedCache
+    from unseen_fast.data.transforms import Augment
+
+    backend = config.train.backend
+    if backend == "auto":
+        backend = choose_backend(index, config.train.image_size, device=device)[0]
+    if backend == "cache" and not index.in_memory:
+        DecodedCache.open_or_build(index, Augment(config.train.image_size, train=False), run / "cache",
+                                   progress=progress)
 
 
 def _stage1_jobs(config: PruneConfig, fold: np.ndarray, run: RunDir, n: int) -> list[TrainJob]:
