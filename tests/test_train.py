@@ -242,3 +242,21 @@ def test_train_cli_on_digits(tmp_path, capsys):
                  "--val-fraction", "0", "--out", str(tmp_path / "sub")]) == 0
     config = json.loads((tmp_path / "sub" / "train_config.json").read_text())
     assert config["train_samples"] == 360 and config["val_samples"] == 0
+
+
+def test_more_workers_than_jobs_trains_each_job_data_parallel(tmp_path):
+    """4 gloo workers, 2 jobs: each job runs DDP over 2 ranks (each rank
+    half of the ids); step count, checkpoint and a learned model are checked
+    (local BatchNorm statistics make bitwise comparison meaningless)."""
+    digits = ImageIndex.digits()
+    jobs = [TrainJob(f"j{k}", np.arange(k, 1797, 2), str(tmp_path / f"j{k}"), seed=k) for k in range(2)]
+    train_many(jobs, digits_config(epochs=4, batch_size=64), digits, nproc=4)
+    for k in range(2):
+        saved = torch.load(tmp_path / f"j{k}" / "checkpoint.pt", weights_only=False)
+        assert saved["epochs_done"] == 4
+        steps = saved["scheduler"]["last_epoch"]
+        assert steps == 4 * (-(-899 // 2) // 64)  # each rank: half the ids, 64 per step
+        model = load_model(tmp_path / f"j{k}", 10)
+        held_out = np.arange(1 - k, 1797, 2)
+        logits = predict_logits(model, digits, held_out, image_size=8)
+        assert (logits.argmax(1).numpy() == digits.labels[held_out]).mean() > 0.5

@@ -32,11 +32,12 @@ class TrainJob:
 
 
 def _run_job(job: TrainJob, config: TrainConfig, index: ImageIndex, device, loader_kwargs, progress,
-             model_factory=None) -> None:
-    # Each job reads all of its ids: never shard them by the worker's rank.
+             model_factory=None, ddp_group=None) -> None:
+    # A job reads all of its ids (or, under DDP, its group's share): never
+    # shard them by the worker's global rank.
     kwargs = dict(loader_kwargs or {}, rank=0, world_size=1)
     train(dataclasses.replace(config, seed=job.seed), index, job.ids, job.out_dir, device=device,
-          progress=progress, loader_kwargs=kwargs, model_factory=model_factory)
+          progress=progress, loader_kwargs=kwargs, model_factory=model_factory, ddp_group=ddp_group)
 
 
 def train_many(jobs: list[TrainJob], config: TrainConfig, index: ImageIndex, *, device="cpu",
@@ -45,7 +46,9 @@ def train_many(jobs: list[TrainJob], config: TrainConfig, index: ImageIndex, *, 
     """Train every job; return their output folders (each holds checkpoint.pt).
 
     - ``gpus`` > 1: one worker process per GPU (elastic launch), jobs dealt
-      round-robin. ``nproc`` > 1 on CPU: the same with gloo workers.
+      round-robin; with more GPUs than jobs each job trains data-parallel
+      (DDP) over a subgroup of world // len(jobs) GPUs. ``nproc`` > 1 on
+      CPU: the same with gloo workers.
     - one GPU and several jobs: concurrently, one CUDA stream (and thread,
       loader and optimizer) per job.
     - otherwise: one after another in this process.
@@ -86,12 +89,30 @@ def _worker(jobs, config, index, use_gpus, loader_kwargs, model_factory=None) ->
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if use_gpus else torch.device("cpu")
     dist.init_process_group("nccl" if use_gpus else "gloo")
     try:
-        for job in jobs[rank::world]:
-            log.info("rank %d/%d training %s on %d samples", rank, world, job.name, len(job.ids))
-            _run_job(job, config, index, device, loader_kwargs, False, model_factory)
-        dist.barrier()
+        if jobs and world > len(jobs):
+            _data_parallel_share(jobs, config, index, device, loader_kwargs, model_factory, rank, world)
+        else:
+            for job in jobs[rank::world]:
+                log.info("rank %d/%d training %s on %d samples", rank, world, job.name, len(job.ids))
+                _run_job(job, config, index, device, loader_kwargs, False, model_factory)
+        # No closing barrier: jobs are independent, and a barrier would turn a
+        # crash of one worker into "connection closed" errors in the others.
     finally:
         dist.destroy_process_group()
+
+
+def _data_parallel_share(jobs, config, index, device, loader_kwargs, model_factory, rank, world) -> None:
+    """More workers than jobs: job j trains with DDP over ranks
+    [j*g, (j+1)*g), g = world // len(jobs); leftover ranks wait."""
+    import torch.distributed as dist
+
+    size = world // len(jobs)
+    # Every rank creates every group, in the same order (new_group is collective).
+    groups = [dist.new_group(list(range(j * size, (j + 1) * size))) for j in range(len(jobs))]
+    if rank < size * len(jobs):
+        job = jobs[rank // size]
+        log.info("rank %d/%d training %s data-parallel over %d ranks", rank, world, job.name, size)
+        _run_job(job, config, index, device, loader_kwargs, False, model_factory, ddp_group=groups[rank // size])
 
 
 def _launch(jobs, config, index, *, workers: int, use_gpus: bool, loader_kwargs, model_factory=None) -> None:
@@ -108,9 +129,25 @@ def _launch(jobs, config, index, *, workers: int, use_gpus: bool, loader_kwargs,
     try:
         elastic_launch(launch, _recorded_worker)(jobs, config, index, use_gpus, loader_kwargs, model_factory)
     except ChildFailedError as err:
-        rank, failure = err.get_first_failure()
+        rank, message = _root_failure(err)
+        raise RuntimeError(f"training worker {rank} failed: {message or err}") from None
+
+
+def _root_failure(err) -> tuple[int, str]:
+    """The failure that caused the others: earliest, and (timestamps are in
+    whole seconds) not a worker that only lost its connection to the one that
+    crashed."""
+    def text(failure):
         message = failure.message if isinstance(failure.message, str) else failure.message.get("message", "")
-        raise RuntimeError(f"training worker {rank} failed: {message.strip().splitlines()[-1] if message else err}") from None
+        return message.strip().splitlines()[-1] if message.strip() else ""
+
+    def key(item):
+        rank, failure = item
+        secondary = "Connection closed by peer" in text(failure) or "Connection reset" in text(failure)
+        return failure.timestamp, secondary, rank
+
+    rank, failure = min(err.failures.items(), key=key)
+    return rank, text(failure)
 
 
 def _recorded_worker(*args):

@@ -80,11 +80,14 @@ def amp_dtype(config: TrainConfig):
 
 
 def train(config: TrainConfig, index: ImageIndex, ids, out_dir, *, device="cpu", progress: bool = False,
-          loader_kwargs: dict | None = None, model_factory=None) -> nn.Module:
+          loader_kwargs: dict | None = None, model_factory=None, ddp_group=None) -> nn.Module:
     """Train one model on ``ids`` of ``index``; checkpoint to ``out_dir``.
 
     A checkpoint already in ``out_dir`` (same config) is resumed from the
     epoch after it; a finished one is loaded and returned without training.
+    ``ddp_group`` (a torch.distributed process group): train data-parallel
+    over its ranks, each reading its share of the ids with ``batch_size``
+    per rank; the group's first rank writes the checkpoints.
     """
     device = torch.device(device)
     out_dir = Path(out_dir)
@@ -93,14 +96,23 @@ def train(config: TrainConfig, index: ImageIndex, ids, out_dir, *, device="cpu",
         torch.set_num_threads(config.threads)
     ids = np.asarray(ids, dtype=np.int64)
     loader_kwargs = dict(loader_kwargs or {})
+    group_rank, group_size = 0, 1
+    if ddp_group is not None:
+        import torch.distributed as dist
+
+        group_rank, group_size = dist.get_rank(ddp_group), dist.get_world_size(ddp_group)
+        loader_kwargs.update(rank=group_rank, world_size=group_size)
+        if config.record_dynamics:
+            raise ValueError("record_dynamics is not supported with data-parallel training yet")
 
     # Model, optimizer, schedule: everything a checkpoint restores.
     torch.manual_seed(config.seed)
     model = _new_model(config, index.num_classes, model_factory).to(device)
     optimizer = torch.optim.SGD(parameter_groups(model, config.weight_decay), lr=config.lr,
                                 momentum=config.momentum, nesterov=True)
-    steps_per_epoch = steps_per_epoch_for(len(ids), config.batch_size)
-    drop_last = len(ids) >= config.batch_size  # full batches: a last batch of 1 breaks BatchNorm
+    per_rank = -(-len(ids) // group_size)  # training shards are padded to equal length
+    steps_per_epoch = steps_per_epoch_for(per_rank, config.batch_size)
+    drop_last = per_rank >= config.batch_size  # full batches: a last batch of 1 breaks BatchNorm
     total_steps = steps_per_epoch * config.epochs
     warmup = int(round(config.warmup_epochs * steps_per_epoch))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -110,6 +122,9 @@ def train(config: TrainConfig, index: ImageIndex, ids, out_dir, *, device="cpu",
     recorder = (DynamicsRecorder(out_dir / "dynamics", epochs=config.epochs, num_samples=len(index))
                 if config.record_dynamics else None)
     step_model = torch.compile(model) if config.compile else model
+    if ddp_group is not None:  # gradients averaged over the group after each backward
+        step_model = nn.parallel.DistributedDataParallel(
+            step_model, process_group=ddp_group, device_ids=[device.index] if device.type == "cuda" else None)
     dtype = amp_dtype(config)
 
     for epoch in range(start_epoch, config.epochs):
@@ -140,7 +155,10 @@ def train(config: TrainConfig, index: ImageIndex, ids, out_dir, *, device="cpu",
         elapsed = time.perf_counter() - start
         log.info("epoch %d/%d: loss %.4f, train acc %.4f, %.0f img/s", epoch + 1, config.epochs,
                  loss_sum / max(seen, 1), correct_sum / max(seen, 1), seen / elapsed)
-        _save_checkpoint(out_dir, config, model, optimizer, scheduler, scaler, epoch + 1)
+        if group_rank == 0:
+            _save_checkpoint(out_dir, config, model, optimizer, scheduler, scaler, epoch + 1)
+        if ddp_group is not None:
+            torch.distributed.barrier(ddp_group)  # nobody runs ahead of a checkpoint
     return model
 
 
