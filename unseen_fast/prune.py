@@ -23,7 +23,7 @@ import torch
 from unseen_fast import ops
 from unseen_fast.data import DataError, ImageIndex
 from unseen_fast.parallel import TrainJob, train_many
-from unseen_fast.train import TrainConfig, load_model, write_json
+from unseen_fast.train import TrainConfig, amp_dtype, load_model, write_json
 
 log = logging.getLogger("unseen_fast.prune")
 
@@ -325,7 +325,7 @@ def _score_with(config, index, jobs, ids, device, loader_kwargs, model_factory, 
     position[ids] = np.arange(len(ids))
     method = ops.method_codes([config.score])
     amp = config.train.amp != "off"
-    dtype = torch.bfloat16 if config.train.amp == "bf16" else torch.float16
+    dtype = amp_dtype(config.train.amp)
     loader = make_loader(index, ids, train=False, batch_size=max(512, config.train.batch_size),
                          image_size=config.train.image_size, device=device, backend=config.train.backend,
                          dtype=dtype if config.train.amp == "bf16" else torch.float32, **loader_kwargs)

@@ -75,8 +75,9 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
     return max(0.0, 1 - progress)
 
 
-def amp_dtype(config: TrainConfig):
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": torch.float32}[config.amp]
+def amp_dtype(amp: str) -> torch.dtype:
+    """The autocast dtype of an ``amp`` setting ("bf16", "fp16" or "off")."""
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": torch.float32}[amp]
 
 
 def train(config: TrainConfig, index: ImageIndex, ids, out_dir, *, device="cpu", progress: bool = False,
@@ -125,7 +126,7 @@ def train(config: TrainConfig, index: ImageIndex, ids, out_dir, *, device="cpu",
     if ddp_group is not None:  # gradients averaged over the group after each backward
         step_model = nn.parallel.DistributedDataParallel(
             step_model, process_group=ddp_group, device_ids=[device.index] if device.type == "cuda" else None)
-    dtype = amp_dtype(config)
+    dtype = amp_dtype(config.amp)
 
     for epoch in range(start_epoch, config.epochs):
         model.train()
@@ -221,7 +222,7 @@ def predict_logits(model: nn.Module, index: ImageIndex, ids, *, image_size: int,
     ids = np.asarray(ids, dtype=np.int64)
     device = torch.device(device)
     model.eval()
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": torch.float32}[amp]
+    dtype = amp_dtype(amp)
     out = torch.empty(len(ids), model_classes(model), dtype=torch.float32, device=device)
     position = torch.empty(len(index), dtype=torch.int64, device=device)
     position[torch.from_numpy(ids).to(device)] = torch.arange(len(ids), device=device)

@@ -2,7 +2,6 @@
 DataLoader worker processes (what a user would write without DALI)."""
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from unseen_fast.data.batches import BatchLoader
