@@ -53,7 +53,10 @@ def test_stats_match_the_score_op(gen):
     labels = torch.randint(0, 7, (50,), generator=gen)
     _, stats = ops.cross_entropy_with_stats(logits, labels)
     scores = ops.score(logits, labels, ["correct", "true_margin", "margin", "entropy", "el2n", "loss"])
-    assert torch.equal(stats[:, 1:], scores)
+    assert torch.equal(stats[:, 1:7], scores)
+    other = logits.double().scatter(1, labels[:, None], float("-inf")).amax(1)
+    assert torch.allclose(stats[:, 7].double(), logits.double().gather(1, labels[:, None]).squeeze(1) - other,
+                          atol=1e-5)
     p_true = torch.softmax(logits.double(), 1).gather(1, labels[:, None]).squeeze(1)
     assert torch.allclose(stats[:, 0].double(), p_true, atol=1e-6)
 
@@ -209,19 +212,27 @@ def test_dynamics_recorder_indexes_by_sample_id(tmp_path, gen):
         assert np.array_equal(arrays[name][1, ids.numpy()], stats[:, column].numpy())
         assert np.isnan(arrays[name][0]).all()
         assert np.isnan(np.delete(arrays[name][1], ids.numpy())).all()
-    with pytest.raises(ValueError, match="records shape"):
+    with pytest.raises(ValueError, match=r"records .*shape.: \[2, 10\]"):
         DynamicsRecorder(tmp_path / "dyn", epochs=3, num_samples=10)
 
 
 def test_training_records_every_trained_sample(tmp_path):
     digits = ImageIndex.digits()
     ids = np.arange(3, 1797, 4)
-    train(digits_config(epochs=2, record_dynamics=True), digits, ids, tmp_path / "run")
-    loss = load_dynamics(tmp_path / "run" / "dynamics")["loss"]
+    train(digits_config(epochs=2, record_dynamics=True, record_probabilities=True), digits, ids, tmp_path / "run")
+    dynamics = load_dynamics(tmp_path / "run" / "dynamics")
+    loss = dynamics["loss"]
     # full batches only: 449 ids, batch 128 -> 384 recorded per epoch, by sample id
     assert (np.isfinite(loss).sum(1) == 384).all()
     assert np.isfinite(loss[:, ids]).any(0).mean() > 0.9
     assert np.isnan(np.delete(loss, ids, axis=1)).all()
+    probs = dynamics["probs"].astype(np.float64)  # (epochs, N, C) softmax, same samples recorded
+    assert probs.shape == (2, len(digits), 10)
+    assert np.array_equal(np.isfinite(probs).all(2), np.isfinite(loss))
+    seen = np.isfinite(loss)
+    assert np.allclose(probs[seen].sum(1), 1, atol=1e-2)
+    p_true = np.take_along_axis(probs, np.broadcast_to(digits.labels[None, :, None], (2, len(digits), 1)), 2)[..., 0]
+    assert np.allclose(p_true[seen], dynamics["p_true"][seen], atol=2e-3)
 
 
 def test_train_cli_on_digits(tmp_path, capsys):
@@ -250,8 +261,13 @@ def test_more_workers_than_jobs_trains_each_job_data_parallel(tmp_path):
     (local BatchNorm statistics make bitwise comparison meaningless)."""
     digits = ImageIndex.digits()
     jobs = [TrainJob(f"j{k}", np.arange(k, 1797, 2), str(tmp_path / f"j{k}"), seed=k) for k in range(2)]
-    train_many(jobs, digits_config(epochs=4, batch_size=64), digits, nproc=4)
+    train_many(jobs, digits_config(epochs=4, batch_size=64, record_dynamics=True), digits, nproc=4)
     for k in range(2):
+        # both ranks recorded their shards into the one set of arrays: every id of the job, every epoch
+        # (a shard has 450 ids, 7 full batches of 64 = 448 recorded per rank and epoch)
+        loss = load_dynamics(tmp_path / f"j{k}" / "dynamics")["loss"]
+        assert np.isnan(np.delete(loss, jobs[k].ids, axis=1)).all()
+        assert (np.isfinite(loss).sum(1) >= 2 * 448 - 2).all()
         saved = torch.load(tmp_path / f"j{k}" / "checkpoint.pt", weights_only=False)
         assert saved["epochs_done"] == 4
         steps = saved["scheduler"]["last_epoch"]

@@ -157,6 +157,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
     import torch
 
+    from unseen_fast.baselines import BaselineParams
     from unseen_fast.data import open_index
     from unseen_fast.models import default_arch
     from unseen_fast.prune import PruneConfig, prune
@@ -173,10 +174,14 @@ def cmd_prune(args: argparse.Namespace) -> int:
     stage_size = float(args.stage_size)
     config = PruneConfig(prune_rate=args.prune_rate, folds=args.folds, stages=args.stages, stage_size=stage_size,
                          score=args.score, framework=args.framework, selection=args.selection, split=args.split,
-                         seed=args.seed, train=train_config)
+                         seed=args.seed, train=train_config,
+                         baseline=BaselineParams(early_epochs=args.early_epochs, window=args.window,
+                                                 tdds_decay=args.tdds_decay, ccs_beta=args.ccs_beta,
+                                                 ccs_strata=args.ccs_strata))
     try:
         summary = prune(index, out=args.out, config=config, device=device, nproc=args.nproc, gpus=args.gpus,
-                        resume=args.resume, progress=not args.quiet and sys.stderr.isatty())
+                        resume=args.resume, progress=not args.quiet and sys.stderr.isatty(),
+                        share_dir=args.share_models)
     except ValueError as err:  # a bad option value: one line, no traceback
         print(f"unseen-fast prune: error: {err}", file=sys.stderr)
         return 2
@@ -189,6 +194,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from unseen_fast.prune import SCORES
+
     parser = argparse.ArgumentParser(prog="unseen-fast", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", help="versions, compiled kernels, devices, DALI")
@@ -236,10 +243,23 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--folds", type=int, default=4, help="K fold models (default 4)")
     pr.add_argument("--stages", type=int, default=2, help="J selection stages (default 2)")
     pr.add_argument("--stage-size", default="0.1", help="M_j for stages >= 2: fraction of N (< 1) or a count")
-    pr.add_argument("--score", default="entropy",
-                    choices=["entropy", "loss", "margin", "least_confidence", "el2n", "random"])
+    pr.add_argument("--score", default="entropy", choices=list(SCORES),
+                    help="output scores (entropy, loss, margin, least_confidence, el2n) under any framework; "
+                         "random; training-dynamics baselines (forgetting, aum, el2n_early, dynunc, tdds) and "
+                         "moderate need --framework fitting --stages 1")
     pr.add_argument("--framework", default="unseen", choices=["unseen", "fitting", "proxy"])
-    pr.add_argument("--selection", default="global", choices=["global", "balanced"])
+    pr.add_argument("--selection", default="global", choices=["global", "balanced", "ccs"],
+                    help="global top-M, per-class proportional top-M, or coverage-centric (ccs)")
+    pr.add_argument("--ccs-beta", type=float, default=0.0, help="ccs: fraction removed as hardest first")
+    pr.add_argument("--ccs-strata", type=int, default=50, help="ccs: equal-width score strata")
+    pr.add_argument("--early-epochs", type=int, default=None,
+                    help="el2n_early: first epochs averaged (default: a quarter of --epochs)")
+    pr.add_argument("--window", type=int, default=None,
+                    help="dynunc, tdds: sliding window in epochs (default: min(10, max(2, epochs // 2)))")
+    pr.add_argument("--tdds-decay", type=float, default=0.9, help="tdds: decay over windows")
+    pr.add_argument("--share-models", default=None, metavar="DIR",
+                    help="keep stage-1 models, scores and the decoded cache in DIR for reuse by runs that "
+                         "differ only in prune rate, stages, selection or score")
     pr.add_argument("--split", default="random", choices=["random", "stratified"])
     pr.add_argument("--arch", default=None, help="fastnet, resnet18, resnet34, resnet50 (default: fastnet on CPU)")
     pr.add_argument("--epochs", type=int, default=10, help="epochs of every training (fold and stage models)")

@@ -14,37 +14,45 @@ from unseen_fast.fused_loss import STATS
 
 class DynamicsRecorder:
     """``{stat}.f32`` arrays of shape (epochs, num_samples) under ``folder``,
-    NaN where a sample was not seen in an epoch. Opening an existing folder
-    (a resumed run) keeps what was recorded."""
+    NaN where a sample was not seen in an epoch; with ``num_classes`` also
+    ``probs.f16`` (epochs, num_samples, num_classes): each sample's softmax
+    vector per epoch (TDDS needs it). Opening an existing folder (a resumed
+    run) keeps what was recorded."""
 
-    def __init__(self, folder, *, epochs: int, num_samples: int, stats=STATS):
+    def __init__(self, folder, *, epochs: int, num_samples: int, stats=STATS, num_classes: int | None = None):
         self.folder = Path(folder)
         self.stats = tuple(stats)
         self.shape = (epochs, num_samples)
+        meta = dict(shape=list(self.shape), stats=list(self.stats), num_classes=num_classes)
         meta_path = self.folder / "dynamics.json"
         exists = meta_path.exists()
         if exists:
-            meta = json.loads(meta_path.read_text())
-            if tuple(meta["shape"]) != self.shape or tuple(meta["stats"]) != self.stats:
-                raise ValueError(f"{meta_path} records shape {meta['shape']} stats {meta['stats']}, "
-                                 f"not {list(self.shape)} {list(self.stats)}")
+            saved = json.loads(meta_path.read_text())
+            if saved != meta:
+                raise ValueError(f"{meta_path} records {saved}, not {meta}")
         self.folder.mkdir(parents=True, exist_ok=True)
         mode = "r+" if exists else "w+"
         self.arrays = {name: np.memmap(self.folder / f"{name}.f32", dtype=np.float32, mode=mode, shape=self.shape)
                        for name in self.stats}
+        if num_classes:
+            self.arrays["probs"] = np.memmap(self.folder / "probs.f16", dtype=np.float16, mode=mode,
+                                             shape=self.shape + (num_classes,))
         if not exists:
             for array in self.arrays.values():
                 array[:] = np.nan
             self.flush()
-            meta_path.write_text(json.dumps(dict(shape=list(self.shape), stats=list(self.stats))))
+            meta_path.write_text(json.dumps(meta))
 
-    def record(self, epoch: int, sample_ids: torch.Tensor, stats: torch.Tensor) -> None:
-        """Write (B, len(STATS)) statistics of a batch at its sample ids."""
+    def record(self, epoch: int, sample_ids: torch.Tensor, stats: torch.Tensor, probs: torch.Tensor | None = None):
+        """Write (B, len(STATS)) statistics (and (B, C) probabilities when
+        recorded) of a batch at its sample ids."""
         ids = sample_ids.cpu().numpy()
         values = stats.float().cpu().numpy()
         for column, name in enumerate(STATS):
             if name in self.arrays:
                 self.arrays[name][epoch, ids] = values[:, column]
+        if "probs" in self.arrays:
+            self.arrays["probs"][epoch, ids] = probs.to(torch.float16).cpu().numpy()
 
     def flush(self) -> None:
         for array in self.arrays.values():
@@ -52,9 +60,14 @@ class DynamicsRecorder:
 
 
 def load_dynamics(folder) -> dict[str, np.ndarray]:
-    """{stat: (epochs, num_samples) float32} read-only views of a recorder's arrays."""
+    """{stat: (epochs, num_samples) float32} read-only views of a recorder's
+    arrays, plus "probs" (epochs, num_samples, C) float16 when recorded."""
     folder = Path(folder)
     meta = json.loads((folder / "dynamics.json").read_text())
     shape = tuple(meta["shape"])
-    return {name: np.memmap(folder / f"{name}.f32", dtype=np.float32, mode="r", shape=shape)
-            for name in meta["stats"]}
+    arrays = {name: np.memmap(folder / f"{name}.f32", dtype=np.float32, mode="r", shape=shape)
+              for name in meta["stats"]}
+    if meta.get("num_classes"):
+        arrays["probs"] = np.memmap(folder / "probs.f16", dtype=np.float16, mode="r",
+                                    shape=shape + (meta["num_classes"],))
+    return arrays

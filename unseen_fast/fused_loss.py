@@ -12,8 +12,9 @@ import torch
 from unseen_fast._extension import _C  # noqa: F401  (registers the score op)
 
 # Columns of the statistics, in order. Each is an importance like the score
-# op's (higher = harder), except p_true and correct (higher = easier).
-STATS = ("p_true", "correct", "true_margin", "margin", "entropy", "el2n", "loss")
+# op's (higher = harder), except p_true, correct and logit_margin (higher =
+# easier; logit_margin = z_y - max_{k != y} z_k is AUM's per-update margin).
+STATS = ("p_true", "correct", "true_margin", "margin", "entropy", "el2n", "loss", "logit_margin")
 _SCORE_METHODS = ("loss", "correct", "true_margin", "margin", "entropy", "el2n")
 
 
@@ -24,12 +25,16 @@ def _cross_entropy_with_stats(logits: torch.Tensor, labels: torch.Tensor,
 
     scores = torch.ops.unseen_fast.score(logits, labels, method_codes(_SCORE_METHODS), True)
     nll = scores[:, 0]
-    lse = nll + logits.gather(1, labels.view(-1, 1)).squeeze(1).float()
+    true_logit = logits.gather(1, labels.view(-1, 1)).squeeze(1).float()
+    lse = nll + true_logit
     if label_smoothing:
         loss = (1 - label_smoothing) * nll + label_smoothing * (lse - logits.float().mean(1))
     else:
         loss = nll.clone()
-    stats = torch.cat([torch.exp(-nll).unsqueeze(1), scores[:, 1:], nll.unsqueeze(1)], 1)
+    # the largest other logit: one extra read of the (B, C) logits, small next to the network
+    other = logits.float().scatter(1, labels.view(-1, 1), float("-inf")).amax(1)
+    stats = torch.cat([torch.exp(-nll).unsqueeze(1), scores[:, 1:], nll.unsqueeze(1),
+                       (true_logit - other).unsqueeze(1)], 1)
     return loss, stats, lse
 
 
@@ -81,7 +86,8 @@ def cross_entropy_with_stats(logits: torch.Tensor, labels: torch.Tensor, *,
     stats : torch.Tensor
         (N, len(STATS)) float32, detached, columns ``STATS``: p_true =
         softmax(z)_y, correct (argmax == y), true_margin, margin, entropy,
-        el2n, loss (unsmoothed), with the score op's definitions.
+        el2n, loss (unsmoothed), with the score op's definitions, and
+        logit_margin = z_y - max_{k != y} z_k (+inf when C = 1).
     """
     if not 0 <= label_smoothing < 1:
         raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")

@@ -21,14 +21,21 @@ import numpy as np
 import torch
 
 from unseen_fast import ops
+from unseen_fast.baselines import (DYNAMICS_SCORES, FEATURE_SCORES, BaselineParams, ccs_select,
+                                   dynamics_importance, moderate_importance)
 from unseen_fast.data import DataError, ImageIndex
 from unseen_fast.parallel import TrainJob, train_many
+from unseen_fast.dynamics import load_dynamics
 from unseen_fast.train import TrainConfig, amp_dtype, load_model, write_json
 
 log = logging.getLogger("unseen_fast.prune")
 
-SCORES = ("entropy", "loss", "margin", "least_confidence", "el2n", "random")
+OUTPUT_SCORES = ("entropy", "loss", "margin", "least_confidence", "el2n")
+SCORES = OUTPUT_SCORES + ("random",) + DYNAMICS_SCORES + FEATURE_SCORES
 FRAMEWORKS = ("unseen", "fitting", "proxy")
+SELECTIONS = ("global", "balanced", "ccs")
+# The full-data model keeps its softmax trajectory (for TDDS) while it fits in this many bytes.
+PROBABILITY_RECORD_LIMIT = 1 << 30
 
 
 @dataclass
@@ -39,10 +46,11 @@ class PruneConfig:
     stage_size: float = 0.1          # M_j for j >= 2: a fraction of N (< 1) or a count (>= 1)
     score: str = "entropy"           # importance score (higher = harder = kept first)
     framework: str = "unseen"        # unseen: K-1 unseen models; fitting: one model on all; proxy: own fold
-    selection: str = "global"        # global top-M, or balanced (per class, proportional)
+    selection: str = "global"        # global top-M, balanced (per class, proportional), or ccs (coverage)
     split: str = "random"            # fold split: random or stratified by class
-    seed: int = 0                    # fold split, model seeds, data order
+    seed: int = 0                    # fold split, model seeds, data order, tie-breaking
     train: TrainConfig = field(default_factory=TrainConfig)
+    baseline: BaselineParams = field(default_factory=BaselineParams)  # dynamics scores and ccs
 
     def validate(self, index: ImageIndex) -> None:
         n = len(index)
@@ -52,8 +60,12 @@ class PruneConfig:
             raise ValueError(f"unknown score {self.score!r}; choose one of {', '.join(SCORES)}")
         if self.framework not in FRAMEWORKS:
             raise ValueError(f"unknown framework {self.framework!r}; choose one of {', '.join(FRAMEWORKS)}")
-        if self.selection not in ("global", "balanced"):
-            raise ValueError(f"selection must be 'global' or 'balanced', got {self.selection!r}")
+        if self.selection not in SELECTIONS:
+            raise ValueError(f"unknown selection {self.selection!r}; choose one of {', '.join(SELECTIONS)}")
+        if self.score in DYNAMICS_SCORES + FEATURE_SCORES and (self.framework != "fitting" or self.stages != 1):
+            raise ValueError(f"score {self.score!r} comes from one model trained on all samples: use framework "
+                             f"'fitting' and 1 stage (got framework {self.framework!r}, {self.stages} stages)")
+        self.baseline.validate()
         if self.split not in ("random", "stratified"):
             raise ValueError(f"split must be 'random' or 'stratified', got {self.split!r}")
         if self.framework != "fitting" and self.folds < 2:
@@ -135,7 +147,7 @@ class RunDir:
 
 
 def prune(data, *, out, config: PruneConfig, device="cpu", nproc: int | None = None, gpus: int | None = None,
-          resume: bool = False, progress: bool = False, model_factory=None) -> dict:
+          resume: bool = False, progress: bool = False, model_factory=None, share_dir=None) -> dict:
     """Run UNSEEN pruning and return the summary (also in ``out/summary.json``).
 
     Parameters
@@ -148,6 +160,12 @@ def prune(data, *, out, config: PruneConfig, device="cpu", nproc: int | None = N
     model_factory : callable(num_classes) -> nn.Module, optional
         The user's own model instead of ``config.train.arch`` (must be
         picklable, e.g. a module-level function, when workers are used).
+    share_dir : path, optional
+        Keep the stage-1 models, their scores and the decoded cache here,
+        keyed by everything they depend on, so runs that differ only in
+        prune rate, stages, selection or score reuse them (the fold models
+        serve unseen and proxy; the full-data model fitting and every
+        dynamics score). Without it they live in the run directory.
     """
     from unseen_fast.data import open_index
 
@@ -160,11 +178,12 @@ def prune(data, *, out, config: PruneConfig, device="cpu", nproc: int | None = N
     sizes = stage_sizes(n, config.prune_rate, config.stages, config.stage_size)
     labels = index.labels
     timings, images = {}, {}
-    loader_kwargs = dict(cache_dir=run / "cache")
+    stage1 = _Stage1Store(run, config, index, share_dir)
+    loader_kwargs = dict(cache_dir=stage1.cache_dir)
     common = dict(device=device, nproc=nproc, gpus=gpus, loader_kwargs=loader_kwargs, progress=progress,
                   model_factory=model_factory)
 
-    _prepare_cache(index, config, device, run, progress)
+    _prepare_cache(index, config, device, stage1.cache_dir, progress)
     fold = run.load_npy("folds.npy")
     if fold is None:
         fold = fold_assignment(labels, config.folds, config.split, config.seed)
@@ -173,19 +192,25 @@ def prune(data, *, out, config: PruneConfig, device="cpu", nproc: int | None = N
     # Stage 1: fold models (or one model for fitting) and one scoring pass.
     scores = run.load_npy("scores_stage1.npy")
     if scores is None:
-        tick = time.perf_counter()
-        jobs = _stage1_jobs(config, fold, run, n)
-        if jobs:
-            _train(jobs, config, index, **common)
-        timings["stage1_training_s"] = time.perf_counter() - tick
-        images["stage1_training"] = config.train.epochs * sum(len(job.ids) for job in jobs)
-        tick = time.perf_counter()
-        scores, counts = _score_stage1(config, index, fold, jobs, device, loader_kwargs, model_factory)
-        timings["stage1_scoring_s"] = time.perf_counter() - tick
-        images["stage1_scoring"] = n
+        scores, counts = stage1.load_scores()
+        if scores is None:
+            tick = time.perf_counter()
+            jobs = stage1.jobs(fold)
+            if jobs:
+                train_many(jobs, stage1.train_config, index, **common)
+            timings["stage1_training_s"] = time.perf_counter() - tick
+            images["stage1_training"] = config.train.epochs * sum(len(job.ids) for job in jobs)
+            tick = time.perf_counter()
+            scores, counts = _score_stage1(config, index, fold, jobs, device, loader_kwargs, model_factory)
+            timings["stage1_scoring_s"] = time.perf_counter() - tick
+            images["stage1_scoring"] = n
+            stage1.save_scores(scores, counts)
+        else:
+            log.info("stage-1 scores reused from %s", stage1.root)
+            timings["stage1_reused_from"] = str(stage1.root)
         run.save_npy("score_counts_stage1.npy", counts)
         run.save_npy("scores_stage1.npy", scores)
-    selected = _select(scores, sizes[0], labels, config, exclude=None)
+    selected = _select(scores, sizes[0], labels, config, exclude=None, stage=1)
     added = np.zeros(n, dtype=np.int64)  # stage in which each sample was added (0: pruned)
     added[selected] = 1
 
@@ -200,7 +225,7 @@ def prune(data, *, out, config: PruneConfig, device="cpu", nproc: int | None = N
             job = TrainJob(f"stage{stage}", coreset, str(run / "models" / f"stage{stage}"),
                            seed=config.seed + 1000 * stage)
             if config.score != "random":
-                _train([job], config, index, **common)
+                train_many([job], config.train, index, **common)
             timings[f"stage{stage}_training_s"] = time.perf_counter() - tick
             images[f"stage{stage}_training"] = config.train.epochs * len(coreset) if config.score != "random" else 0
             tick = time.perf_counter()
@@ -213,7 +238,8 @@ def prune(data, *, out, config: PruneConfig, device="cpu", nproc: int | None = N
             images[f"stage{stage}_scoring"] = len(rest)
             run.save_npy(name, stage_scores)
         exclude = torch.from_numpy(added > 0)
-        picked = _select(np.nan_to_num(stage_scores, nan=0.0), sizes[stage - 1], labels, config, exclude=exclude)
+        picked = _select(np.nan_to_num(stage_scores, nan=0.0), sizes[stage - 1], labels, config, exclude=exclude,
+                         stage=stage)
         added[picked] = stage
 
     coreset = np.flatnonzero(added)
@@ -259,7 +285,7 @@ def _config_diff(saved: dict, wanted: dict, prefix: str = "") -> str:
     return "; ".join(parts)
 
 
-def _prepare_cache(index, config, device, run, progress) -> None:
+def _prepare_cache(index, config, device, cache_dir, progress) -> None:
     """Build the decoded cache once here, before worker processes start, so
     they do not each decode the dataset."""
     from unseen_fast.data import choose_backend
@@ -270,22 +296,59 @@ def _prepare_cache(index, config, device, run, progress) -> None:
     if backend == "auto":
         backend = choose_backend(index, config.train.image_size, device=device)[0]
     if backend == "cache" and not index.in_memory:
-        DecodedCache.open_or_build(index, Augment(config.train.image_size, train=False), run / "cache",
+        DecodedCache.open_or_build(index, Augment(config.train.image_size, train=False), cache_dir,
                                    progress=progress)
 
 
-def _stage1_jobs(config: PruneConfig, fold: np.ndarray, run: RunDir, n: int) -> list[TrainJob]:
-    if config.score == "random":
-        return []
-    if config.framework == "fitting":
-        return [TrainJob("fitting", np.arange(n), str(run / "models" / "fitting"), seed=config.seed)]
-    return [TrainJob(f"fold{k}", np.flatnonzero(fold == k), str(run / "models" / f"fold{k}"), seed=config.seed + k)
-            for k in range(config.folds)]
+class _Stage1Store:
+    """Where the stage-1 models and scores live: the run directory, or a
+    shared folder keyed by what they depend on (data, model kind, folds,
+    split, seed, training config) so other runs can reuse them."""
 
+    def __init__(self, run: RunDir, config: PruneConfig, index: ImageIndex, share_dir):
+        self.config = config
+        self.n = len(index)
+        train_config = config.train
+        if config.framework == "fitting":  # the full-data model records what every dynamics baseline needs
+            size = train_config.epochs * len(index) * index.num_classes * 2
+            train_config = dataclasses.replace(train_config, record_dynamics=True,
+                                               record_probabilities=size <= PROBABILITY_RECORD_LIMIT)
+        self.train_config = train_config
+        if share_dir is None:
+            self.root, self.cache_dir, self.shared = run / "models", run / "cache", False
+            return
+        kind = dict(kind="fitting", seed=config.seed) if config.framework == "fitting" else \
+            dict(kind="folds", folds=config.folds, split=config.split, seed=config.seed)
+        key = hashlib.sha256(json.dumps(dict(data=index.fingerprint, train=dataclasses.asdict(train_config), **kind),
+                                        sort_keys=True).encode()).hexdigest()[:16]
+        share = Path(share_dir)
+        self.root, self.cache_dir, self.shared = share / f"stage1-{kind['kind']}-{key}", share / "cache", True
+        self.root.mkdir(parents=True, exist_ok=True)
 
-def _train(jobs, config, index, *, device, nproc, gpus, loader_kwargs, progress, model_factory) -> None:
-    train_many(jobs, config.train, index, device=device, nproc=nproc, gpus=gpus, loader_kwargs=loader_kwargs,
-               progress=progress, model_factory=model_factory)
+    def jobs(self, fold: np.ndarray) -> list[TrainJob]:
+        config = self.config
+        if config.score == "random":
+            return []
+        if config.framework == "fitting":
+            return [TrainJob("fitting", np.arange(self.n), str(self.root / "fitting"), seed=config.seed)]
+        return [TrainJob(f"fold{k}", np.flatnonzero(fold == k), str(self.root / f"fold{k}"), seed=config.seed + k)
+                for k in range(config.folds)]
+
+    def _scores_name(self) -> str:
+        params = hashlib.sha256(json.dumps(dataclasses.asdict(self.config.baseline), sort_keys=True).encode())
+        return f"scores-{self.config.framework}-{self.config.score}-{params.hexdigest()[:8]}"
+
+    def load_scores(self):
+        if not self.shared or self.config.score == "random":
+            return None, None
+        store = RunDir(self.root)
+        return store.load_npy(self._scores_name() + ".npy"), store.load_npy(self._scores_name() + "-counts.npy")
+
+    def save_scores(self, scores: np.ndarray, counts: np.ndarray) -> None:
+        if self.shared and self.config.score != "random":
+            store = RunDir(self.root)
+            store.save_npy(self._scores_name() + "-counts.npy", counts)
+            store.save_npy(self._scores_name() + ".npy", scores)  # written last: its presence means complete
 
 
 def _score_stage1(config, index, fold, jobs, device, loader_kwargs, model_factory):
@@ -293,6 +356,12 @@ def _score_stage1(config, index, fold, jobs, device, loader_kwargs, model_factor
     n = len(index)
     if config.score == "random":
         return _random_scores(config.seed, 1, n), np.zeros(n, dtype=np.int64)
+    if config.score in DYNAMICS_SCORES:
+        dynamics = load_dynamics(Path(jobs[0].out_dir) / "dynamics")
+        return dynamics_importance(config.score, dynamics, config.baseline), np.ones(n, dtype=np.int64)
+    if config.score in FEATURE_SCORES:
+        features = _features_with(config, index, jobs[0], device, loader_kwargs, model_factory)
+        return moderate_importance(features, index.labels)[0], np.ones(n, dtype=np.int64)
     ids = np.arange(n)
     if config.framework == "fitting":
         scores = _score_with(config, index, jobs, ids, device, loader_kwargs, model_factory)[0]
@@ -342,17 +411,58 @@ def _score_with(config, index, jobs, ids, device, loader_kwargs, model_factory, 
     return out
 
 
-def _select(scores: np.ndarray, k: int, labels: np.ndarray, config: PruneConfig, exclude) -> np.ndarray:
-    scores_t = torch.from_numpy(np.ascontiguousarray(scores, dtype=np.float32))
-    if exclude is not None:
-        scores_t = torch.where(exclude, torch.zeros((), dtype=scores_t.dtype), scores_t)
+@torch.inference_mode()
+def _features_with(config, index, job, device, loader_kwargs, model_factory) -> np.ndarray:
+    """(N, D) penultimate features (the classifier head's input) of a model."""
+    from unseen_fast.data import make_loader
+
+    device = torch.device(device)
+    model = load_model(job.out_dir, index.num_classes, device=device, model_factory=model_factory)
+    head = model.head if hasattr(model, "head") else model.fc
+    captured = []
+    hook = head.register_forward_pre_hook(lambda module, inputs: captured.append(inputs[0].flatten(1).float()))
+    dtype = amp_dtype(config.train.amp)
+    out = None
+    loader = make_loader(index, np.arange(len(index)), train=False, batch_size=max(512, config.train.batch_size),
+                         image_size=config.train.image_size, device=device, backend=config.train.backend,
+                         dtype=dtype if config.train.amp == "bf16" else torch.float32, **loader_kwargs)
+    try:
+        for images, _, sample_ids in loader:
+            captured.clear()
+            with torch.autocast(device.type, dtype=dtype, enabled=config.train.amp != "off"):
+                model(images.contiguous(memory_format=torch.channels_last))
+            if out is None:
+                out = np.empty((len(index), captured[0].shape[1]), dtype=np.float32)
+            out[sample_ids.cpu().numpy()] = captured[0].cpu().numpy()
+    finally:
+        hook.remove()
+    return out
+
+
+def _select(scores: np.ndarray, k: int, labels: np.ndarray, config: PruneConfig, exclude, stage: int) -> np.ndarray:
+    """Sorted ids of the k samples to add. Ties between equal scores are
+    broken by a permutation seeded by (seed, stage), not by sample id, which
+    would favour the first classes of the listing (ties are common under
+    forgetting, random and any saturated score)."""
+    n = len(scores)
+    perm = np.random.Generator(np.random.PCG64([config.seed, 3, stage])).permutation(n)
+    scores_t = torch.from_numpy(np.ascontiguousarray(scores[perm], dtype=np.float32))
+    exclude_p = None if exclude is None else exclude[torch.from_numpy(perm)]
+    if config.selection == "ccs":
+        rng = np.random.Generator(np.random.PCG64([config.seed, 4, stage]))
+        candidates = np.arange(n) if exclude_p is None else np.flatnonzero(~exclude_p.numpy())
+        picked = ccs_select(scores_t.numpy(), k, beta=config.baseline.ccs_beta, strata=config.baseline.ccs_strata,
+                            rng=rng, candidates=candidates)
+        return np.sort(perm[picked])
+    if exclude_p is not None:
+        scores_t = torch.where(exclude_p, torch.zeros((), dtype=scores_t.dtype), scores_t)
     total = float(scores_t.double().sum())
     if total > 0:
         scores_t = ops.normalize(scores_t)
     balanced = config.selection == "balanced"
-    picked = ops.select_topk(scores_t, k, labels=torch.from_numpy(labels) if balanced else None,
-                             balanced=balanced, exclude=exclude)
-    return picked.numpy()
+    picked = ops.select_topk(scores_t, k, labels=torch.from_numpy(labels[perm]) if balanced else None,
+                             balanced=balanced, exclude=exclude_p)
+    return np.sort(perm[picked.numpy()])
 
 
 def _write_outputs(run, index, config, sizes, added, fold, timings, images, wall_s) -> dict:

@@ -42,6 +42,7 @@ class TrainConfig:
     backend: str = "auto"            # data backend (see unseen_fast.data.make_loader)
     threads: int | None = None       # torch CPU threads (same count = bitwise same CPU results)
     record_dynamics: bool = False    # keep per-sample statistics per epoch (baselines need them)
+    record_probabilities: bool = False  # with record_dynamics: each sample's softmax per epoch (TDDS), float16
 
     def __post_init__(self):
         if self.schedule not in ("onecycle", "cosine"):
@@ -103,8 +104,6 @@ def train(config: TrainConfig, index: ImageIndex, ids, out_dir, *, device="cpu",
 
         group_rank, group_size = dist.get_rank(ddp_group), dist.get_world_size(ddp_group)
         loader_kwargs.update(rank=group_rank, world_size=group_size)
-        if config.record_dynamics:
-            raise ValueError("record_dynamics is not supported with data-parallel training yet")
 
     # Model, optimizer, schedule: everything a checkpoint restores.
     torch.manual_seed(config.seed)
@@ -120,8 +119,7 @@ def train(config: TrainConfig, index: ImageIndex, ids, out_dir, *, device="cpu",
         optimizer, lambda step: lr_factor(step, total_steps, warmup, config.schedule))
     scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
     start_epoch = _resume(out_dir, config, model, optimizer, scheduler, scaler)
-    recorder = (DynamicsRecorder(out_dir / "dynamics", epochs=config.epochs, num_samples=len(index))
-                if config.record_dynamics else None)
+    recorder = _open_recorder(config, out_dir, index, group_rank, ddp_group)
     step_model = torch.compile(model) if config.compile else model
     if ddp_group is not None:  # gradients averaged over the group after each backward
         step_model = nn.parallel.DistributedDataParallel(
@@ -147,7 +145,8 @@ def train(config: TrainConfig, index: ImageIndex, ids, out_dir, *, device="cpu",
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
             if recorder is not None:
-                recorder.record(epoch, sample_ids, stats)
+                probs = torch.softmax(logits.detach().float(), 1) if config.record_probabilities else None
+                recorder.record(epoch, sample_ids, stats, probs)
             seen += len(labels)
             loss_sum += float(loss.detach().sum())
             correct_sum += float(stats[:, 1].sum())
@@ -161,6 +160,23 @@ def train(config: TrainConfig, index: ImageIndex, ids, out_dir, *, device="cpu",
         if ddp_group is not None:
             torch.distributed.barrier(ddp_group)  # nobody runs ahead of a checkpoint
     return model
+
+
+def _open_recorder(config: TrainConfig, out_dir: Path, index: ImageIndex, group_rank: int, ddp_group):
+    """The dynamics recorder; under DDP the group's first rank creates the
+    arrays and the others open them after a barrier (each rank then writes
+    the ids of its own shard)."""
+    if not config.record_dynamics:
+        return None
+
+    def open_it():
+        return DynamicsRecorder(out_dir / "dynamics", epochs=config.epochs, num_samples=len(index),
+                                num_classes=index.num_classes if config.record_probabilities else None)
+
+    recorder = open_it() if group_rank == 0 else None
+    if ddp_group is not None:
+        torch.distributed.barrier(ddp_group)
+    return recorder if recorder is not None else open_it()
 
 
 def _progress(loader, enabled: bool, desc: str):
