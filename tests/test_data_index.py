@@ -76,6 +76,20 @@ def test_save_load_round_trip(small_folder, tmp_path):
     loaded.assert_same_listing(ImageIndex.from_folder(small_folder))
 
 
+def test_subset_round_trips_for_folders_and_digits(small_folder, tmp_path):
+    for k, index in enumerate([ImageIndex.from_folder(small_folder), ImageIndex.digits()]):
+        ids = np.arange(len(index))[::-3]
+        sub = index.subset(ids)
+        assert sub.paths == [index.paths[i] for i in ids] and np.array_equal(sub.labels, index.labels[ids])
+        assert sub.classes == index.classes and sub.fingerprint != index.fingerprint
+        if index.in_memory:
+            assert np.array_equal(sub.images, index.images[ids])
+        sub.save(tmp_path / f"run{k}")
+        assert ImageIndex.load(tmp_path / f"run{k}").fingerprint == sub.fingerprint
+    with pytest.raises(DataError, match="subset id out of range"):
+        index.subset([len(index)])
+
+
 def test_save_refuses_to_overwrite_a_different_index(small_folder, tmp_path):
     ImageIndex.from_folder(small_folder).save(tmp_path / "run")
     before = (tmp_path / "run" / "index.txt").read_text()

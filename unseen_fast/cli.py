@@ -193,6 +193,41 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_experiment(args: argparse.Namespace) -> int:
+    """A grid of methods x prune rates x seeds: prune, train, evaluate, tabulate."""
+    import logging
+
+    import torch
+
+    from unseen_fast.experiment import Grid, run_experiment
+
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    try:
+        grid = Grid.from_yaml(args.grid)
+    except (ValueError, TypeError, OSError) as err:
+        print(f"unseen-fast experiment: error: {err}", file=sys.stderr)
+        return 2
+    device = torch.device("cuda" if args.gpus else args.device)
+    rows = run_experiment(grid, args.out, device=device, nproc=args.nproc, gpus=args.gpus,
+                          progress=not args.quiet and sys.stderr.isatty())
+    out = Path(args.out)
+    print((out / "table.md").read_text() if (out / "table.md").exists() else "no results")
+    print(f"{len(rows)} cell(s); table: {out / 'table.md'}, {out / 'results.csv'}; "
+          f"plot: {out / 'accuracy_vs_prune_rate.png'}")
+    return 0
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    """Score distributions, seed correlation, class ranks, class variance."""
+    from unseen_fast.analyze import analyze, format_summary
+
+    report = analyze(args.runs, args.out)
+    print(format_summary(report))
+    print(f"plots and analysis.json in {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from unseen_fast.prune import SCORES
 
@@ -274,6 +309,18 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--resume", action="store_true", help="continue the run in --out")
     pr.add_argument("--quiet", action="store_true", help="warnings only")
     pr.set_defaults(func=cmd_prune)
+    ex = sub.add_parser("experiment", help="methods x prune rates x seeds: prune, train final models, tabulate")
+    ex.add_argument("grid", help="GRID.yaml (see docs/EXPERIMENTS.md)")
+    ex.add_argument("--out", required=True, help="experiment folder (resumed cell by cell when it exists)")
+    ex.add_argument("--device", default="cpu")
+    ex.add_argument("--gpus", type=int, default=None, help="GPUs (one worker process each when > 1)")
+    ex.add_argument("--nproc", type=int, default=None, help="CPU worker processes (gloo)")
+    ex.add_argument("--quiet", action="store_true", help="warnings only")
+    ex.set_defaults(func=cmd_experiment)
+    an = sub.add_parser("analyze", help="score histograms, seed rank correlation, class rank shift, class variance")
+    an.add_argument("runs", nargs="+", help="prune run folders and/or experiment folders")
+    an.add_argument("--out", required=True, help="folder for the PNG plots and analysis.json")
+    an.set_defaults(func=cmd_analyze)
     return parser
 
 

@@ -165,6 +165,16 @@ class ImageIndex:
         return cls(root=None, paths=paths, labels=labels, classes=[str(d) for d in range(10)],
                    source="digits", images=np.ascontiguousarray(images))
 
+    def subset(self, ids) -> "ImageIndex":
+        """A new index of the samples ``ids`` (in that order), same classes:
+        sample id i of the subset is ``ids[i]`` here."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if len(ids) and (ids.min() < 0 or ids.max() >= len(self)):
+            raise DataError(f"subset id out of range [0, {len(self)})")
+        return ImageIndex(root=self.root, paths=[self.paths[i] for i in ids.tolist()], labels=self.labels[ids],
+                          classes=self.classes, source=self.source,
+                          images=None if self.images is None else np.ascontiguousarray(self.images[ids]))
+
     # ---------------------------------------------------------------- access
     def __len__(self) -> int:
         return len(self.paths)
@@ -244,15 +254,17 @@ class ImageIndex:
         if not meta_path.exists():
             raise DataError(f"no saved dataset index in {run_dir} (missing {INDEX_META})")
         meta = json.loads(meta_path.read_text())
-        if meta["source"] == "digits":
+        paths, labels = [], []
+        with open(run_dir / INDEX_LIST, encoding="utf-8") as handle:
+            for line in handle:
+                path, label = line.rstrip("\n").rsplit(" ", 1)
+                paths.append(path)
+                labels.append(int(label))
+        if meta["source"] == "digits":  # names "digits/<label>/<id>": the full set or a subset of it
             index = cls.digits()
+            if len(paths) != len(index):
+                index = index.subset([int(path.rsplit("/", 1)[1]) for path in paths])
         else:
-            paths, labels = [], []
-            with open(run_dir / INDEX_LIST, encoding="utf-8") as handle:
-                for line in handle:
-                    path, label = line.rstrip("\n").rsplit(" ", 1)
-                    paths.append(path)
-                    labels.append(int(label))
             index = cls(root=meta["root"], paths=paths, labels=labels, classes=meta["classes"],
                         source=meta["source"])
         if index.fingerprint != meta["fingerprint"]:

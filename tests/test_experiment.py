@@ -1,0 +1,160 @@
+"""`unseen-fast experiment` and `unseen-fast analyze` on a tiny digits grid:
+cells, budgets, table, resume cell by cell, refused changes, cross-arch,
+and the analyses against direct numpy/scipy computations."""
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+import yaml
+from scipy.stats import pearsonr, spearmanr
+
+from unseen_fast.analyze import analyze, class_ranks
+from unseen_fast.cli import main
+from unseen_fast.data import DataError
+from unseen_fast.experiment import Grid, run_experiment
+from unseen_fast.train import steps_per_epoch_for
+
+GRID = dict(data="builtin:digits", val_fraction=0.2, prune_rates=[0.5], seeds=[0, 1],
+            prune_train=dict(epochs=1, batch_size=128, threads=1), final_train=dict(epochs=2),
+            budgets=["epochs", "iterations"],
+            methods=dict(unseen=dict(score="entropy", framework="unseen", folds=2, stages=2),
+                         fitting=dict(score="entropy", framework="fitting", stages=1),
+                         random=dict(score="random", stages=1)))
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    out = tmp_path_factory.mktemp("exp")
+    path = out / "grid.yaml"
+    path.write_text(yaml.safe_dump(GRID))
+    assert main(["experiment", str(path), "--out", str(out / "run"), "--quiet"]) == 0
+    return out / "run", path
+
+
+def test_every_cell_is_run_and_tabulated(finished):
+    out, _ = finished
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert len(rows) == 2 + 3 * 2 * 2  # full per seed + methods x seeds x budgets
+    split = np.load(out / "split.npz")
+    assert len(split["val"]) == round(0.2 * 1797) and len(np.intersect1d(split["train"], split["val"])) == 0
+    n = len(split["train"])
+    for row in rows:
+        assert 0 <= float(row["top1"]) <= 1
+        if row["method"] == "full":
+            assert int(row["train_samples"]) == n
+            continue
+        assert int(row["train_samples"]) == int(np.floor(n * 0.5 + 1e-9))
+        coreset = np.load(out / "prune" / row["method"] / "p0.5" / f"seed{row['seed']}" / "coreset.npy")
+        assert len(coreset) == int(row["train_samples"])
+        if row["budget"] == "iterations":  # at least the full-data model's optimizer steps, within one epoch
+            full_steps = 2 * steps_per_epoch_for(n, 128)
+            assert int(row["steps"]) >= full_steps
+            assert int(row["steps"]) - full_steps < steps_per_epoch_for(len(coreset), 128)
+    table = (out / "table.md").read_text()
+    assert "same epochs" in table and "same iterations" in table
+    assert table.count("| unseen |") == 2 and "(n=2)" in table
+    assert (out / "accuracy_vs_prune_rate.png").stat().st_size > 1000
+    # the cell seed reaches the prune run (fold split)
+    assert np.load(out / "prune" / "unseen" / "p0.5" / "seed0" / "folds.npy").tolist() != \
+        np.load(out / "prune" / "unseen" / "p0.5" / "seed1" / "folds.npy").tolist()
+
+
+def test_table_reports_mean_std_and_difference_to_random(finished):
+    out, path = finished
+    grid = Grid.from_yaml(path)
+    rows = [json.loads(p.read_text()) for p in out.glob("final/**/result.json")]
+    fitting = [100 * r["top1"] for r in rows if r["method"] == "fitting" and r["budget"] == "epochs"]
+    random = [100 * r["top1"] for r in rows if r["method"] == "random" and r["budget"] == "epochs"]
+    line = [l for l in (out / "table.md").read_text().splitlines() if l.startswith("| fitting |")][0]
+    expected = f"{np.mean(fitting):.2f} ± {np.std(fitting, ddof=1):.2f} (n=2) " \
+               f"({np.mean(fitting) - np.mean(random):+.2f})"
+    assert expected in line
+    assert grid.methods["random"]["score"] == "random"
+
+
+def test_resume_runs_only_the_missing_cells(finished, tmp_path):
+    out, path = finished
+    cell = out / "final" / "fitting" / "p0.5" / "seed1" / "epochs"
+    before = json.loads((cell / "result.json").read_text())
+    others = {p: p.stat().st_mtime_ns for p in out.glob("final/**/result.json") if p.parent != cell}
+    (cell / "result.json").unlink()  # as if killed during this cell's final training
+    (cell / "checkpoint.pt").unlink()
+    rows = run_experiment(Grid.from_yaml(path), out)
+    after = json.loads((cell / "result.json").read_text())
+    assert after["top1"] == before["top1"]  # same seed, same threads: the same model
+    assert all(p.stat().st_mtime_ns == t for p, t in others.items())  # nothing else was redone
+    assert len(rows) == 14
+
+
+def test_changed_configuration_is_refused(finished, tmp_path):
+    out, _ = finished
+    changed = dict(GRID, final_train=dict(epochs=3))
+    path = tmp_path / "changed.yaml"
+    path.write_text(yaml.safe_dump(changed))
+    with pytest.raises(DataError, match="holds a result of a different configuration"):
+        run_experiment(Grid.from_yaml(path), out)
+    changed = dict(GRID, val_fraction=0.3)
+    path.write_text(yaml.safe_dump(changed))
+    with pytest.raises(DataError, match="different train/validation split"):
+        run_experiment(Grid.from_yaml(path), out)
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(unknown_key=1), "unknown grid key"),
+    (dict(prune_rates=[1.2]), "prune rate 1.2 is not in"),
+    (dict(budgets=["hours"]), "budgets must be"),
+    (dict(methods=dict(m=dict(score="entropy", lr=0.1))), "unknown option"),
+    (dict(final_train=dict(amp="fp8")), "amp must be"),
+])
+def test_bad_grids(tmp_path, change, message, capsys):
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(dict(GRID, **change)))
+    assert main(["experiment", str(path), "--out", str(tmp_path / "out")]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cross_architecture_final_models(tmp_path):
+    grid = Grid(**dict(GRID, seeds=[0], budgets=["epochs"], full_data=False,
+                       methods=dict(fitting=GRID["methods"]["fitting"]),
+                       final_train=dict(arch="resnet18", epochs=1)))
+    [row] = run_experiment(grid, tmp_path / "out")
+    assert row["arch"] == "resnet18"
+    prune_config = json.loads((tmp_path / "out" / "prune" / "fitting" / "p0.5" / "seed0" /
+                               "config.json").read_text())["config"]
+    assert prune_config["train"]["arch"] == "fastnet"
+
+
+def test_analyze_an_experiment(finished, tmp_path, capsys):
+    out, _ = finished
+    assert main(["analyze", str(out), "--out", str(tmp_path / "an")]) == 0
+    report = json.loads((tmp_path / "an" / "analysis.json").read_text())
+    for name in ("score_histograms", "seed_correlation", "class_rank_shift", "class_variance_vs_prune_rate"):
+        assert (tmp_path / "an" / f"{name}.png").stat().st_size > 1000
+    runs = {}
+    for framework in ("unseen", "fitting"):
+        a, b = (np.load(out / "prune" / framework / "p0.5" / f"seed{s}" / "scores_stage1.npy") for s in (0, 1))
+        got = report["seed_correlation"][f"entropy ({framework})"]
+        assert math.isclose(got["mean_pearson"], pearsonr(a, b)[0], rel_tol=1e-9)
+        assert math.isclose(got["mean_spearman"], spearmanr(a, b)[0], rel_tol=1e-9)
+        runs[framework] = a
+    assert "random (unseen)" not in report["seed_correlation"]  # random scores are not a ranking
+    shift = report["class_rank_shift"]["entropy seed 0"]
+    labels = np.load(out / "split.npz")["train"]
+    from unseen_fast.data import ImageIndex
+
+    index = ImageIndex.load(out / "prune" / "unseen" / "p0.5" / "seed0")
+    assert shift["rank_unseen"] == class_ranks(runs["unseen"].astype(np.float64), index.labels, 10).tolist()
+    assert len(shift["hardest_and_easiest_under_fitting"]) == 6 and len(labels) == len(index)
+    variance = report["class_variance_vs_prune_rate"]
+    assert set(variance) == {"unseen", "fitting", "random", "full"}
+    assert "seed-to-seed correlation of entropy (unseen)" in capsys.readouterr().out
+
+
+def test_class_ranks_and_analyze_errors(tmp_path):
+    scores = np.array([0.1, 0.2, 5.0, 4.0, 1.0, 1.2])
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    assert class_ranks(scores, labels, 3).tolist() == [3, 1, 2]
+    with pytest.raises(DataError, match="neither a prune run"):
+        analyze([tmp_path], tmp_path / "an")

@@ -1,0 +1,314 @@
+"""`unseen-fast experiment GRID.yaml --out EXP`: methods x prune rates x seeds.
+
+Every cell prunes the training split with one method (through ``prune``,
+stage-1 models shared between cells that only differ in prune rate or
+score), trains the final model on the coreset and evaluates it on the
+validation split. Cells are resumable one by one: a finished cell keeps its
+``result.json`` and is skipped; an unfinished one resumes its prune run and
+its training checkpoint. After every cell the table (Markdown + CSV) and the
+plot are rewritten, so a long grid can be read while it runs.
+
+EXP layout::
+
+    grid.json, split.npz             the grid as run, the train/validation ids
+    shared/                          stage-1 models and scores, decoded caches
+    prune/<method>/p<rate>/seed<s>/  prune run directories
+    final/<method>/p<rate>/seed<s>/<budget>/   final model + result.json
+    final/full/seed<s>/epochs/       the full-data model + result.json
+    results.csv, table.md, accuracy_vs_prune_rate.png
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from unseen_fast.baselines import BaselineParams
+from unseen_fast.data import DataError, ImageIndex, open_index
+from unseen_fast.parallel import TrainJob, train_many
+from unseen_fast.prune import PruneConfig, prune
+from unseen_fast.splits import stratified_holdout
+from unseen_fast.train import TrainConfig, accuracy_report, load_model, predict_logits, steps_per_epoch_for, write_json
+
+log = logging.getLogger("unseen_fast.experiment")
+BUDGETS = ("epochs", "iterations")
+PRUNE_FIELDS = {f.name for f in dataclasses.fields(PruneConfig)} - {"prune_rate", "seed", "train", "baseline"}
+
+
+@dataclass
+class Grid:
+    data: str                                   # ImageFolder root or builtin:digits
+    methods: dict                               # name -> PruneConfig fields (score, framework, stages, ...)
+    prune_rates: list
+    seeds: list
+    file_list: str | None = None                # optional "relative/path label" list under data
+    val_data: str | None = None                 # validation ImageFolder; else a stratified holdout of data
+    val_fraction: float = 0.1                   # holdout share when val_data is not given
+    split_seed: int = 0                         # the holdout is fixed by this seed, not by the cell seeds
+    train_samples: int | None = None            # prune a stratified subset of the training split this big
+    prune_train: dict = field(default_factory=dict)  # TrainConfig fields of the pruning models
+    final_train: dict = field(default_factory=dict)  # TrainConfig fields of the final models (arch may differ)
+    budgets: list = field(default_factory=lambda: ["epochs"])  # epochs and/or iterations (CCS's protocol)
+    iterations_at: list | None = None           # prune rates that also get the iterations budget (default all)
+    full_data: bool = True                      # train and report the full-data model per seed
+
+    @classmethod
+    def from_yaml(cls, path) -> "Grid":
+        import yaml
+
+        text = Path(path).read_text()
+        raw = yaml.safe_load(text) or {}
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ValueError(f"{path}: unknown grid key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        missing = [name for name in ("data", "methods", "prune_rates", "seeds") if name not in raw]
+        if missing:
+            raise ValueError(f"{path}: missing grid key(s) {', '.join(missing)}")
+        grid = cls(**raw)
+        grid.validate(path)
+        return grid
+
+    def validate(self, where="grid") -> None:
+        if not self.methods:
+            raise ValueError(f"{where}: no methods")
+        for name, spec in self.methods.items():
+            bad = sorted(set(spec) - PRUNE_FIELDS - {"baseline"})
+            if bad:
+                raise ValueError(f"{where}: method {name!r} has unknown option(s) {', '.join(bad)}; "
+                                 f"known: {', '.join(sorted(PRUNE_FIELDS | {'baseline'}))}")
+            if name == "full":
+                raise ValueError(f"{where}: 'full' is reserved for the full-data model")
+        for rate in self.prune_rates:
+            if not 0 < float(rate) < 1:
+                raise ValueError(f"{where}: prune rate {rate} is not in (0, 1)")
+        bad = sorted(set(self.budgets) - set(BUDGETS))
+        if bad or not self.budgets:
+            raise ValueError(f"{where}: budgets must be a non-empty subset of {BUDGETS}, got {self.budgets}")
+        for name, fields in (("prune_train", self.prune_train), ("final_train", self.final_train)):
+            TrainConfig(**fields)  # unknown or bad fields raise here, naming the field
+
+
+def run_experiment(grid: Grid, out, *, device="cpu", nproc=None, gpus=None, progress=False) -> list[dict]:
+    """Run (or resume) every cell of ``grid`` in ``out``; returns the result rows."""
+    from unseen_fast.cli import default_image_size
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "grid.json", dataclasses.asdict(grid))
+    index = open_index(grid.data, file_list=grid.file_list)
+    train_index, val_index, val_ids = _split(grid, index, out)
+    image_size = grid.prune_train.get("image_size") or default_image_size(index)
+    shared = out / "shared"
+    common = dict(device=device, nproc=nproc, gpus=gpus, progress=progress)
+    for seed in grid.seeds:
+        if grid.full_data:
+            final = _final_config(grid, seed, image_size)
+            _final_cell(out / "final" / "full" / f"seed{seed}" / "epochs", dict(method="full", prune_rate=0.0,
+                        seed=seed, budget="epochs"), final, train_index, np.arange(len(train_index)), val_index,
+                        val_ids, shared, prune_s=0.0, **common)
+            _report(grid, out)
+        for rate in grid.prune_rates:
+            for method, spec in grid.methods.items():
+                config = _prune_config(spec, rate, seed, grid.prune_train, image_size)
+                run = out / "prune" / method / f"p{rate}" / f"seed{seed}"
+                tick = time.perf_counter()
+                summary = prune(train_index, out=run, config=config, resume=(run / "config.json").exists(),
+                                share_dir=shared, **common)
+                prune_s = time.perf_counter() - tick
+                coreset = np.load(run / "coreset.npy")
+                for budget in grid.budgets:
+                    if budget == "iterations" and grid.iterations_at is not None and \
+                            not any(math.isclose(rate, r) for r in grid.iterations_at):
+                        continue
+                    final = _final_config(grid, seed, image_size)
+                    if budget == "iterations":  # as many optimizer steps as the full-data model
+                        steps = final.epochs * steps_per_epoch_for(len(train_index), final.batch_size)
+                        per_epoch = steps_per_epoch_for(len(coreset), final.batch_size)
+                        final = dataclasses.replace(final, epochs=-(-steps // per_epoch))
+                    _final_cell(out / "final" / method / f"p{rate}" / f"seed{seed}" / budget,
+                                dict(method=method, prune_rate=rate, seed=seed, budget=budget,
+                                     score=config.score, framework=config.framework, stages=config.stages,
+                                     selection=config.selection, coreset_size=int(summary["coreset_size"])),
+                                final, train_index, coreset, val_index, val_ids, shared, prune_s=prune_s, **common)
+                _report(grid, out)
+    return _report(grid, out)
+
+
+def _split(grid: Grid, index: ImageIndex, out: Path):
+    """(train index, validation index, validation ids), fixed by split_seed
+    and checked against the ids saved by an earlier run of this experiment."""
+    if grid.val_data:
+        val_index = open_index(grid.val_data)
+        if val_index.classes != index.classes:
+            raise DataError(f"val_data classes {val_index.classes[:5]}... differ from data's {index.classes[:5]}...")
+        train_ids, val_ids = np.arange(len(index)), np.arange(len(val_index))
+    else:
+        train_ids, held = stratified_holdout(np.arange(len(index)), index.labels, grid.val_fraction,
+                                             seed=grid.split_seed)
+        val_index, val_ids = index.subset(held), np.arange(len(held))  # its own (small) decoded cache
+    if grid.train_samples is not None and grid.train_samples != len(train_ids):  # smaller, stratified
+        if not 0 < grid.train_samples <= len(train_ids):
+            raise ValueError(f"train_samples {grid.train_samples} not in [1, {len(train_ids)}]")
+        _, train_ids = stratified_holdout(train_ids, index.labels, grid.train_samples / len(train_ids),
+                                          seed=grid.split_seed + 1)
+    path = out / "split.npz"
+    if grid.val_data:
+        held = val_ids
+    if path.exists():
+        saved = np.load(path)
+        if not (np.array_equal(saved["train"], train_ids) and np.array_equal(saved["val"], held)):
+            raise DataError(f"{path} holds a different train/validation split (data or split settings "
+                            f"changed); use a new --out folder")
+    else:
+        tmp = out / "split.tmp.npz"
+        np.savez(tmp, train=train_ids, val=held)
+        tmp.replace(path)
+    return index.subset(train_ids), val_index, val_ids
+
+
+def _prune_config(spec: dict, rate: float, seed: int, prune_train: dict, image_size: int) -> PruneConfig:
+    spec = dict(spec)
+    baseline = BaselineParams(**spec.pop("baseline", {}))
+    train = TrainConfig(**{"image_size": image_size, **prune_train})
+    return PruneConfig(prune_rate=float(rate), seed=int(seed), train=train, baseline=baseline, **spec)
+
+
+def _final_config(grid: Grid, seed: int, image_size: int) -> TrainConfig:
+    fields = {"image_size": image_size, **grid.prune_train, **grid.final_train, "seed": int(seed)}
+    fields.pop("record_dynamics", None)
+    return TrainConfig(**fields)
+
+
+def _final_cell(cell: Path, row: dict, config: TrainConfig, train_index, ids, val_index, val_ids, shared,
+                *, prune_s, device, nproc, gpus, progress) -> dict:
+    """Train the final model of one cell and evaluate it (skipped when done)."""
+    result_path = cell / "result.json"
+    key = hashlib.sha256(json.dumps(dict(row=row, config=dataclasses.asdict(config),
+                                         ids=hashlib.sha256(np.asarray(ids, np.int64).tobytes()).hexdigest()),
+                                    sort_keys=True).encode()).hexdigest()[:16]
+    if result_path.exists():
+        saved = json.loads(result_path.read_text())
+        if saved["key"] != key:
+            raise DataError(f"{cell} holds a result of a different configuration; use a new --out folder "
+                            f"or delete that cell")
+        return saved
+    log.info("cell %s: training on %d samples for %d epochs", cell, len(ids), config.epochs)
+    tick = time.perf_counter()
+    train_many([TrainJob("final", ids, str(cell), seed=config.seed)], config, train_index, device=device,
+               nproc=nproc, gpus=gpus, loader_kwargs=dict(cache_dir=shared / "cache"), progress=progress)
+    train_s = time.perf_counter() - tick
+    model = load_model(cell, train_index.num_classes, device=device)
+    logits = predict_logits(model, val_index, val_ids, image_size=config.image_size, device=device, amp=config.amp,
+                            cache_dir=shared / "cache")
+    report = accuracy_report(logits, torch.from_numpy(val_index.labels[val_ids]).to(logits.device),
+                             val_index.classes)
+    result = dict(row, key=key, top1=report["top1"], class_accuracy_variance=report["class_accuracy_variance"],
+                  per_class=report["per_class"], train_samples=len(ids), epochs=config.epochs,
+                  steps=config.epochs * steps_per_epoch_for(len(ids), config.batch_size), arch=config.arch,
+                  final_train_s=train_s, prune_s=prune_s)
+    write_json(result_path, result)
+    log.info("cell %s: top1 %.4f", cell, result["top1"])
+    return result
+
+
+def load_results(out) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(Path(out).glob("final/**/result.json"))]
+
+
+def _report(grid: Grid, out: Path) -> list[dict]:
+    rows = load_results(out)
+    if not rows:
+        return rows
+    columns = ["method", "prune_rate", "budget", "seed", "top1", "class_accuracy_variance", "train_samples",
+               "epochs", "steps", "arch", "score", "framework", "stages", "selection", "prune_s", "final_train_s"]
+    tmp = out / "results.csv.tmp"
+    with open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(out / "results.csv")
+    (out / "table.md.tmp").write_text(results_table(grid, rows))
+    (out / "table.md.tmp").replace(out / "table.md")
+    _plot(grid, rows, out / "accuracy_vs_prune_rate.png")
+    return rows
+
+
+def _cells(rows, method, rate, budget):
+    return [r["top1"] for r in rows if r["method"] == method and r["budget"] == budget
+            and math.isclose(r["prune_rate"], rate)]
+
+
+def results_table(grid: Grid, rows: list[dict]) -> str:
+    """Table 1 style: mean ± std top-1 (%) per method and prune rate, the
+    difference to Random, and the full-data accuracy."""
+    random_methods = [m for m, spec in grid.methods.items() if spec.get("score") == "random"]
+    full = [r["top1"] for r in rows if r["method"] == "full"]
+    lines = []
+    for budget in grid.budgets:
+        rates = [r for r in grid.prune_rates if budget == "epochs" or grid.iterations_at is None
+                 or any(math.isclose(r, x) for x in grid.iterations_at)]
+        lines += [f"### Final training budget: same {budget} as the full-data model", "",
+                  "| method | " + " | ".join(f"{100 * r:g}% pruned" for r in rates) + " |",
+                  "|---|" + "---|" * len(rates)]
+        if full:
+            lines.append(f"| full data ({len(full)} seeds) | " +
+                         " | ".join(_mean_std(full) for _ in rates) + " |")
+        for method in grid.methods:
+            cells = []
+            for rate in rates:
+                values = _cells(rows, method, rate, budget)
+                text = _mean_std(values)
+                if random_methods and method not in random_methods and values:
+                    base = _cells(rows, random_methods[0], rate, budget)
+                    if base:
+                        text += f" ({100 * (np.mean(values) - np.mean(base)):+.2f})"
+                cells.append(text)
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines.append("Top-1 validation accuracy (%), mean ± std over seeds (n = seeds finished); in brackets the "
+                 "difference to the Random row at the same prune rate and budget.")
+    return "\n".join(lines) + "\n"
+
+
+def _mean_std(values) -> str:
+    if not values:
+        return "–"
+    values = 100 * np.asarray(values)
+    return f"{values.mean():.2f} ± {values.std(ddof=1) if len(values) > 1 else 0.0:.2f} (n={len(values)})"
+
+
+def _plot(grid: Grid, rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(grid.budgets), figsize=(6 * len(grid.budgets), 4), squeeze=False)
+    full = [r["top1"] for r in rows if r["method"] == "full"]
+    for ax, budget in zip(axes[0], grid.budgets):
+        for method in grid.methods:
+            points = [(rate, _cells(rows, method, rate, budget)) for rate in grid.prune_rates]
+            points = [(rate, values) for rate, values in points if values]
+            if points:
+                ax.errorbar([100 * r for r, _ in points], [100 * np.mean(v) for _, v in points],
+                            yerr=[100 * np.std(v) for _, v in points], marker="o", capsize=3, label=method)
+        if full:
+            ax.axhline(100 * np.mean(full), color="k", ls="--", lw=0.8, label="full data")
+        ax.set_xlabel("prune rate (%)")
+        ax.set_ylabel("validation top-1 (%)")
+        ax.set_title(f"final training: same {budget}")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path.with_suffix(".tmp.png"), dpi=120)
+    plt.close(fig)
+    path.with_suffix(".tmp.png").replace(path)
