@@ -96,12 +96,6 @@ def _read_subset(path: str, index) -> "np.ndarray":
     return as_id_array(ids, len(index))
 
 
-def default_image_size(index) -> int:
-    """Native size for small images (CIFAR, digits), else 224."""
-    height, width = index.native_size()
-    return max(height, width) if max(height, width) <= 64 else 224
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     """Train one model; write RUN/checkpoint.pt and RUN/eval.json."""
     import logging
@@ -110,7 +104,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     import torch
 
     from unseen_fast.data import open_index
-    from unseen_fast.models import default_arch
+    from unseen_fast.models import default_arch, default_image_size
     from unseen_fast.parallel import TrainJob, train_many
     from unseen_fast.splits import stratified_holdout
     from unseen_fast.train import TrainConfig, accuracy_report, load_model, predict_logits, write_json
@@ -159,7 +153,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
     from unseen_fast.baselines import BaselineParams
     from unseen_fast.data import open_index
-    from unseen_fast.models import default_arch
+    from unseen_fast.models import default_arch, default_image_size
     from unseen_fast.prune import PruneConfig, prune
     from unseen_fast.train import TrainConfig
 

@@ -34,6 +34,7 @@ import torch
 
 from unseen_fast.baselines import BaselineParams
 from unseen_fast.data import DataError, ImageIndex, open_index
+from unseen_fast.models import default_image_size
 from unseen_fast.parallel import TrainJob, train_many
 from unseen_fast.prune import PruneConfig, prune
 from unseen_fast.splits import stratified_holdout
@@ -100,8 +101,6 @@ class Grid:
 
 def run_experiment(grid: Grid, out, *, device="cpu", nproc=None, gpus=None, progress=False) -> list[dict]:
     """Run (or resume) every cell of ``grid`` in ``out``; returns the result rows."""
-    from unseen_fast.cli import default_image_size
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "grid.json", dataclasses.asdict(grid))
@@ -186,6 +185,7 @@ def _prune_config(spec: dict, rate: float, seed: int, prune_train: dict, image_s
 def _final_config(grid: Grid, seed: int, image_size: int) -> TrainConfig:
     fields = {"image_size": image_size, **grid.prune_train, **grid.final_train, "seed": int(seed)}
     fields.pop("record_dynamics", None)
+    fields.pop("record_probabilities", None)
     return TrainConfig(**fields)
 
 

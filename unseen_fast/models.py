@@ -68,3 +68,9 @@ def build_model(arch: str, num_classes: int, *, image_size: int, small_input: bo
     if small_input is None:
         small_input = image_size <= SMALL_INPUT_MAX
     return ARCHS[arch](num_classes, small_input).to(memory_format=torch.channels_last)
+
+
+def default_image_size(index) -> int:
+    """Training size: the native size for small images (CIFAR, digits), else 224."""
+    height, width = index.native_size()
+    return max(height, width) if max(height, width) <= 64 else 224
