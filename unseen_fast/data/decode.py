@@ -78,6 +78,16 @@ class _DecodeChunks(torch.utils.data.Dataset):
         return first, results, failed
 
 
+def _clean_context():
+    """A forkserver that has torch and this package imported already, so each
+    worker forks from it in milliseconds."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["torch", "unseen_fast.data.decode"])
+    return context
+
+
 def _as_is(item):
     return item
 
@@ -93,9 +103,13 @@ def decode_every_image(index, convert, *, workers: int | None = None, progress: 
     workers = (os.cpu_count() or 2) if workers is None else workers
     # collate_fn=_as_is: the default would turn numpy results into tensors,
     # which cross the worker queue one shared-memory file each (10x slower).
+    # forkserver: workers start from a clean process, not a fork of this one,
+    # whose thread pools (OpenMP, after training) made forked decoders segfault
+    # now and then in the full test suite.
     loader = torch.utils.data.DataLoader(_DecodeChunks(index, convert, chunk), batch_size=None,
                                          collate_fn=_as_is, num_workers=workers,
-                                         prefetch_factor=4 if workers else None)
+                                         prefetch_factor=4 if workers else None,
+                                         multiprocessing_context=_clean_context() if workers else None)
     with tqdm(total=len(index), desc=desc, unit="img", disable=not progress, mininterval=1.0) as bar:
         for first, results, failed in loader:
             yield first, results, failed
