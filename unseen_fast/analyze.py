@@ -98,6 +98,12 @@ def _plt():
     return plt
 
 
+def _save(fig, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    _plt().close(fig)
+
+
 def _histograms(runs: list[dict], path: Path) -> dict:
     """Score distribution per (score, framework), first seed of each."""
     groups = {}
@@ -122,9 +128,7 @@ def _histograms(runs: list[dict], path: Path) -> dict:
         ax.set_xlabel(f"stage-1 {score}")
         ax.set_ylabel("density")
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
     return stats
 
 
@@ -158,9 +162,7 @@ def _seed_correlation(runs: list[dict], path: Path) -> dict:
                          fontsize=9)
             ax.set_xlabel(f"seed {a['config']['seed']}")
             ax.set_ylabel(f"seed {b['config']['seed']}")
-        fig.tight_layout()
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
+        _save(fig, path)
     return report
 
 
@@ -209,9 +211,7 @@ def _class_rank_shift(runs: list[dict], path: Path, extremes: int = 3) -> dict:
         ax.set_ylabel("difficulty rank (1 = hardest)")
         ax.set_title(f"class ranks by mean {score}, seed {seed}")
         ax.legend()
-        fig.tight_layout()
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
+        _save(fig, path)
     return report
 
 
@@ -235,9 +235,7 @@ def _class_variance(results: list[dict], path: Path) -> dict:
         ax.set_xlabel("prune rate (%)")
         ax.set_ylabel("variance of per-class accuracy")
         ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
+        _save(fig, path)
     return report
 
 

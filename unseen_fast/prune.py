@@ -379,13 +379,21 @@ def _random_scores(seed: int, stage: int, count: int) -> np.ndarray:
     return np.random.Generator(np.random.PCG64([seed, 2, stage])).random(count).astype(np.float32)
 
 
+def _eval_loader(config, index, ids, device, loader_kwargs):
+    """Evaluation batches of ``ids`` as the models were trained to see them."""
+    from unseen_fast.data import make_loader
+
+    dtype = torch.bfloat16 if config.train.amp == "bf16" else torch.float32
+    return make_loader(index, ids, train=False, batch_size=max(512, config.train.batch_size),
+                       image_size=config.train.image_size, device=device, backend=config.train.backend,
+                       dtype=dtype, **loader_kwargs)
+
+
 @torch.inference_mode()
 def _score_with(config, index, jobs, ids, device, loader_kwargs, model_factory, use=None) -> np.ndarray:
     """(len(jobs), len(ids)) scores from one pass over the data (each image
     decoded once): model k scores the samples where ``use[k]`` (default all;
     NaN elsewhere), so no forward pass is spent on a score that is dropped."""
-    from unseen_fast.data import make_loader
-
     device = torch.device(device)
     models = [load_model(job.out_dir, index.num_classes, device=device, model_factory=model_factory) for job in jobs]
     out = np.full((len(models), len(ids)), np.nan, dtype=np.float32)
@@ -395,9 +403,7 @@ def _score_with(config, index, jobs, ids, device, loader_kwargs, model_factory, 
     method = ops.method_codes([config.score])
     amp = config.train.amp != "off"
     dtype = amp_dtype(config.train.amp)
-    loader = make_loader(index, ids, train=False, batch_size=max(512, config.train.batch_size),
-                         image_size=config.train.image_size, device=device, backend=config.train.backend,
-                         dtype=dtype if config.train.amp == "bf16" else torch.float32, **loader_kwargs)
+    loader = _eval_loader(config, index, ids, device, loader_kwargs)
     for images, labels, sample_ids in loader:
         rows = position[sample_ids.cpu().numpy()]
         for k, model in enumerate(models):
@@ -414,8 +420,6 @@ def _score_with(config, index, jobs, ids, device, loader_kwargs, model_factory, 
 @torch.inference_mode()
 def _features_with(config, index, job, device, loader_kwargs, model_factory) -> np.ndarray:
     """(N, D) penultimate features (the classifier head's input) of a model."""
-    from unseen_fast.data import make_loader
-
     device = torch.device(device)
     model = load_model(job.out_dir, index.num_classes, device=device, model_factory=model_factory)
     head = model.head if hasattr(model, "head") else model.fc
@@ -423,9 +427,7 @@ def _features_with(config, index, job, device, loader_kwargs, model_factory) -> 
     hook = head.register_forward_pre_hook(lambda module, inputs: captured.append(inputs[0].flatten(1).float()))
     dtype = amp_dtype(config.train.amp)
     out = None
-    loader = make_loader(index, np.arange(len(index)), train=False, batch_size=max(512, config.train.batch_size),
-                         image_size=config.train.image_size, device=device, backend=config.train.backend,
-                         dtype=dtype if config.train.amp == "bf16" else torch.float32, **loader_kwargs)
+    loader = _eval_loader(config, index, np.arange(len(index)), device, loader_kwargs)
     try:
         for images, _, sample_ids in loader:
             captured.clear()
