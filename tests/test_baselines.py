@@ -9,7 +9,7 @@ import pytest
 from unseen_fast import baselines
 from unseen_fast.baselines import BaselineParams, ccs_select, dynamics_importance, moderate_importance
 from unseen_fast.data import ImageIndex
-from unseen_fast.prune import PruneConfig, prune
+from unseen_fast.pipeline import PruneConfig, prune
 from unseen_fast.train import TrainConfig
 
 
@@ -87,6 +87,10 @@ def test_tdds_matches_a_transcription_of_the_reference_code():
         norm = np.linalg.norm(np.array([d - average for d in kd]), axis=0)
         total += norm * decay * (1 - decay) ** (epochs - window - k)
     rank_equal(dynamics_importance("tdds", dyn, BaselineParams(window=window, tdds_decay=decay)), total)
+    # in chunks of samples (a trajectory larger than memory): the same values
+    for chunk_bytes in [1, 8 * epochs * 5 * 7, 1 << 40]:  # one sample, 7 samples (300 = 42 x 7 + 6), all
+        assert np.allclose(baselines.tdds(dyn["probs"], window, decay, chunk_bytes=chunk_bytes), total,
+                           rtol=1e-5, atol=1e-6)
     del dyn["probs"]
     with pytest.raises(ValueError, match="tdds needs the per-epoch probabilities"):
         dynamics_importance("tdds", dyn, BaselineParams())
@@ -170,6 +174,28 @@ def test_every_baseline_through_prune_shares_one_full_data_model(digits, tmp_pat
     summary = prune(digits, out=tmp_path / "again", config=fitting_config("aum"), share_dir=share)
     assert "stage1_reused_from" in summary["wall_time_s"]
     assert np.array_equal(np.load(tmp_path / "again" / "coreset.npy"), coresets["aum"])
+
+
+def test_tdds_records_the_trajectory_whatever_its_size(digits, tmp_path, monkeypatch):
+    from unseen_fast import pipeline
+
+    monkeypatch.setattr(pipeline, "PROBABILITY_RECORD_LIMIT", 0)  # as if digits were ImageNet
+    prune(digits, out=tmp_path / "aum", config=fitting_config("aum"))
+    assert not (tmp_path / "aum" / "models" / "fitting" / "dynamics" / "probs.f16").exists()  # not needed
+    prune(digits, out=tmp_path / "tdds", config=fitting_config("tdds"))
+    assert (tmp_path / "tdds" / "models" / "fitting" / "dynamics" / "probs.f16").exists()
+    assert np.isfinite(np.load(tmp_path / "tdds" / "scores_stage1.npy")).all()
+
+
+def test_tdds_says_when_the_disk_cannot_hold_the_trajectory(digits, tmp_path, monkeypatch):
+    import shutil
+
+    from unseen_fast import pipeline
+
+    monkeypatch.setattr(pipeline.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10 << 30, 10 << 30, 1000))
+    with pytest.raises(ValueError, match=r"softmax trajectory .* does not fit in the 0.0 GiB free under"):
+        prune(digits, out=tmp_path / "run", config=fitting_config("tdds"))
+    assert not (tmp_path / "run" / "models" / "fitting" / "checkpoint.pt").exists()  # refused before training
 
 
 def test_ccs_selection_through_prune(digits, tmp_path):

@@ -10,7 +10,7 @@ import torch
 
 from unseen_fast.cli import main
 from unseen_fast.data import DataError, ImageIndex
-from unseen_fast.prune import PruneConfig, fold_assignment, prune, stage_sizes
+from unseen_fast.pipeline import PruneConfig, fold_assignment, prune, stage_sizes
 from unseen_fast.train import TrainConfig
 
 FAST = dict(epochs=2, batch_size=128, image_size=8, threads=1)
@@ -66,7 +66,7 @@ def test_unseen_scores_come_from_models_that_never_saw_the_sample(digits, tmp_pa
     prune(digits, out=tmp_path / "run", config=cfg)
     run = tmp_path / "run"
     fold = np.load(run / "folds.npy")
-    from unseen_fast.prune import _score_with
+    from unseen_fast.pipeline import _score_with
     from unseen_fast.parallel import TrainJob
 
     jobs = [TrainJob(f"fold{k}", np.flatnonzero(fold == k), str(run / "models" / f"fold{k}")) for k in range(4)]
@@ -85,6 +85,22 @@ def test_cifar_subset_end_to_end(tmp_path, small_folder):
     summary = prune(index, out=tmp_path / "run", config=cfg)
     check_invariants(tmp_path / "run", index, cfg, summary)
     assert summary["stage_sizes"] == [55, 10]
+
+
+def test_package_level_api_stays_callable(tmp_path):
+    """unseen_fast.prune is the function, before and after the pipeline module
+    is imported and called (a submodule of that name used to replace it)."""
+    import unseen_fast
+    from unseen_fast import ImageIndex as PackageIndex, PruneConfig as PackageConfig, TrainConfig as PackageTrain
+
+    assert (PackageIndex, PackageConfig, PackageTrain) == (ImageIndex, PruneConfig, TrainConfig)
+    cfg = PackageConfig(prune_rate=0.5, score="random", train=PackageTrain(**FAST))
+    first = unseen_fast.prune("builtin:digits", out=tmp_path / "a", config=cfg)
+    second = unseen_fast.prune(PackageIndex.digits(), out=tmp_path / "b", config=cfg)
+    assert first["coreset_size"] == second["coreset_size"] == len(ImageIndex.digits()) // 2
+    assert callable(unseen_fast.prune)
+    with pytest.raises(AttributeError, match="no attribute 'Prune'"):
+        unseen_fast.Prune
 
 
 def test_random_score_needs_no_training(digits, tmp_path):

@@ -37,10 +37,23 @@ def _dali_version():
 
 
 def prune(data, *, out, config, **kwargs):
-    """UNSEEN pruning; see unseen_fast.prune.prune (imported lazily: torch, DALI)."""
-    from unseen_fast.prune import prune as run
+    """UNSEEN pruning; see unseen_fast.pipeline.prune (imported lazily: torch, DALI)."""
+    from unseen_fast.pipeline import prune as run
 
     return run(data, out=out, config=config, **kwargs)
 
 
-__all__ = ["__version__", "build_info", "prune"]
+# What a caller of prune() needs, imported on first use (torch is slow to import).
+_LAZY = {"PruneConfig": "unseen_fast.pipeline", "TrainConfig": "unseen_fast.train",
+         "BaselineParams": "unseen_fast.baselines", "ImageIndex": "unseen_fast.data"}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'unseen_fast' has no attribute {name!r}")
+
+
+__all__ = ["__version__", "build_info", "prune", *_LAZY]

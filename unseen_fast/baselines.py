@@ -100,23 +100,27 @@ def dynamic_uncertainty(p_true: np.ndarray, window: int) -> np.ndarray:
     return _nanmean(np.stack(stds))
 
 
-def tdds(probs: np.ndarray, window: int, decay: float) -> np.ndarray:
+def tdds(probs: np.ndarray, window: int, decay: float, *, chunk_bytes: int = 256 << 20) -> np.ndarray:
     """Zhang et al. (TDDS), as in its reference code (importance_evaluation.py):
     per epoch t, d_t = sum_c |p_{t+1,c} (log(p_{t+1,c} + 1e-8) - log(p_{t,c} + 1e-8))|;
     per window of ``window`` epochs (window - 1 changes), the L2 norm of
     d - mean(d); the windows k = 0 .. T - window are summed with weight
-    decay * (1 - decay)^(T - window - k), so the latest window weighs most."""
-    p = np.asarray(probs, dtype=np.float64)
-    epochs = p.shape[0]
+    decay * (1 - decay)^(T - window - k), so the latest window weighs most.
+    ``probs`` (E, N, C) may be a memmap larger than memory: samples are taken
+    in chunks of about ``chunk_bytes`` of float64."""
+    epochs, n, classes = probs.shape
     if window > epochs:
         raise ValueError(f"window {window} > the {epochs} recorded epochs")
-    log_p = np.log(p + 1e-8)
-    change = np.abs(p[1:] * (log_p[1:] - log_p[:-1])).sum(2)  # (E - 1, N)
-    total = np.zeros(p.shape[1])
-    for start in range(epochs - window + 1):
-        part = change[start:start + window - 1]
-        spread = np.sqrt(((part - part.mean(0)) ** 2).sum(0))
-        total += spread * decay * (1 - decay) ** (epochs - window - start)
+    step = max(1, chunk_bytes // (8 * epochs * classes))
+    total = np.zeros(n)
+    for first in range(0, n, step):
+        p = np.asarray(probs[:, first:first + step], dtype=np.float64)
+        log_p = np.log(p + 1e-8)
+        change = np.abs(p[1:] * (log_p[1:] - log_p[:-1])).sum(2)  # (E - 1, chunk)
+        for start in range(epochs - window + 1):
+            part = change[start:start + window - 1]
+            spread = np.sqrt(((part - part.mean(0)) ** 2).sum(0))
+            total[first:first + step] += spread * decay * (1 - decay) ** (epochs - window - start)
     return total
 
 

@@ -154,7 +154,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from unseen_fast.baselines import BaselineParams
     from unseen_fast.data import open_index
     from unseen_fast.models import default_arch, default_image_size
-    from unseen_fast.prune import PruneConfig, prune
+    from unseen_fast.pipeline import PruneConfig, prune
     from unseen_fast.train import TrainConfig
 
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
@@ -223,7 +223,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from unseen_fast.prune import SCORES
+    from unseen_fast.pipeline import SCORES
 
     parser = argparse.ArgumentParser(prog="unseen-fast", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)

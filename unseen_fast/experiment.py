@@ -36,7 +36,7 @@ from unseen_fast.baselines import BaselineParams
 from unseen_fast.data import DataError, ImageIndex, open_index
 from unseen_fast.models import default_image_size
 from unseen_fast.parallel import TrainJob, train_many
-from unseen_fast.prune import PruneConfig, prune
+from unseen_fast.pipeline import PruneConfig, prune
 from unseen_fast.splits import stratified_holdout
 from unseen_fast.train import TrainConfig, accuracy_report, load_model, predict_logits, steps_per_epoch_for, write_json
 

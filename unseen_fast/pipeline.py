@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ from unseen_fast.parallel import TrainJob, train_many
 from unseen_fast.dynamics import load_dynamics
 from unseen_fast.train import TrainConfig, amp_dtype, load_model, write_json
 
-log = logging.getLogger("unseen_fast.prune")
+log = logging.getLogger("unseen_fast.pipeline")
 
 OUTPUT_SCORES = ("entropy", "loss", "margin", "least_confidence", "el2n")
 SCORES = OUTPUT_SCORES + ("random",) + DYNAMICS_SCORES + FEATURE_SCORES
@@ -310,20 +311,23 @@ class _Stage1Store:
         self.n = len(index)
         train_config = config.train
         if config.framework == "fitting":  # the full-data model records what every dynamics baseline needs
+            # asked for TDDS: record the trajectory whatever its size (on disk, float16)
             size = train_config.epochs * len(index) * index.num_classes * 2
-            train_config = dataclasses.replace(train_config, record_dynamics=True,
-                                               record_probabilities=size <= PROBABILITY_RECORD_LIMIT)
+            train_config = dataclasses.replace(train_config, record_dynamics=True, record_probabilities=(
+                size <= PROBABILITY_RECORD_LIMIT or config.score == "tdds"))
         self.train_config = train_config
         if share_dir is None:
             self.root, self.cache_dir, self.shared = run / "models", run / "cache", False
-            return
-        kind = dict(kind="fitting", seed=config.seed) if config.framework == "fitting" else \
-            dict(kind="folds", folds=config.folds, split=config.split, seed=config.seed)
-        key = hashlib.sha256(json.dumps(dict(data=index.fingerprint, train=dataclasses.asdict(train_config), **kind),
-                                        sort_keys=True).encode()).hexdigest()[:16]
-        share = Path(share_dir)
-        self.root, self.cache_dir, self.shared = share / f"stage1-{kind['kind']}-{key}", share / "cache", True
-        self.root.mkdir(parents=True, exist_ok=True)
+        else:
+            kind = dict(kind="fitting", seed=config.seed) if config.framework == "fitting" else \
+                dict(kind="folds", folds=config.folds, split=config.split, seed=config.seed)
+            key = hashlib.sha256(json.dumps(dict(data=index.fingerprint, train=dataclasses.asdict(train_config),
+                                                 **kind), sort_keys=True).encode()).hexdigest()[:16]
+            share = Path(share_dir)
+            self.root, self.cache_dir, self.shared = share / f"stage1-{kind['kind']}-{key}", share / "cache", True
+            self.root.mkdir(parents=True, exist_ok=True)
+        if train_config.record_probabilities and config.framework == "fitting":
+            _check_disk_for_probabilities(self.root, size)
 
     def jobs(self, fold: np.ndarray) -> list[TrainJob]:
         config = self.config
@@ -349,6 +353,19 @@ class _Stage1Store:
             store = RunDir(self.root)
             store.save_npy(self._scores_name() + "-counts.npy", counts)
             store.save_npy(self._scores_name() + ".npy", scores)  # written last: its presence means complete
+
+
+def _check_disk_for_probabilities(root: Path, size: int) -> None:
+    """The probability trajectory is a memmap written during training: say
+    before training, not hours into it, when the disk cannot hold it."""
+    if (root / "fitting" / "dynamics" / "probs.f16").exists():  # resumed: already allocated
+        return
+    existing = next(parent for parent in [root, *root.parents] if parent.exists())
+    free = shutil.disk_usage(existing).free
+    if size > free:
+        raise ValueError(f"the fitting model's softmax trajectory (epochs x samples x classes x 2 bytes = "
+                         f"{size / 2**30:.1f} GiB, what TDDS reads) does not fit in the {free / 2**30:.1f} GiB "
+                         f"free under {existing}; free space or use fewer --epochs")
 
 
 def _score_stage1(config, index, fold, jobs, device, loader_kwargs, model_factory):
