@@ -188,11 +188,11 @@ def test_tdds_records_the_trajectory_whatever_its_size(digits, tmp_path, monkeyp
 
 
 def test_tdds_says_when_the_disk_cannot_hold_the_trajectory(digits, tmp_path, monkeypatch):
-    import shutil
+    from types import SimpleNamespace
 
     from unseen_fast import pipeline
 
-    monkeypatch.setattr(pipeline.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10 << 30, 10 << 30, 1000))
+    monkeypatch.setattr(pipeline.shutil, "disk_usage", lambda path: SimpleNamespace(total=10 << 30, free=1000))
     with pytest.raises(ValueError, match=r"softmax trajectory .* does not fit in the 0.0 GiB free under"):
         prune(digits, out=tmp_path / "run", config=fitting_config("tdds"))
     assert not (tmp_path / "run" / "models" / "fitting" / "checkpoint.pt").exists()  # refused before training

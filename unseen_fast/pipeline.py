@@ -309,12 +309,14 @@ class _Stage1Store:
     def __init__(self, run: RunDir, config: PruneConfig, index: ImageIndex, share_dir):
         self.config = config
         self.n = len(index)
-        train_config = config.train
+        train_config, probability_bytes = config.train, 0
         if config.framework == "fitting":  # the full-data model records what every dynamics baseline needs
-            # asked for TDDS: record the trajectory whatever its size (on disk, float16)
             size = train_config.epochs * len(index) * index.num_classes * 2
-            train_config = dataclasses.replace(train_config, record_dynamics=True, record_probabilities=(
-                size <= PROBABILITY_RECORD_LIMIT or config.score == "tdds"))
+            # asked for TDDS: record the trajectory whatever its size (on disk, float16)
+            if size <= PROBABILITY_RECORD_LIMIT or config.score == "tdds":
+                probability_bytes = size
+            train_config = dataclasses.replace(train_config, record_dynamics=True,
+                                               record_probabilities=probability_bytes > 0)
         self.train_config = train_config
         if share_dir is None:
             self.root, self.cache_dir, self.shared = run / "models", run / "cache", False
@@ -326,8 +328,8 @@ class _Stage1Store:
             share = Path(share_dir)
             self.root, self.cache_dir, self.shared = share / f"stage1-{kind['kind']}-{key}", share / "cache", True
             self.root.mkdir(parents=True, exist_ok=True)
-        if train_config.record_probabilities and config.framework == "fitting":
-            _check_disk_for_probabilities(self.root, size)
+        if probability_bytes:
+            _check_disk_for_probabilities(self.root, probability_bytes)
 
     def jobs(self, fold: np.ndarray) -> list[TrainJob]:
         config = self.config
@@ -360,7 +362,7 @@ def _check_disk_for_probabilities(root: Path, size: int) -> None:
     before training, not hours into it, when the disk cannot hold it."""
     if (root / "fitting" / "dynamics" / "probs.f16").exists():  # resumed: already allocated
         return
-    existing = next(parent for parent in [root, *root.parents] if parent.exists())
+    existing = root.parent  # the run directory or the share folder: both exist by now
     free = shutil.disk_usage(existing).free
     if size > free:
         raise ValueError(f"the fitting model's softmax trajectory (epochs x samples x classes x 2 bytes = "
