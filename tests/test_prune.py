@@ -70,7 +70,7 @@ def test_unseen_scores_come_from_models_that_never_saw_the_sample(digits, tmp_pa
     from unseen_fast.parallel import TrainJob
 
     jobs = [TrainJob(f"fold{k}", np.flatnonzero(fold == k), str(run / "models" / f"fold{k}")) for k in range(4)]
-    per_model = _score_with(cfg, digits, jobs, np.arange(len(digits)), "cpu", dict(cache_dir=run / "cache"), None)
+    per_model = _score_with(cfg, digits, jobs, np.arange(len(digits)), "cpu", dict(cache_dir=run / "cache"), None)[0]
     expected = np.array([per_model[np.arange(4) != fold[i], i].mean() for i in range(len(digits))], dtype=np.float32)
     assert np.allclose(np.load(run / "scores_stage1.npy"), expected, rtol=1e-6)
     for k in range(4):  # and fold model k trained only on fold k
@@ -224,3 +224,56 @@ def test_fold_assignment():
     for cls in range(3):
         counts = np.bincount(strat[labels == cls], minlength=4)
         assert counts.max() - counts.min() <= 1
+
+
+def assert_folds_fair(summary, folds: int, chance: float, min_accuracy: float):
+    """Every fold model predicts the samples it never saw far above chance, and
+    selection keeps each fold's share within sampling noise (3 binomial
+    standard deviations) of the overall share: it follows difficulty, not
+    fold membership."""
+    fold_models = [m for m in summary["scoring_models"] if m["model"].startswith("fold")]
+    assert [m["model"] for m in fold_models] == [f"fold{k}" for k in range(folds)]
+    n = summary["num_samples"]
+    for m in fold_models:
+        assert m["scored_samples"].startswith("never seen") and m["scored"] == n - m["trained_on"]
+        assert m["accuracy"] > max(min_accuracy, 2 * chance), fold_models
+    sizes = [m["trained_on"] for m in fold_models]
+    shares = summary["kept_share_per_fold"]
+    for key, overall in (("stage1", summary["stage_sizes"][0] / n), ("coreset", summary["coreset_size"] / n)):
+        for share, size in zip(shares[key], sizes):
+            assert abs(share - overall) <= 3 * np.sqrt(overall * (1 - overall) / size), (key, shares[key])
+
+
+def test_fold_models_score_unseen_samples_well_and_folds_are_kept_alike_digits(digits, tmp_path):
+    cfg = config(train=dict(epochs=10, batch_size=64))
+    summary = prune(digits, out=tmp_path / "run", config=cfg)
+    assert_folds_fair(summary, 4, chance=0.1, min_accuracy=0.6)
+    assert [m["model"] for m in summary["scoring_models"]][-1] == "stage2"
+    saved = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert saved["kept_share_per_fold"] == summary["kept_share_per_fold"]
+    # the selection ranked normalized scores; scores_stage1.npy keeps the score's own units
+    per_model = np.load(tmp_path / "run" / "scores_per_model_stage1.npy")
+    fold = np.load(tmp_path / "run" / "folds.npy")
+    raw = np.load(tmp_path / "run" / "scores_stage1.npy")
+    assert np.allclose(raw, [np.nanmean(per_model[:, i]) for i in range(len(fold))], rtol=1e-5)
+    assert np.isnan(per_model[fold, np.arange(len(fold))]).all()  # never scored by its own fold model
+    ranks = np.load(tmp_path / "run" / "selection_scores_stage1.npy")
+    assert 0 < ranks.min() and ranks.max() < 1
+
+
+def test_fold_models_score_unseen_samples_well_and_folds_are_kept_alike_cifar(tmp_path):
+    from data_fixtures import copy_subset
+
+    index = ImageIndex.from_folder(copy_subset(tmp_path / "cifar", per_class=200))
+    cfg = PruneConfig(prune_rate=0.3, train=TrainConfig(epochs=8, batch_size=64, threads=2))
+    summary = prune(index, out=tmp_path / "run", config=cfg)
+    assert_folds_fair(summary, 4, chance=0.1, min_accuracy=0.2)
+
+
+@pytest.mark.parametrize("norm", ["zscore", "none"])
+def test_score_normalizations_run_end_to_end(digits, tmp_path, norm):
+    summary = prune(digits, out=tmp_path / "run", config=config(score_norm=norm, stages=1))
+    check_invariants(tmp_path / "run", digits, config(score_norm=norm, stages=1), summary)
+    assert summary["config"]["score_norm"] == norm
+    with pytest.raises(ValueError, match="unknown score normalization 'minmax'"):
+        prune(digits, out=tmp_path / "bad", config=config(score_norm="minmax"))

@@ -13,7 +13,9 @@ from unseen_fast.dynamics import DynamicsRecorder, load_dynamics
 from unseen_fast.fused_loss import STATS
 from unseen_fast.models import ARCHS, build_model
 from unseen_fast.parallel import TrainJob, train_many
-from unseen_fast.train import (TrainConfig, accuracy_report, load_model, lr_factor, predict_logits, train)
+from unseen_fast.data import make_loader
+from unseen_fast.train import (TrainConfig, accuracy_report, load_model, lr_factor, predict_logits,
+                                 recalibrate_batchnorm, train)
 
 
 # ------------------------------------------------------------- fused loss
@@ -171,6 +173,52 @@ def test_resume_gives_the_same_weights(tmp_path, monkeypatch):
     assert all(np.array_equal(a[k], b[k], equal_nan=True) for k in a)
     with pytest.raises(ValueError, match="different training config.*'lr': \\(0.05, 0.1\\)"):
         train(digits_config(lr=0.1, record_dynamics=True), digits, ids, tmp_path / "resumed")
+
+
+def test_recalibrated_batchnorm_holds_the_mean_over_equal_batches():
+    """Precise BatchNorm: the running mean is the mean of the evaluation
+    images, the running variance the mean of the batches' variances."""
+    digits = ImageIndex.digits()
+    ids = np.arange(3, 1797, 3)[:512]  # 4 equal batches of 128
+    model = torch.nn.Sequential(torch.nn.BatchNorm2d(3), torch.nn.Flatten(), torch.nn.Linear(192, 10))
+    config = TrainConfig(batch_size=128, image_size=8, amp="off", bn_recalibration_samples=10_000)
+    model.eval()
+    assert recalibrate_batchnorm(model, digits, ids, config) == 512
+    assert not model.training  # the mode is restored
+    batches = [images.double() for images, _, _ in
+               make_loader(digits, ids, train=False, batch_size=128, image_size=8)]
+    mean = torch.cat(batches).mean((0, 2, 3))
+    var = torch.stack([b.var((0, 2, 3), unbiased=True) for b in batches]).mean(0)
+    norm = model[0]
+    assert torch.allclose(norm.running_mean.double(), mean, atol=1e-5)
+    assert torch.allclose(norm.running_var.double(), var, rtol=1e-4)
+    # a limit below the id count uses a seeded subset, rounded down to whole batches
+    assert recalibrate_batchnorm(model, digits, ids, TrainConfig(**{**vars(config), "bn_recalibration_samples": 300})) == 256
+    assert recalibrate_batchnorm(model, digits, ids[:5], config) == 5  # fewer than a batch: one batch
+    assert recalibrate_batchnorm(model, digits, ids, TrainConfig(image_size=8, bn_recalibration_samples=0)) == 0
+    with pytest.raises(ValueError, match="bn_recalibration_samples must be >= 0, got -1"):
+        TrainConfig(bn_recalibration_samples=-1)
+
+
+def test_eval_mode_matches_the_trained_model_on_a_small_fold(tmp_path):
+    """The README's digits fold: ~450 samples, batch 256, 10 epochs = 10
+    optimizer steps. The BatchNorm momentum averages get 10 updates and stay
+    near their initial values, so without recalibration the eval-mode model
+    is at chance even on its own training data."""
+    digits = ImageIndex.digits()
+    ids, unseen = np.arange(0, 1797, 4), np.setdiff1d(np.arange(1797), np.arange(0, 1797, 4))
+    labels = torch.from_numpy(digits.labels)
+
+    def accuracy(samples, out_dir):
+        logits = predict_logits(load_model(out_dir, 10), digits, samples, image_size=8)
+        return float((logits.argmax(1) == labels[samples]).double().mean())
+
+    config = TrainConfig(image_size=8, threads=1)
+    train(config, digits, ids, tmp_path / "precise")
+    train(TrainConfig(**{**vars(config), "bn_recalibration_samples": 0}), digits, ids, tmp_path / "momentum")
+    assert accuracy(ids, tmp_path / "momentum") < 0.3
+    assert accuracy(ids, tmp_path / "precise") > 0.6
+    assert accuracy(unseen, tmp_path / "precise") > 0.5
 
 
 def test_train_many_processes_match_in_process(tmp_path):

@@ -168,6 +168,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     stage_size = float(args.stage_size)
     config = PruneConfig(prune_rate=args.prune_rate, folds=args.folds, stages=args.stages, stage_size=stage_size,
                          score=args.score, framework=args.framework, selection=args.selection, split=args.split,
+                         score_norm=args.score_norm,
                          seed=args.seed, train=train_config,
                          baseline=BaselineParams(early_epochs=args.early_epochs, window=args.window,
                                                  tdds_decay=args.tdds_decay, ccs_beta=args.ccs_beta,
@@ -279,6 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--framework", default="unseen", choices=["unseen", "fitting", "proxy"])
     pr.add_argument("--selection", default="global", choices=["global", "balanced", "ccs"],
                     help="global top-M, per-class proportional top-M, or coverage-centric (ccs)")
+    pr.add_argument("--score-norm", default="rank", choices=["rank", "zscore", "none"],
+                    help="make the fold models' scores comparable before averaging them (rank: each model's "
+                         "scores as mid-ranks in (0, 1); zscore; none: the paper's raw mean)")
     pr.add_argument("--ccs-beta", type=float, default=0.0, help="ccs: fraction removed as hardest first")
     pr.add_argument("--ccs-strata", type=int, default=50, help="ccs: equal-width score strata")
     pr.add_argument("--early-epochs", type=int, default=None,

@@ -25,6 +25,7 @@ from unseen_fast import ops
 from unseen_fast.baselines import (DYNAMICS_SCORES, FEATURE_SCORES, BaselineParams, ccs_select,
                                    dynamics_importance, moderate_importance)
 from unseen_fast.data import DataError, ImageIndex
+from unseen_fast.fold_scores import SCORE_NORMS, combine_scores, kept_share_per_fold, model_report
 from unseen_fast.parallel import TrainJob, train_many
 from unseen_fast.dynamics import load_dynamics
 from unseen_fast.train import TrainConfig, amp_dtype, load_model, write_json
@@ -48,6 +49,7 @@ class PruneConfig:
     score: str = "entropy"           # importance score (higher = harder = kept first)
     framework: str = "unseen"        # unseen: K-1 unseen models; fitting: one model on all; proxy: own fold
     selection: str = "global"        # global top-M, balanced (per class, proportional), or ccs (coverage)
+    score_norm: str = "rank"         # fold models' scores made comparable before the mean: rank, zscore, none
     split: str = "random"            # fold split: random or stratified by class
     seed: int = 0                    # fold split, model seeds, data order, tie-breaking
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -66,6 +68,9 @@ class PruneConfig:
         if self.score in DYNAMICS_SCORES + FEATURE_SCORES and (self.framework != "fitting" or self.stages != 1):
             raise ValueError(f"score {self.score!r} comes from one model trained on all samples: use framework "
                              f"'fitting' and 1 stage (got framework {self.framework!r}, {self.stages} stages)")
+        if self.score_norm not in SCORE_NORMS:
+            raise ValueError(f"unknown score normalization {self.score_norm!r}; choose one of "
+                             f"{', '.join(SCORE_NORMS)}")
         self.baseline.validate()
         if self.split not in ("random", "stratified"):
             raise ValueError(f"split must be 'random' or 'stratified', got {self.split!r}")
@@ -190,11 +195,11 @@ def prune(data, *, out, config: PruneConfig, device="cpu", nproc: int | None = N
         fold = fold_assignment(labels, config.folds, config.split, config.seed)
         run.save_npy("folds.npy", fold)
 
-    # Stage 1: fold models (or one model for fitting) and one scoring pass.
-    scores = run.load_npy("scores_stage1.npy")
+    # Stage 1: fold models (or one model for fitting), one scoring pass, scores made comparable.
+    scores = run.load_npy("selection_scores_stage1.npy")
     if scores is None:
-        scores, counts = stage1.load_scores()
-        if scores is None:
+        per_model, correct = stage1.load_scores()
+        if per_model is None:
             tick = time.perf_counter()
             jobs = stage1.jobs(fold)
             if jobs:
@@ -202,15 +207,20 @@ def prune(data, *, out, config: PruneConfig, device="cpu", nproc: int | None = N
             timings["stage1_training_s"] = time.perf_counter() - tick
             images["stage1_training"] = config.train.epochs * sum(len(job.ids) for job in jobs)
             tick = time.perf_counter()
-            scores, counts = _score_stage1(config, index, fold, jobs, device, loader_kwargs, model_factory)
+            per_model, correct = _score_stage1(config, index, fold, jobs, device, loader_kwargs, model_factory)
             timings["stage1_scoring_s"] = time.perf_counter() - tick
             images["stage1_scoring"] = n
-            stage1.save_scores(scores, counts)
+            stage1.save_scores(per_model, correct)
         else:
             log.info("stage-1 scores reused from %s", stage1.root)
             timings["stage1_reused_from"] = str(stage1.root)
-        run.save_npy("score_counts_stage1.npy", counts)
-        run.save_npy("scores_stage1.npy", scores)
+        use = scoring_mask(config, fold, len(per_model))
+        run.save_npy("scores_per_model_stage1.npy", per_model)
+        run.save_npy("correct_per_model_stage1.npy", correct)
+        run.save_npy("score_counts_stage1.npy", use.sum(0) if config.score != "random" else np.zeros(n, np.int64))
+        run.save_npy("scores_stage1.npy", combine_scores(per_model, use, "none"))  # in the score's own units
+        scores = combine_scores(per_model, use, config.score_norm)
+        run.save_npy("selection_scores_stage1.npy", scores)  # written last: the phase is complete
     selected = _select(scores, sizes[0], labels, config, exclude=None, stage=1)
     added = np.zeros(n, dtype=np.int64)  # stage in which each sample was added (0: pruned)
     added[selected] = 1
@@ -231,12 +241,15 @@ def prune(data, *, out, config: PruneConfig, device="cpu", nproc: int | None = N
             images[f"stage{stage}_training"] = config.train.epochs * len(coreset) if config.score != "random" else 0
             tick = time.perf_counter()
             stage_scores = np.full(n, np.nan, dtype=np.float32)
+            stage_correct = np.full(n, np.nan, dtype=np.float32)
             if config.score == "random":
                 stage_scores[rest] = _random_scores(config.seed, stage, len(rest))
             else:
-                stage_scores[rest] = _score_with(config, index, [job], rest, device, loader_kwargs, model_factory)[0]
+                scored, correct = _score_with(config, index, [job], rest, device, loader_kwargs, model_factory)
+                stage_scores[rest], stage_correct[rest] = scored[0], correct[0]
             timings[f"stage{stage}_scoring_s"] = time.perf_counter() - tick
             images[f"stage{stage}_scoring"] = len(rest)
+            run.save_npy(f"correct_stage{stage}.npy", stage_correct)
             run.save_npy(name, stage_scores)
         exclude = torch.from_numpy(added > 0)
         picked = _select(np.nan_to_num(stage_scores, nan=0.0), sizes[stage - 1], labels, config, exclude=exclude,
@@ -342,19 +355,20 @@ class _Stage1Store:
 
     def _scores_name(self) -> str:
         params = hashlib.sha256(json.dumps(dataclasses.asdict(self.config.baseline), sort_keys=True).encode())
-        return f"scores-{self.config.framework}-{self.config.score}-{params.hexdigest()[:8]}"
+        return f"per-model-{self.config.framework}-{self.config.score}-{params.hexdigest()[:8]}"
 
     def load_scores(self):
+        """(M, N) per-model scores and correctness saved by an earlier run, or (None, None)."""
         if not self.shared or self.config.score == "random":
             return None, None
         store = RunDir(self.root)
-        return store.load_npy(self._scores_name() + ".npy"), store.load_npy(self._scores_name() + "-counts.npy")
+        return store.load_npy(self._scores_name() + ".npy"), store.load_npy(self._scores_name() + "-correct.npy")
 
-    def save_scores(self, scores: np.ndarray, counts: np.ndarray) -> None:
+    def save_scores(self, per_model: np.ndarray, correct: np.ndarray) -> None:
         if self.shared and self.config.score != "random":
             store = RunDir(self.root)
-            store.save_npy(self._scores_name() + "-counts.npy", counts)
-            store.save_npy(self._scores_name() + ".npy", scores)  # written last: its presence means complete
+            store.save_npy(self._scores_name() + "-correct.npy", correct)
+            store.save_npy(self._scores_name() + ".npy", per_model)  # written last: its presence means complete
 
 
 def _check_disk_for_probabilities(root: Path, size: int) -> None:
@@ -371,26 +385,33 @@ def _check_disk_for_probabilities(root: Path, size: int) -> None:
 
 
 def _score_stage1(config, index, fold, jobs, device, loader_kwargs, model_factory):
-    """(N,) mean importance and (N,) number of models that scored each sample."""
+    """(M, N) scores of each stage-1 model (NaN where it did not score) and
+    (M, N) whether its prediction was right (NaN where unknown). Scores that
+    need no forward pass (random, dynamics, features) come as one row."""
     n = len(index)
+    no_predictions = np.full((1, n), np.nan, dtype=np.float32)
     if config.score == "random":
-        return _random_scores(config.seed, 1, n), np.zeros(n, dtype=np.int64)
+        return _random_scores(config.seed, 1, n)[None], no_predictions
     if config.score in DYNAMICS_SCORES:
         dynamics = load_dynamics(Path(jobs[0].out_dir) / "dynamics")
-        return dynamics_importance(config.score, dynamics, config.baseline), np.ones(n, dtype=np.int64)
+        return dynamics_importance(config.score, dynamics, config.baseline)[None].astype(np.float32), no_predictions
     if config.score in FEATURE_SCORES:
         features = _features_with(config, index, jobs[0], device, loader_kwargs, model_factory)
-        return moderate_importance(features, index.labels)[0], np.ones(n, dtype=np.int64)
+        return moderate_importance(features, index.labels)[0][None].astype(np.float32), no_predictions
     ids = np.arange(n)
     if config.framework == "fitting":
-        scores = _score_with(config, index, jobs, ids, device, loader_kwargs, model_factory)[0]
-        return scores, np.ones(n, dtype=np.int64)
-    # unseen: model k scores the samples outside fold k; proxy: only its own fold.
-    use = np.stack([(fold != k) if config.framework == "unseen" else (fold == k) for k in range(len(jobs))])
-    per_model = _score_with(config, index, jobs, ids, device, loader_kwargs, model_factory, use=use)
-    counts = use.sum(0)
-    mean = np.where(use, per_model, 0.0).sum(0) / counts
-    return mean.astype(np.float32), counts
+        return _score_with(config, index, jobs, ids, device, loader_kwargs, model_factory)
+    use = scoring_mask(config, fold, len(jobs))
+    return _score_with(config, index, jobs, ids, device, loader_kwargs, model_factory, use=use)
+
+
+def scoring_mask(config: PruneConfig, fold: np.ndarray, models: int) -> np.ndarray:
+    """(models, N) bool: which stage-1 model scores which sample. unseen:
+    model k scores the samples outside fold k; proxy: only its own fold;
+    one model (fitting, random, dynamics, features): every sample."""
+    if models == 1 or config.framework == "fitting":
+        return np.ones((models, len(fold)), dtype=bool)
+    return np.stack([(fold != k) if config.framework == "unseen" else (fold == k) for k in range(models)])
 
 
 def _random_scores(seed: int, stage: int, count: int) -> np.ndarray:
@@ -409,17 +430,19 @@ def _eval_loader(config, index, ids, device, loader_kwargs):
 
 
 @torch.inference_mode()
-def _score_with(config, index, jobs, ids, device, loader_kwargs, model_factory, use=None) -> np.ndarray:
-    """(len(jobs), len(ids)) scores from one pass over the data (each image
-    decoded once): model k scores the samples where ``use[k]`` (default all;
-    NaN elsewhere), so no forward pass is spent on a score that is dropped."""
+def _score_with(config, index, jobs, ids, device, loader_kwargs, model_factory, use=None):
+    """(len(jobs), len(ids)) scores and correctness (1.0 where the model's
+    top class is the label) from one pass over the data (each image decoded
+    once): model k scores the samples where ``use[k]`` (default all; NaN
+    elsewhere), so no forward pass is spent on a score that is dropped."""
     device = torch.device(device)
     models = [load_model(job.out_dir, index.num_classes, device=device, model_factory=model_factory) for job in jobs]
     out = np.full((len(models), len(ids)), np.nan, dtype=np.float32)
+    correct = np.full((len(models), len(ids)), np.nan, dtype=np.float32)
     use_t = None if use is None else torch.from_numpy(use)
     position = np.empty(len(index), dtype=np.int64)
     position[ids] = np.arange(len(ids))
-    method = ops.method_codes([config.score])
+    method = ops.method_codes([config.score, "correct"])
     amp = config.train.amp != "off"
     dtype = amp_dtype(config.train.amp)
     loader = _eval_loader(config, index, ids, device, loader_kwargs)
@@ -431,9 +454,10 @@ def _score_with(config, index, jobs, ids, device, loader_kwargs, model_factory, 
                 continue
             with torch.autocast(device.type, dtype=dtype, enabled=amp):
                 logits = model(images[pick].contiguous(memory_format=torch.channels_last))
-            scored = torch.ops.unseen_fast.score(logits, labels[pick], method, True)[:, 0]
-            out[k, rows[pick.cpu().numpy()] if use_t is not None else rows] = scored.float().cpu().numpy()
-    return out
+            scored = torch.ops.unseen_fast.score(logits, labels[pick], method, True).float().cpu().numpy()
+            where = rows[pick.cpu().numpy()] if use_t is not None else rows
+            out[k, where], correct[k, where] = scored[:, 0], scored[:, 1]
+    return out, correct
 
 
 @torch.inference_mode()
@@ -508,12 +532,42 @@ def _write_outputs(run, index, config, sizes, added, fold, timings, images, wall
         wall_time_s={**timings, "total_this_invocation": wall_s},
         images_processed={**previous.get("images_processed", {}), **images},
         iterations_per_epoch=_iterations(n, batch, config, fold, sizes),
+        **_model_reports(run, config, fold, added, sizes),
         versions=dict(unseen_fast=__version__, torch=torch.__version__),
     )
     write_json(summary_path, summary)
     _plots(run, index, config, added)
     log.info("coreset of %d / %d samples: %s", len(coreset), n, run / "coreset.npy")
     return summary
+
+
+def _model_reports(run, config, fold, added, sizes) -> dict:
+    """Each scoring model's accuracy on the samples it scored (for UNSEEN:
+    the samples it never saw) and the share of each fold that was kept: a
+    fold kept far more or less than the others means selection followed fold
+    membership, not difficulty."""
+    correct = run.load_npy("correct_per_model_stage1.npy")
+    seen = {"unseen": "never seen (the other folds)", "proxy": "its own training fold",
+            "fitting": "all (its training data)"}[config.framework]
+    if config.framework == "fitting":
+        names, trained = ["fitting"], [len(fold)]
+    else:
+        names, trained = [f"fold{k}" for k in range(config.folds)], np.bincount(fold, minlength=config.folds)
+    models = [model_report(name, size, row, seen) for name, size, row in zip(names, trained, correct)]
+    for stage in range(2, config.stages + 1):
+        stage_correct = run.load_npy(f"correct_stage{stage}.npy")
+        if stage_correct is not None:
+            models.append(model_report(f"stage{stage}", sum(sizes[:stage - 1]), stage_correct,
+                                       "never seen (not yet selected)"))
+    models = [report for report in models if report["scored"] > 0]  # scores without predictions: none
+    share = dict(overall=float((added > 0).mean()), stage1=kept_share_per_fold(fold, added == 1, config.folds),
+                 coreset=kept_share_per_fold(fold, added > 0, config.folds))
+    for report in models:
+        log.info("model %s (trained on %d): accuracy %.4f on the %d samples it scored, %s", report["model"],
+                 report["trained_on"], report["accuracy"], report["scored"], report["scored_samples"])
+    log.info("kept share per fold (overall %.4f): stage 1 %s, coreset %s", share["overall"],
+             " ".join(f"{x:.3f}" for x in share["stage1"]), " ".join(f"{x:.3f}" for x in share["coreset"]))
+    return dict(scoring_models=models, kept_share_per_fold=share)
 
 
 def _iterations(n: int, batch: int, config: PruneConfig, fold: np.ndarray, sizes: list[int]) -> dict:

@@ -43,6 +43,10 @@ class TrainConfig:
     threads: int | None = None       # torch CPU threads (same count = bitwise same CPU results)
     record_dynamics: bool = False    # keep per-sample statistics per epoch (baselines need them)
     record_probabilities: bool = False  # with record_dynamics: each sample's softmax per epoch (TDDS), float16
+    # Precise BatchNorm: after the last epoch, re-estimate every BatchNorm's running statistics from this
+    # many training samples (eval transform, the inputs scoring sees); 0 keeps the momentum averages, which
+    # on a small fold (few steps) still sit near their initial values and make eval-mode outputs garbage.
+    bn_recalibration_samples: int = 50_000
 
     def __post_init__(self):
         if self.schedule not in ("onecycle", "cosine"):
@@ -51,6 +55,8 @@ class TrainConfig:
             raise ValueError(f"amp must be 'bf16', 'fp16' or 'off', got {self.amp!r}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError(f"need epochs >= 1 and batch_size >= 1, got {self.epochs}, {self.batch_size}")
+        if self.bn_recalibration_samples < 0:
+            raise ValueError(f"bn_recalibration_samples must be >= 0, got {self.bn_recalibration_samples}")
 
 
 def parameter_groups(model: nn.Module, weight_decay: float):
@@ -155,11 +161,43 @@ def train(config: TrainConfig, index: ImageIndex, ids, out_dir, *, device="cpu",
         elapsed = time.perf_counter() - start
         log.info("epoch %d/%d: loss %.4f, train acc %.4f, %.0f img/s", epoch + 1, config.epochs,
                  loss_sum / max(seen, 1), correct_sum / max(seen, 1), seen / elapsed)
+        if group_rank == 0 and epoch + 1 == config.epochs:
+            # every id on this one rank, whatever torch.distributed's world is
+            eval_kwargs = dict(loader_kwargs, rank=0, world_size=1)
+            recalibrate_batchnorm(model, index, ids, config, device=device, loader_kwargs=eval_kwargs)
         if group_rank == 0:
             _save_checkpoint(out_dir, config, model, optimizer, scheduler, scaler, epoch + 1)
         if ddp_group is not None:
             torch.distributed.barrier(ddp_group)  # nobody runs ahead of a checkpoint
     return model
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, index: ImageIndex, ids, config: TrainConfig, *, device="cpu",
+                          loader_kwargs: dict | None = None) -> int:
+    """Precise BatchNorm: replace every BatchNorm's running mean and variance
+    by their average over equal-size batches of (up to
+    ``config.bn_recalibration_samples``) training samples under the
+    evaluation transform, the inputs the model is scored on. Returns the
+    number of samples used (0: no BatchNorm, or recalibration disabled)."""
+    from torch.optim.swa_utils import update_bn
+
+    has_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    limit = config.bn_recalibration_samples
+    if not has_norm or limit == 0 or len(ids) == 0:
+        return 0
+    rng = np.random.Generator(np.random.PCG64([config.seed, 5]))
+    chosen = rng.permutation(np.asarray(ids, dtype=np.int64))[:limit]
+    batch = min(config.batch_size, len(chosen))
+    chosen = np.sort(chosen[:len(chosen) // batch * batch])  # equal batches: each weighs the same in the mean
+    dtype = amp_dtype(config.amp)
+    loader = make_loader(index, chosen, train=False, batch_size=batch, image_size=config.image_size,
+                         backend=config.backend, device=device,
+                         dtype=dtype if config.amp == "bf16" else torch.float32, **(loader_kwargs or {}))
+    with torch.autocast(torch.device(device).type, dtype=dtype, enabled=config.amp != "off"):
+        update_bn(loader, model, device=torch.device(device))  # resets the statistics, cumulative average
+    log.info("BatchNorm statistics re-estimated from %d training samples", len(chosen))
+    return len(chosen)
 
 
 def _open_recorder(config: TrainConfig, out_dir: Path, index: ImageIndex, group_rank: int, ddp_group):
