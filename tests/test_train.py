@@ -190,8 +190,9 @@ def test_recalibrated_batchnorm_holds_the_mean_over_equal_batches():
     mean = torch.cat(batches).mean((0, 2, 3))
     var = torch.stack([b.var((0, 2, 3), unbiased=True) for b in batches]).mean(0)
     norm = model[0]
-    assert torch.allclose(norm.running_mean.double(), mean, atol=1e-5)
-    assert torch.allclose(norm.running_var.double(), var, rtol=1e-4)
+    # float32 batch reductions over 128 x 64 values: error bound ~ n * 2^-24 = 5e-4 (relative)
+    assert torch.allclose(norm.running_mean.double(), mean, rtol=5e-4, atol=5e-4)
+    assert torch.allclose(norm.running_var.double(), var, rtol=5e-4, atol=5e-4)
     # a limit below the id count uses a seeded subset, rounded down to whole batches
     assert recalibrate_batchnorm(model, digits, ids, TrainConfig(**{**vars(config), "bn_recalibration_samples": 300})) == 256
     assert recalibrate_batchnorm(model, digits, ids[:5], config) == 5  # fewer than a batch: one batch
