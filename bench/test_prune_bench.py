@@ -25,7 +25,9 @@ from data_fixtures import copy_subset  # noqa: E402
 
 from unseen_fast.data import ImageIndex  # noqa: E402
 from unseen_fast.models import FastNet  # noqa: E402
-from unseen_fast.pipeline import PruneConfig, fold_assignment, prune, stage_sizes  # noqa: E402
+from unseen_fast.pipeline import PruneConfig, prune  # noqa: E402
+from unseen_fast.selection import stage_sizes  # noqa: E402
+from unseen_fast.splits import fold_assignment  # noqa: E402
 from unseen_fast.train import TrainConfig, lr_factor, parameter_groups  # noqa: E402
 
 PER_CLASS = int(os.environ.get("PRUNE_BENCH_PER_CLASS", 500))

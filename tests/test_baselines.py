@@ -177,7 +177,7 @@ def test_every_baseline_through_prune_shares_one_full_data_model(digits, tmp_pat
 
 
 def test_tdds_records_the_trajectory_whatever_its_size(digits, tmp_path, monkeypatch):
-    from unseen_fast import pipeline
+    from unseen_fast import stage1 as pipeline
 
     monkeypatch.setattr(pipeline, "PROBABILITY_RECORD_LIMIT", 0)  # as if digits were ImageNet
     prune(digits, out=tmp_path / "aum", config=fitting_config("aum"))
@@ -190,7 +190,7 @@ def test_tdds_records_the_trajectory_whatever_its_size(digits, tmp_path, monkeyp
 def test_tdds_says_when_the_disk_cannot_hold_the_trajectory(digits, tmp_path, monkeypatch):
     from types import SimpleNamespace
 
-    from unseen_fast import pipeline
+    from unseen_fast import stage1 as pipeline
 
     monkeypatch.setattr(pipeline.shutil, "disk_usage", lambda path: SimpleNamespace(total=10 << 30, free=1000))
     with pytest.raises(ValueError, match=r"softmax trajectory .* does not fit in the 0.0 GiB free under"):

@@ -10,7 +10,10 @@ import torch
 
 from unseen_fast.cli import main
 from unseen_fast.data import DataError, ImageIndex
-from unseen_fast.pipeline import PruneConfig, fold_assignment, prune, stage_sizes
+from unseen_fast.errors import UserError
+from unseen_fast.pipeline import PruneConfig, prune
+from unseen_fast.selection import stage_sizes
+from unseen_fast.splits import fold_assignment
 from unseen_fast.train import TrainConfig
 
 FAST = dict(epochs=2, batch_size=128, image_size=8, threads=1)
@@ -66,11 +69,14 @@ def test_unseen_scores_come_from_models_that_never_saw_the_sample(digits, tmp_pa
     prune(digits, out=tmp_path / "run", config=cfg)
     run = tmp_path / "run"
     fold = np.load(run / "folds.npy")
-    from unseen_fast.pipeline import _score_with
+    from unseen_fast.evaluate import score_samples
+    from unseen_fast.train import load_model
     from unseen_fast.parallel import TrainJob
 
     jobs = [TrainJob(f"fold{k}", np.flatnonzero(fold == k), str(run / "models" / f"fold{k}")) for k in range(4)]
-    per_model = _score_with(cfg, digits, jobs, np.arange(len(digits)), "cpu", dict(cache_dir=run / "cache"), None)[0]
+    models = [load_model(job.out_dir, 10) for job in jobs]
+    per_model = score_samples(models, digits, np.arange(len(digits)), cfg.train, cfg.score,
+                              loader_kwargs=dict(cache_dir=run / "cache"))[0]
     expected = np.array([per_model[np.arange(4) != fold[i], i].mean() for i in range(len(digits))], dtype=np.float32)
     assert np.allclose(np.load(run / "scores_stage1.npy"), expected, rtol=1e-6)
     for k in range(4):  # and fold model k trained only on fold k
@@ -165,9 +171,9 @@ def test_sigkill_then_resume(digits, tmp_path):
 def test_changed_config_or_data_is_refused(digits, tmp_path):
     prune(digits, out=tmp_path / "run", config=config(stages=1))
     before = (tmp_path / "run" / "coreset.npy").read_bytes()
-    with pytest.raises(DataError, match=r"different configuration \(prune_rate: saved 0.3, now 0.5\)"):
+    with pytest.raises(UserError, match=r"different configuration \(prune_rate: saved 0.3, now 0.5\)"):
         prune(digits, out=tmp_path / "run", config=config(stages=1, prune_rate=0.5), resume=True)
-    with pytest.raises(DataError, match="pass --resume"):
+    with pytest.raises(UserError, match="pass --resume"):
         prune(digits, out=tmp_path / "run", config=config(stages=1))
     other = ImageIndex(root=None, paths=digits.paths[:-1], labels=digits.labels[:-1], classes=digits.classes,
                        source="digits", images=digits.images[:-1])
@@ -176,8 +182,32 @@ def test_changed_config_or_data_is_refused(digits, tmp_path):
     assert (tmp_path / "run" / "coreset.npy").read_bytes() == before
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
-    with pytest.raises(DataError, match="is not empty and holds no unseen-fast run"):
+    with pytest.raises(UserError, match="is not empty and holds no unseen-fast run"):
         prune(digits, out=tmp_path / "other", config=config(stages=1))
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "config.json").write_text('{"lr": 0.1}')
+    with pytest.raises(UserError, match="config.json was not written by unseen-fast"):
+        prune(digits, out=tmp_path / "foreign", config=config(stages=1), resume=True)
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(UserError, match="afile is a file, not a folder"):
+        prune(digits, out=tmp_path / "afile", config=config(stages=1))
+
+
+def test_a_run_folder_in_use_is_refused(digits, tmp_path):
+    """A second process resuming the same folder stops at once instead of
+    racing the first one (the lock is an flock, freed when a process dies)."""
+    from unseen_fast.rundir import RunDir
+
+    cfg = config(stages=1)
+    prune(digits, out=tmp_path / "run", config=cfg)
+    holder = RunDir(tmp_path / "run")
+    holder.lock()
+    try:
+        with pytest.raises(UserError, match="in use by another unseen-fast process"):
+            prune(digits, out=tmp_path / "run", config=cfg, resume=True)
+    finally:
+        holder.unlock()
+    assert prune(digits, out=tmp_path / "run", config=cfg, resume=True)["coreset_size"] == 1257
 
 
 @pytest.mark.parametrize("kw, message", [

@@ -10,12 +10,12 @@ import torch.nn.functional as F
 from unseen_fast import ops
 from unseen_fast.data import ImageIndex
 from unseen_fast.dynamics import DynamicsRecorder, load_dynamics
-from unseen_fast.fused_loss import STATS
+from unseen_fast.fused_loss import STATS, cross_entropy_with_stats
 from unseen_fast.models import ARCHS, build_model
 from unseen_fast.parallel import TrainJob, train_many
 from unseen_fast.data import make_loader
-from unseen_fast.train import (TrainConfig, accuracy_report, load_model, lr_factor, predict_logits,
-                                 recalibrate_batchnorm, train)
+from unseen_fast.evaluate import accuracy_report, predict_logits
+from unseen_fast.train import TrainConfig, load_model, lr_factor, recalibrate_batchnorm, train
 
 
 # ------------------------------------------------------------- fused loss
@@ -31,7 +31,7 @@ def test_loss_and_gradient_vs_float64(gen, n, c, dtype, eps):
     logits = (torch.randn(n, c, generator=gen) * 4).to(dtype).requires_grad_()
     labels = torch.randint(0, c, (n,), generator=gen)
     weights = torch.randn(n, generator=gen)
-    loss, stats = ops.cross_entropy_with_stats(logits, labels, label_smoothing=eps)
+    loss, stats = cross_entropy_with_stats(logits, labels, label_smoothing=eps)
     (loss * weights).sum().backward()
     z, expected = reference_loss(logits, labels, eps)
     (expected * weights.double()).sum().backward()
@@ -53,7 +53,7 @@ def test_loss_and_gradient_vs_float64(gen, n, c, dtype, eps):
 def test_stats_match_the_score_op(gen):
     logits = torch.randn(50, 7, generator=gen) * 3
     labels = torch.randint(0, 7, (50,), generator=gen)
-    _, stats = ops.cross_entropy_with_stats(logits, labels)
+    _, stats = cross_entropy_with_stats(logits, labels)
     scores = ops.score(logits, labels, ["correct", "true_margin", "margin", "entropy", "el2n", "loss"])
     assert torch.equal(stats[:, 1:7], scores)
     other = logits.double().scatter(1, labels[:, None], float("-inf")).amax(1)
@@ -67,22 +67,22 @@ def test_loss_non_contiguous_and_extreme(gen):
     logits = (torch.randn(12, 40, generator=gen) * 3).t()[:, :12].contiguous().t()  # column-major view
     logits = logits.clone().requires_grad_()
     labels = torch.randint(0, 12, (40,), generator=gen)[:logits.shape[0]]
-    loss, _ = ops.cross_entropy_with_stats(logits, labels)
+    loss, _ = cross_entropy_with_stats(logits, labels)
     z, expected = reference_loss(logits, labels, 0.0)
     assert torch.allclose(loss.double(), expected, atol=1e-5)
     huge = torch.tensor([[1e30, 0.0, -1e30]], requires_grad=True)
-    loss, _ = ops.cross_entropy_with_stats(huge, torch.tensor([1]))
+    loss, _ = cross_entropy_with_stats(huge, torch.tensor([1]))
     loss.sum().backward()
     assert loss.item() == pytest.approx(1e30, rel=1e-6) and torch.isfinite(huge.grad).all()
 
 
 def test_loss_errors():
     with pytest.raises(ValueError, match="label_smoothing must be in \\[0, 1\\), got 1.0"):
-        ops.cross_entropy_with_stats(torch.zeros(2, 3), torch.zeros(2, dtype=torch.long), label_smoothing=1.0)
+        cross_entropy_with_stats(torch.zeros(2, 3), torch.zeros(2, dtype=torch.long), label_smoothing=1.0)
     with pytest.raises(ValueError, match="labels must be int64, got torch.int32"):
-        ops.cross_entropy_with_stats(torch.zeros(2, 3), torch.zeros(2, dtype=torch.int32))
+        cross_entropy_with_stats(torch.zeros(2, 3), torch.zeros(2, dtype=torch.int32))
     with pytest.raises(RuntimeError, match="label"):
-        ops.cross_entropy_with_stats(torch.zeros(2, 3), torch.tensor([0, 3]))
+        cross_entropy_with_stats(torch.zeros(2, 3), torch.tensor([0, 3]))
 
 
 def test_loss_opcheck(gen):
@@ -176,8 +176,9 @@ def test_resume_gives_the_same_weights(tmp_path, monkeypatch):
 
 
 def test_recalibrated_batchnorm_holds_the_mean_over_equal_batches():
-    """Precise BatchNorm: the running mean is the mean of the evaluation
-    images, the running variance the mean of the batches' variances."""
+    """Precise BatchNorm: the running mean is the mean of the training
+    images as augmented in one more epoch, the running variance the mean of
+    the batches' variances."""
     digits = ImageIndex.digits()
     ids = np.arange(3, 1797, 3)[:512]  # 4 equal batches of 128
     model = torch.nn.Sequential(torch.nn.BatchNorm2d(3), torch.nn.Flatten(), torch.nn.Linear(192, 10))
@@ -186,7 +187,7 @@ def test_recalibrated_batchnorm_holds_the_mean_over_equal_batches():
     assert recalibrate_batchnorm(model, digits, ids, config) == 512
     assert not model.training  # the mode is restored
     batches = [images.double() for images, _, _ in
-               make_loader(digits, ids, train=False, batch_size=128, image_size=8)]
+               make_loader(digits, ids, train=True, batch_size=128, image_size=8, seed=0, epoch=config.epochs)]
     mean = torch.cat(batches).mean((0, 2, 3))
     var = torch.stack([b.var((0, 2, 3), unbiased=True) for b in batches]).mean(0)
     norm = model[0]

@@ -1,39 +1,8 @@
 """unseen-fast: UNSEEN dataset pruning with fused C++/CUDA kernels."""
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-
-def build_info() -> dict:
-    """Versions and build facts: whether CUDA kernels were compiled, the CUDA
-    architectures, the CPU score path, visible GPUs and DALI availability."""
-    import platform
-
-    import numpy
-    import torch
-
-    from unseen_fast._extension import _C
-
-    info = dict(_C.build_info())
-    info.update(
-        unseen_fast=__version__,
-        python=platform.python_version(),
-        torch=torch.__version__,
-        cuda=torch.version.cuda,
-        numpy=numpy.__version__,
-        cpu_score_path="avx512" if _C.cpu_simd_enabled() else "portable",
-        cuda_devices=[torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
-        dali=_dali_version(),
-    )
-    return info
-
-
-def _dali_version():
-    try:
-        import nvidia.dali as dali
-    except Exception:  # not installed, or fails to load on this machine
-        return None
-    return dali.__version__
+from unseen_fast.constants import __version__
+from unseen_fast.info import build_info
 
 
 def prune(data, *, out, config, **kwargs):

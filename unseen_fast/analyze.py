@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from unseen_fast.data import DataError, ImageIndex
-from unseen_fast.train import write_json
+from unseen_fast.rundir import save_figure, write_json
 
 # Configuration fields that do not change the stage-1 scores of a run.
 NOT_STAGE1 = ("prune_rate", "stages", "stage_size", "selection", "seed")
@@ -100,7 +100,7 @@ def _plt():
 
 def _save(fig, path: Path) -> None:
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
     _plt().close(fig)
 
 

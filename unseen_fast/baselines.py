@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from unseen_fast.errors import UserError
+
 DYNAMICS_SCORES = ("forgetting", "aum", "el2n_early", "dynunc", "tdds")
 FEATURE_SCORES = ("moderate",)
 
@@ -34,15 +36,15 @@ class BaselineParams:
 
     def validate(self) -> None:
         if self.early_epochs is not None and self.early_epochs < 1:
-            raise ValueError(f"early_epochs must be >= 1, got {self.early_epochs}")
+            raise UserError(f"early_epochs must be >= 1, got {self.early_epochs}")
         if self.window is not None and self.window < 2:
-            raise ValueError(f"window must be >= 2 epochs, got {self.window}")
+            raise UserError(f"window must be >= 2 epochs, got {self.window}")
         if not 0 < self.tdds_decay < 1:
-            raise ValueError(f"tdds_decay must be in (0, 1), got {self.tdds_decay}")
+            raise UserError(f"tdds_decay must be in (0, 1), got {self.tdds_decay}")
         if not 0 <= self.ccs_beta < 1:
-            raise ValueError(f"ccs_beta must be in [0, 1), got {self.ccs_beta}")
+            raise UserError(f"ccs_beta must be in [0, 1), got {self.ccs_beta}")
         if self.ccs_strata < 1:
-            raise ValueError(f"ccs_strata must be >= 1, got {self.ccs_strata}")
+            raise UserError(f"ccs_strata must be >= 1, got {self.ccs_strata}")
 
 
 def dynamics_importance(name: str, dynamics: dict, params: BaselineParams) -> np.ndarray:
@@ -55,16 +57,16 @@ def dynamics_importance(name: str, dynamics: dict, params: BaselineParams) -> np
         epochs = dynamics["el2n"].shape[0]
         early = params.early_epochs or max(1, -(-epochs // 4))
         if early > epochs:
-            raise ValueError(f"early_epochs {early} > the {epochs} recorded epochs")
+            raise UserError(f"early_epochs {early} > the {epochs} recorded epochs")
         value = _nanmean(dynamics["el2n"][:early])
     elif name == "dynunc":
         value = dynamic_uncertainty(dynamics["p_true"], _window(params, dynamics["p_true"].shape[0]))
     elif name == "tdds":
         if "probs" not in dynamics:
-            raise ValueError("tdds needs the per-epoch probabilities (TrainConfig.record_probabilities)")
+            raise UserError("tdds needs the per-epoch probabilities (TrainConfig.record_probabilities)")
         value = tdds(dynamics["probs"], _window(params, dynamics["probs"].shape[0]), params.tdds_decay)
     else:
-        raise ValueError(f"unknown dynamics score {name!r}; choose one of {', '.join(DYNAMICS_SCORES)}")
+        raise UserError(f"unknown dynamics score {name!r}; choose one of {', '.join(DYNAMICS_SCORES)}")
     return _fill_unknown(value)
 
 
@@ -95,7 +97,7 @@ def dynamic_uncertainty(p_true: np.ndarray, window: int) -> np.ndarray:
     p = np.asarray(p_true, dtype=np.float64)
     epochs = p.shape[0]
     if window > epochs:
-        raise ValueError(f"window {window} > the {epochs} recorded epochs")
+        raise UserError(f"window {window} > the {epochs} recorded epochs")
     stds = [_nanstd(p[start:start + window]) for start in range(epochs - window + 1)]
     return _nanmean(np.stack(stds))
 
@@ -110,7 +112,7 @@ def tdds(probs: np.ndarray, window: int, decay: float, *, chunk_bytes: int = 256
     in chunks of about ``chunk_bytes`` of float64."""
     epochs, n, classes = probs.shape
     if window > epochs:
-        raise ValueError(f"window {window} > the {epochs} recorded epochs")
+        raise UserError(f"window {window} > the {epochs} recorded epochs")
     step = max(1, chunk_bytes // (8 * epochs * classes))
     total = np.zeros(n)
     for first in range(0, n, step):
@@ -152,7 +154,7 @@ def ccs_select(importance: np.ndarray, budget: int, *, beta: float, strata: int,
     values = np.asarray(importance, dtype=np.float64)[ids]
     hard = int(np.floor(beta * len(ids)))
     if budget > len(ids) - hard:
-        raise ValueError(f"ccs: budget {budget} exceeds the {len(ids) - hard} candidates left after removing "
+        raise UserError(f"ccs: budget {budget} exceeds the {len(ids) - hard} candidates left after removing "
                          f"the {hard} hardest (beta {beta})")
     order = np.argsort(-values, kind="stable")
     keep = np.sort(order[hard:])

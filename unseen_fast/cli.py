@@ -9,7 +9,7 @@ from pathlib import Path
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from unseen_fast import build_info
+    from unseen_fast.info import build_info
 
     info = build_info()
     if args.json:
@@ -30,10 +30,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     from unseen_fast import ops, reference
 
+    from unseen_fast.errors import UserError
+
     if args.samples < 1 or args.classes < 1:
-        raise SystemExit(f"demo: need --samples >= 1 and --classes >= 1, got {args.samples}, {args.classes}")
+        raise UserError(f"need --samples >= 1 and --classes >= 1, got {args.samples}, {args.classes}")
     if not 0 < args.keep <= 1:
-        raise SystemExit(f"demo: --keep must be in (0, 1], got {args.keep}")
+        raise UserError(f"--keep must be in (0, 1], got {args.keep}")
     device = torch.device(args.device)
     gen = torch.Generator().manual_seed(args.seed)
     logits = (torch.randn(args.samples, args.classes, generator=gen) * 3).to(device)
@@ -96,36 +98,62 @@ def _read_subset(path: str, index) -> "np.ndarray":
     return as_id_array(ids, len(index))
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    """Train one model; write RUN/checkpoint.pt and RUN/eval.json."""
+def _logging(quiet: bool = False) -> None:
     import logging
 
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(asctime)s %(message)s",
+                        datefmt="%H:%M:%S")
+
+
+def _device(args: argparse.Namespace):
+    import torch
+
+    from unseen_fast.errors import UserError
+
+    device = torch.device("cuda" if args.gpus else args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"{'--gpus' if args.gpus else '--device cuda'} asked for a GPU, but torch sees none "
+                        f"on this machine; leave it out to run on the CPU")
+    return device
+
+
+def _train_config(args: argparse.Namespace, index, device):
+    """The TrainConfig of the shared training options."""
+    from unseen_fast.models import default_arch, default_image_size
+    from unseen_fast.train import TrainConfig
+
+    return TrainConfig(arch=args.arch or default_arch(device), epochs=args.epochs, batch_size=args.batch_size,
+                       lr=args.lr, image_size=args.image_size or default_image_size(index), seed=args.seed,
+                       backend=args.backend, amp=args.amp)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train one model; write RUN/checkpoint.pt and RUN/eval.json."""
     import numpy as np
     import torch
 
     from unseen_fast.data import open_index
-    from unseen_fast.models import default_arch, default_image_size
+    from unseen_fast.errors import UserError
+    from unseen_fast.evaluate import accuracy_report, predict_logits
     from unseen_fast.parallel import TrainJob, train_many
+    from unseen_fast.rundir import write_json
     from unseen_fast.splits import stratified_holdout
-    from unseen_fast.train import TrainConfig, accuracy_report, load_model, predict_logits, write_json
+    from unseen_fast.train import load_model
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    _logging()
     out = Path(args.out)
     index = open_index(args.data, file_list=args.file_list)
     ids = _read_subset(args.subset, index) if args.subset else np.arange(len(index))
-    device = torch.device("cuda" if args.gpus else args.device)
-    image_size = args.image_size or default_image_size(index)
+    device = _device(args)
+    config = _train_config(args, index, device)
     if args.val_data:
         val_index = open_index(args.val_data)
         if val_index.classes != index.classes:
-            raise SystemExit(f"train: --val-data classes {val_index.classes[:5]}... differ from --data's")
+            raise UserError(f"--val-data classes {val_index.classes[:5]}... differ from --data's")
         val_ids = np.arange(len(val_index))
     else:
         val_index = index
         ids, val_ids = stratified_holdout(ids, index.labels, args.val_fraction, seed=args.seed)
-    config = TrainConfig(arch=args.arch or default_arch(device), epochs=args.epochs, batch_size=args.batch_size,
-                         lr=args.lr, image_size=image_size, seed=args.seed, backend=args.backend,
-                         amp=args.amp)
     out.mkdir(parents=True, exist_ok=True)
     index.save(out)
     write_json(out / "train_config.json", dict(vars(config), train_samples=len(ids), val_samples=len(val_ids)))
@@ -134,7 +162,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                nproc=args.nproc, gpus=args.gpus, loader_kwargs=loader_kwargs, progress=sys.stderr.isatty())
     if len(val_ids):
         model = load_model(out, index.num_classes, device=device)
-        logits = predict_logits(model, val_index, val_ids, image_size=image_size, device=device,
+        logits = predict_logits(model, val_index, val_ids, image_size=config.image_size, device=device,
                                 amp=args.amp, cache_dir=out / "cache")
         labels = torch.from_numpy(val_index.labels[val_ids]).to(logits.device)
         report = accuracy_report(logits, labels, index.classes)
@@ -147,39 +175,22 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_prune(args: argparse.Namespace) -> int:
     """UNSEEN pruning end to end; outputs in --out."""
-    import logging
-
-    import torch
-
     from unseen_fast.baselines import BaselineParams
     from unseen_fast.data import open_index
-    from unseen_fast.models import default_arch, default_image_size
     from unseen_fast.pipeline import PruneConfig, prune
-    from unseen_fast.train import TrainConfig
 
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    _logging(args.quiet)
     index = open_index(args.data, file_list=args.file_list)
-    device = torch.device("cuda" if args.gpus else args.device)
-    train_config = TrainConfig(arch=args.arch or default_arch(device), epochs=args.epochs,
-                               batch_size=args.batch_size, lr=args.lr,
-                               image_size=args.image_size or default_image_size(index),
-                               seed=args.seed, backend=args.backend)
-    stage_size = float(args.stage_size)
-    config = PruneConfig(prune_rate=args.prune_rate, folds=args.folds, stages=args.stages, stage_size=stage_size,
-                         score=args.score, framework=args.framework, selection=args.selection, split=args.split,
-                         score_norm=args.score_norm,
-                         seed=args.seed, train=train_config,
+    device = _device(args)
+    config = PruneConfig(prune_rate=args.prune_rate, folds=args.folds, stages=args.stages,
+                         stage_size=_stage_size(args.stage_size), score=args.score, framework=args.framework,
+                         selection=args.selection, split=args.split, score_norm=args.score_norm, seed=args.seed,
+                         train=_train_config(args, index, device),
                          baseline=BaselineParams(early_epochs=args.early_epochs, window=args.window,
                                                  tdds_decay=args.tdds_decay, ccs_beta=args.ccs_beta,
                                                  ccs_strata=args.ccs_strata))
-    try:
-        summary = prune(index, out=args.out, config=config, device=device, nproc=args.nproc, gpus=args.gpus,
-                        resume=args.resume, progress=not args.quiet and sys.stderr.isatty(),
-                        share_dir=args.share_models)
-    except ValueError as err:  # a bad option value: one line, no traceback
-        print(f"unseen-fast prune: error: {err}", file=sys.stderr)
-        return 2
+    summary = prune(index, out=args.out, config=config, device=device, nproc=args.nproc, gpus=args.gpus,
+                    resume=args.resume, progress=not args.quiet and sys.stderr.isatty(), share_dir=args.share_models)
     out = Path(args.out)
     print(f"kept {summary['coreset_size']} of {summary['num_samples']} samples "
           f"(prune rate {args.prune_rate}, stages {summary['stage_sizes']})")
@@ -188,22 +199,28 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stage_size(text: str) -> float:
+    """--stage-size: a fraction of N in (0, 1) or a whole count >= 1."""
+    import math
+
+    from unseen_fast.errors import UserError
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise UserError(f"--stage-size must be a fraction in (0, 1) or a count, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0 or (value >= 1 and value != int(value)):
+        raise UserError(f"--stage-size must be a fraction in (0, 1) or a whole count, got {text!r}")
+    return value
+
+
 def cmd_experiment(args: argparse.Namespace) -> int:
     """A grid of methods x prune rates x seeds: prune, train, evaluate, tabulate."""
-    import logging
-
-    import torch
-
     from unseen_fast.experiment import Grid, run_experiment
 
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    try:
-        grid = Grid.from_yaml(args.grid)
-    except (ValueError, TypeError, OSError) as err:
-        print(f"unseen-fast experiment: error: {err}", file=sys.stderr)
-        return 2
-    device = torch.device("cuda" if args.gpus else args.device)
+    _logging(args.quiet)
+    grid = Grid.from_yaml(args.grid)
+    device = _device(args)
     rows = run_experiment(grid, args.out, device=device, nproc=args.nproc, gpus=args.gpus,
                           progress=not args.quiet and sys.stderr.isatty())
     out = Path(args.out)
@@ -223,9 +240,68 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from unseen_fast.pipeline import SCORES
+def _add_data_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, help="ImageFolder root (root/<class>/<image>), or builtin:digits")
+    parser.add_argument("--file-list", help="'relative/path label' lines, paths relative to --data")
 
+
+def _add_device_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--gpus", type=int, default=None, help="GPUs (one worker process each when > 1)")
+    parser.add_argument("--nproc", type=int, default=None, help="CPU worker processes (gloo)")
+
+
+def _add_training_options(parser: argparse.ArgumentParser, epochs_help: str) -> None:
+    """The options of every training, shared by train and prune."""
+    group = parser.add_argument_group("training")
+    group.add_argument("--arch", default=None, help="fastnet, resnet18, resnet34, resnet50 (default: fastnet on CPU)")
+    group.add_argument("--epochs", type=int, default=10, help=epochs_help)
+    group.add_argument("--batch-size", type=int, default=256)
+    group.add_argument("--lr", type=float, default=0.05, help="peak learning rate")
+    group.add_argument("--image-size", type=int, default=None, help="default: native size up to 64 px, else 224")
+    group.add_argument("--amp", choices=["bf16", "fp16", "off"], default="bf16")
+    group.add_argument("--backend", default="auto", choices=["auto", "cache", "dali", "torchvision"])
+    group.add_argument("--seed", type=int, default=0)
+    _add_device_options(group)
+
+
+def _add_prune_options(pr: argparse.ArgumentParser) -> None:
+    from unseen_fast.fold_scores import SCORE_NORMS
+    from unseen_fast.pipeline import FRAMEWORKS, SCORES
+    from unseen_fast.selection import SELECTIONS
+
+    pr.add_argument("--prune-rate", type=float, required=True, help="fraction of samples to remove, in (0, 1)")
+    pr.add_argument("--out", required=True, help="run folder (refused if it holds another run)")
+    pr.add_argument("--folds", type=int, default=4, help="K fold models (default 4)")
+    pr.add_argument("--stages", type=int, default=2, help="J selection stages (default 2)")
+    pr.add_argument("--stage-size", default="0.1", help="M_j for stages >= 2: fraction of N (< 1) or a count")
+    pr.add_argument("--score", default="entropy", choices=list(SCORES),
+                    help="output scores (entropy, loss, margin, least_confidence, el2n) under any framework; "
+                         "random; training-dynamics baselines (forgetting, aum, el2n_early, dynunc, tdds) and "
+                         "moderate need --framework fitting --stages 1")
+    pr.add_argument("--framework", default="unseen", choices=list(FRAMEWORKS))
+    pr.add_argument("--selection", default="global", choices=list(SELECTIONS),
+                    help="global top-M, per-class proportional top-M, or coverage-centric (ccs)")
+    pr.add_argument("--score-norm", default="rank", choices=list(SCORE_NORMS),
+                    help="make the fold models' scores comparable before averaging them (rank: each model's "
+                         "scores as mid-ranks in (0, 1); zscore; none: the paper's raw mean)")
+    pr.add_argument("--split", default="random", choices=["random", "stratified"])
+    baselines = pr.add_argument_group("baseline parameters")
+    baselines.add_argument("--ccs-beta", type=float, default=0.0, help="ccs: fraction removed as hardest first")
+    baselines.add_argument("--ccs-strata", type=int, default=50, help="ccs: equal-width score strata")
+    baselines.add_argument("--early-epochs", type=int, default=None,
+                           help="el2n_early: first epochs averaged (default: a quarter of --epochs)")
+    baselines.add_argument("--window", type=int, default=None,
+                           help="dynunc, tdds: sliding window in epochs (default: min(10, max(2, epochs // 2)))")
+    baselines.add_argument("--tdds-decay", type=float, default=0.9, help="tdds: decay over windows")
+    pr.add_argument("--share-models", default=None, metavar="DIR",
+                    help="keep stage-1 models, scores and the decoded cache in DIR for reuse by runs that "
+                         "differ only in prune rate, stages, selection or score")
+    pr.add_argument("--resume", action="store_true", help="continue the run in --out")
+    pr.add_argument("--quiet", action="store_true", help="warnings only")
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="unseen-fast", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", help="versions, compiled kernels, devices, DALI")
@@ -239,80 +315,28 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=cmd_demo)
     check = sub.add_parser("check-data", help="decode every image and report classes, sizes and bad files")
-    check.add_argument("--data", required=True,
-                       help="ImageFolder root (root/<class>/<image>), or builtin:digits")
-    check.add_argument("--file-list", help="'relative/path label' lines, paths relative to --data")
+    _add_data_options(check)
     check.add_argument("--workers", type=int, default=None, help="decoding processes (default: CPU count)")
     check.add_argument("--json", action="store_true", help="print the report as JSON")
     check.set_defaults(func=cmd_check_data)
     tr = sub.add_parser("train", help="train one model (on all samples or a subset) and evaluate it")
-    tr.add_argument("--data", required=True, help="ImageFolder root, or builtin:digits")
-    tr.add_argument("--file-list", help="'relative/path label' lines, paths relative to --data")
+    _add_data_options(tr)
     tr.add_argument("--out", required=True, help="run folder: checkpoint.pt, eval.json (resumed if present)")
-    tr.add_argument("--arch", default=None, help="fastnet, resnet18, resnet34, resnet50 (default: fastnet on CPU)")
-    tr.add_argument("--epochs", type=int, default=10)
-    tr.add_argument("--batch-size", type=int, default=256)
-    tr.add_argument("--lr", type=float, default=0.05, help="peak learning rate")
-    tr.add_argument("--image-size", type=int, default=None, help="default: native size up to 64 px, else 224")
-    tr.add_argument("--amp", choices=["bf16", "fp16", "off"], default="bf16")
     tr.add_argument("--subset", help="train only on these samples: .npy of sample ids, or a file list")
     tr.add_argument("--val-data", help="validation ImageFolder with the same classes")
     tr.add_argument("--val-fraction", type=float, default=0.1,
                     help="without --val-data: stratified share of the training ids held out (0: none)")
-    tr.add_argument("--backend", default="auto", choices=["auto", "cache", "dali", "torchvision"])
-    tr.add_argument("--device", default="cpu")
-    tr.add_argument("--gpus", type=int, default=None, help="GPUs (one worker process each when > 1)")
-    tr.add_argument("--nproc", type=int, default=None, help="CPU worker processes (gloo)")
-    tr.add_argument("--seed", type=int, default=0)
+    _add_training_options(tr, "passes over the training samples")
     tr.set_defaults(func=cmd_train)
     pr = sub.add_parser("prune", help="UNSEEN pruning: K-fold unseen scoring, selection, incremental stages")
-    pr.add_argument("--data", required=True, help="ImageFolder root, or builtin:digits")
-    pr.add_argument("--file-list", help="'relative/path label' lines, paths relative to --data")
-    pr.add_argument("--prune-rate", type=float, required=True, help="fraction of samples to remove, in (0, 1)")
-    pr.add_argument("--out", required=True, help="run folder (refused if it holds another run)")
-    pr.add_argument("--folds", type=int, default=4, help="K fold models (default 4)")
-    pr.add_argument("--stages", type=int, default=2, help="J selection stages (default 2)")
-    pr.add_argument("--stage-size", default="0.1", help="M_j for stages >= 2: fraction of N (< 1) or a count")
-    pr.add_argument("--score", default="entropy", choices=list(SCORES),
-                    help="output scores (entropy, loss, margin, least_confidence, el2n) under any framework; "
-                         "random; training-dynamics baselines (forgetting, aum, el2n_early, dynunc, tdds) and "
-                         "moderate need --framework fitting --stages 1")
-    pr.add_argument("--framework", default="unseen", choices=["unseen", "fitting", "proxy"])
-    pr.add_argument("--selection", default="global", choices=["global", "balanced", "ccs"],
-                    help="global top-M, per-class proportional top-M, or coverage-centric (ccs)")
-    pr.add_argument("--score-norm", default="rank", choices=["rank", "zscore", "none"],
-                    help="make the fold models' scores comparable before averaging them (rank: each model's "
-                         "scores as mid-ranks in (0, 1); zscore; none: the paper's raw mean)")
-    pr.add_argument("--ccs-beta", type=float, default=0.0, help="ccs: fraction removed as hardest first")
-    pr.add_argument("--ccs-strata", type=int, default=50, help="ccs: equal-width score strata")
-    pr.add_argument("--early-epochs", type=int, default=None,
-                    help="el2n_early: first epochs averaged (default: a quarter of --epochs)")
-    pr.add_argument("--window", type=int, default=None,
-                    help="dynunc, tdds: sliding window in epochs (default: min(10, max(2, epochs // 2)))")
-    pr.add_argument("--tdds-decay", type=float, default=0.9, help="tdds: decay over windows")
-    pr.add_argument("--share-models", default=None, metavar="DIR",
-                    help="keep stage-1 models, scores and the decoded cache in DIR for reuse by runs that "
-                         "differ only in prune rate, stages, selection or score")
-    pr.add_argument("--split", default="random", choices=["random", "stratified"])
-    pr.add_argument("--arch", default=None, help="fastnet, resnet18, resnet34, resnet50 (default: fastnet on CPU)")
-    pr.add_argument("--epochs", type=int, default=10, help="epochs of every training (fold and stage models)")
-    pr.add_argument("--batch-size", type=int, default=256)
-    pr.add_argument("--lr", type=float, default=0.05, help="peak learning rate")
-    pr.add_argument("--image-size", type=int, default=None, help="default: native size up to 64 px, else 224")
-    pr.add_argument("--backend", default="auto", choices=["auto", "cache", "dali", "torchvision"])
-    pr.add_argument("--device", default="cpu")
-    pr.add_argument("--gpus", type=int, default=None, help="GPUs (one worker process each when > 1)")
-    pr.add_argument("--nproc", type=int, default=None, help="CPU worker processes (gloo)")
-    pr.add_argument("--seed", type=int, default=0)
-    pr.add_argument("--resume", action="store_true", help="continue the run in --out")
-    pr.add_argument("--quiet", action="store_true", help="warnings only")
+    _add_data_options(pr)
+    _add_prune_options(pr)
+    _add_training_options(pr, "epochs of every training (fold and stage models)")
     pr.set_defaults(func=cmd_prune)
     ex = sub.add_parser("experiment", help="methods x prune rates x seeds: prune, train final models, tabulate")
     ex.add_argument("grid", help="GRID.yaml (see docs/EXPERIMENTS.md)")
     ex.add_argument("--out", required=True, help="experiment folder (resumed cell by cell when it exists)")
-    ex.add_argument("--device", default="cpu")
-    ex.add_argument("--gpus", type=int, default=None, help="GPUs (one worker process each when > 1)")
-    ex.add_argument("--nproc", type=int, default=None, help="CPU worker processes (gloo)")
+    _add_device_options(ex)
     ex.add_argument("--quiet", action="store_true", help="warnings only")
     ex.set_defaults(func=cmd_experiment)
     an = sub.add_parser("analyze", help="score histograms, seed rank correlation, class rank shift, class variance")
@@ -323,12 +347,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from unseen_fast.data.errors import DataError
+    """The one error boundary: a problem the user can fix (UserError, which
+    DataError and every bad option value are) is one line on stderr and exit
+    2; anything else is a bug and keeps its traceback."""
+    from unseen_fast.errors import UserError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except DataError as err:  # a problem with the user's data: say what, no traceback
+    except UserError as err:
         print(f"unseen-fast {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from unseen_fast.fused_loss import STATS
+from unseen_fast.rundir import write_json
 
 
 class DynamicsRecorder:
@@ -41,7 +42,7 @@ class DynamicsRecorder:
             for array in self.arrays.values():
                 array[:] = np.nan
             self.flush()
-            meta_path.write_text(json.dumps(meta))
+            write_json(meta_path, meta)
 
     def record(self, epoch: int, sample_ids: torch.Tensor, stats: torch.Tensor, probs: torch.Tensor | None = None):
         """Write (B, len(STATS)) statistics (and (B, C) probabilities when

@@ -34,11 +34,14 @@ import torch
 
 from unseen_fast.baselines import BaselineParams
 from unseen_fast.data import DataError, ImageIndex, open_index
+from unseen_fast.errors import UserError
+from unseen_fast.evaluate import accuracy_report, predict_logits
 from unseen_fast.models import default_image_size
 from unseen_fast.parallel import TrainJob, train_many
 from unseen_fast.pipeline import PruneConfig, prune
+from unseen_fast.rundir import atomic_path, save_figure, save_npz, write_json, write_text
 from unseen_fast.splits import stratified_holdout
-from unseen_fast.train import TrainConfig, accuracy_report, load_model, predict_logits, steps_per_epoch_for, write_json
+from unseen_fast.train import TrainConfig, load_model, steps_per_epoch_for
 
 log = logging.getLogger("unseen_fast.experiment")
 BUDGETS = ("epochs", "iterations")
@@ -66,37 +69,49 @@ class Grid:
     def from_yaml(cls, path) -> "Grid":
         import yaml
 
-        text = Path(path).read_text()
-        raw = yaml.safe_load(text) or {}
+        try:
+            raw = yaml.safe_load(Path(path).read_text()) or {}
+        except OSError as err:
+            raise UserError(f"cannot read the grid {path}: {err.strerror}") from None
+        except yaml.YAMLError as err:
+            raise UserError(f"{path} is not valid YAML: {err}") from None
+        if not isinstance(raw, dict):
+            raise UserError(f"{path}: a grid is a mapping of keys (data, methods, ...), got {type(raw).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(raw) - known)
         if unknown:
-            raise ValueError(f"{path}: unknown grid key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+            raise UserError(f"{path}: unknown grid key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         missing = [name for name in ("data", "methods", "prune_rates", "seeds") if name not in raw]
         if missing:
-            raise ValueError(f"{path}: missing grid key(s) {', '.join(missing)}")
-        grid = cls(**raw)
+            raise UserError(f"{path}: missing grid key(s) {', '.join(missing)}")
+        try:
+            grid = cls(**raw)
+        except TypeError as err:
+            raise UserError(f"{path}: {err}") from None
         grid.validate(path)
         return grid
 
     def validate(self, where="grid") -> None:
         if not self.methods:
-            raise ValueError(f"{where}: no methods")
+            raise UserError(f"{where}: no methods")
         for name, spec in self.methods.items():
             bad = sorted(set(spec) - PRUNE_FIELDS - {"baseline"})
             if bad:
-                raise ValueError(f"{where}: method {name!r} has unknown option(s) {', '.join(bad)}; "
+                raise UserError(f"{where}: method {name!r} has unknown option(s) {', '.join(bad)}; "
                                  f"known: {', '.join(sorted(PRUNE_FIELDS | {'baseline'}))}")
             if name == "full":
-                raise ValueError(f"{where}: 'full' is reserved for the full-data model")
+                raise UserError(f"{where}: 'full' is reserved for the full-data model")
         for rate in self.prune_rates:
             if not 0 < float(rate) < 1:
-                raise ValueError(f"{where}: prune rate {rate} is not in (0, 1)")
+                raise UserError(f"{where}: prune rate {rate} is not in (0, 1)")
         bad = sorted(set(self.budgets) - set(BUDGETS))
         if bad or not self.budgets:
-            raise ValueError(f"{where}: budgets must be a non-empty subset of {BUDGETS}, got {self.budgets}")
+            raise UserError(f"{where}: budgets must be a non-empty subset of {BUDGETS}, got {self.budgets}")
         for name, fields in (("prune_train", self.prune_train), ("final_train", self.final_train)):
-            TrainConfig(**fields)  # unknown or bad fields raise here, naming the field
+            try:
+                TrainConfig(**fields)  # unknown or bad fields raise here, naming the field
+            except TypeError as err:
+                raise UserError(f"{where}: {name}: {err}") from None
 
 
 def run_experiment(grid: Grid, out, *, device="cpu", nproc=None, gpus=None, progress=False) -> list[dict]:
@@ -157,7 +172,7 @@ def _split(grid: Grid, index: ImageIndex, out: Path):
         val_index, val_ids = index.subset(held), np.arange(len(held))  # its own (small) decoded cache
     if grid.train_samples is not None and grid.train_samples != len(train_ids):  # smaller, stratified
         if not 0 < grid.train_samples <= len(train_ids):
-            raise ValueError(f"train_samples {grid.train_samples} not in [1, {len(train_ids)}]")
+            raise UserError(f"train_samples {grid.train_samples} not in [1, {len(train_ids)}]")
         _, train_ids = stratified_holdout(train_ids, index.labels, grid.train_samples / len(train_ids),
                                           seed=grid.split_seed + 1)
     path = out / "split.npz"
@@ -169,9 +184,7 @@ def _split(grid: Grid, index: ImageIndex, out: Path):
             raise DataError(f"{path} holds a different train/validation split (data or split settings "
                             f"changed); use a new --out folder")
     else:
-        tmp = out / "split.tmp.npz"
-        np.savez(tmp, train=train_ids, val=held)
-        tmp.replace(path)
+        save_npz(path, train=train_ids, val=held)
     return index.subset(train_ids), val_index, val_ids
 
 
@@ -231,14 +244,11 @@ def _report(grid: Grid, out: Path) -> list[dict]:
         return rows
     columns = ["method", "prune_rate", "budget", "seed", "top1", "class_accuracy_variance", "train_samples",
                "epochs", "steps", "arch", "score", "framework", "stages", "selection", "prune_s", "final_train_s"]
-    tmp = out / "results.csv.tmp"
-    with open(tmp, "w", newline="") as handle:
+    with atomic_path(out / "results.csv") as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.DictWriter(handle, columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    tmp.replace(out / "results.csv")
-    (out / "table.md.tmp").write_text(results_table(grid, rows))
-    (out / "table.md.tmp").replace(out / "table.md")
+    write_text(out / "table.md", results_table(grid, rows))
     _plot(grid, rows, out / "accuracy_vs_prune_rate.png")
     return rows
 
@@ -309,6 +319,5 @@ def _plot(grid: Grid, rows: list[dict], path: Path) -> None:
         ax.set_title(f"final training: same {budget}")
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path.with_suffix(".tmp.png"), dpi=120)
+    save_figure(fig, path)
     plt.close(fig)
-    path.with_suffix(".tmp.png").replace(path)

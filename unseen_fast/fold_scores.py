@@ -19,6 +19,8 @@ import numpy as np
 from scipy.special import ndtr
 from scipy.stats import rankdata
 
+from unseen_fast.errors import UserError
+
 SCORE_NORMS = ("rank", "zscore", "none")
 
 
@@ -32,9 +34,9 @@ def combine_scores(per_model: np.ndarray, use: np.ndarray, norm: str) -> np.ndar
     norm : one of SCORE_NORMS (see the module docstring); higher stays harder
     """
     if norm not in SCORE_NORMS:
-        raise ValueError(f"unknown score normalization {norm!r}; choose one of {', '.join(SCORE_NORMS)}")
+        raise UserError(f"unknown score normalization {norm!r}; choose one of {', '.join(SCORE_NORMS)}")
     if per_model.shape != use.shape:
-        raise ValueError(f"per-model scores {per_model.shape} and their mask {use.shape} differ in shape")
+        raise UserError(f"per-model scores {per_model.shape} and their mask {use.shape} differ in shape")
     values = np.array(per_model, dtype=np.float64)
     comparable = norm != "none" and len(values) > 1
     if comparable:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from unseen_fast._extension import _C  # noqa: F401  (registers the score op)
+from unseen_fast.ops import method_codes
 
 # Columns of the statistics, in order. Each is an importance like the score
 # op's (higher = harder), except p_true, correct and logit_margin (higher =
@@ -21,8 +21,6 @@ _SCORE_METHODS = ("loss", "correct", "true_margin", "margin", "entropy", "el2n")
 @torch.library.custom_op("unseen_fast::cross_entropy_with_stats", mutates_args=())
 def _cross_entropy_with_stats(logits: torch.Tensor, labels: torch.Tensor,
                               label_smoothing: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    from unseen_fast.ops import method_codes  # not at import time: ops re-exports this module
-
     scores = torch.ops.unseen_fast.score(logits, labels, method_codes(_SCORE_METHODS), True)
     nll = scores[:, 0]
     true_logit = logits.gather(1, labels.view(-1, 1)).squeeze(1).float()

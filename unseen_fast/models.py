@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from unseen_fast.errors import UserError
+
 SMALL_INPUT_MAX = 64  # image sizes up to this use the small-image stem
 
 
@@ -62,9 +64,9 @@ def build_model(arch: str, num_classes: int, *, image_size: int, small_input: bo
     ``small_input`` (3x3 stem, no max-pool) defaults to image_size <= 64.
     """
     if arch not in ARCHS:
-        raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
+        raise UserError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
     if num_classes < 1:
-        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        raise UserError(f"num_classes must be >= 1, got {num_classes}")
     if small_input is None:
         small_input = image_size <= SMALL_INPUT_MAX
     return ARCHS[arch](num_classes, small_input).to(memory_format=torch.channels_last)

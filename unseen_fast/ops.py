@@ -174,9 +174,3 @@ def _select_topk_fake(scores, k, labels, balanced, exclude, sorted):
 
 
 __all__ = ["METHODS", "LABEL_FREE_METHODS", "apply_lut", "method_codes", "score", "normalize", "select_topk"]
-
-# The fused training loss lives in its own module (it builds on score); it is
-# part of the ops API.
-from unseen_fast.fused_loss import STATS, cross_entropy_with_stats  # noqa: E402
-
-__all__ += ["STATS", "cross_entropy_with_stats"]

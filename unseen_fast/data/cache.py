@@ -18,6 +18,7 @@ from unseen_fast.data.decode import decode_every_image
 from unseen_fast.data.errors import BadImageError
 from unseen_fast.data.index import ImageIndex
 from unseen_fast.data.transforms import Augment, cache_augment, cache_pixels
+from unseen_fast.rundir import atomic_path, write_json
 
 log = logging.getLogger("unseen_fast.data")
 
@@ -56,16 +57,13 @@ class DecodedCache:
                 pixels = np.memmap(data_path, dtype=np.uint8, mode="r", shape=shape)
                 return cls(pixels, {int(k): v for k, v in meta["bad"].items()}, data_path)
         cache_dir.mkdir(parents=True, exist_ok=True)
-        partial = cache_dir / f"{stem}.u8.partial.{os.getpid()}"
-        pixels = np.memmap(partial, dtype=np.uint8, mode="w+", shape=shape)
-        bad = _decode_all(index, aug, pixels, workers=workers, progress=progress)
-        pixels.flush()
-        del pixels
-        os.replace(partial, data_path)
-        tmp_meta = meta_path.with_suffix(".json.tmp")
-        tmp_meta.write_text(json.dumps(dict(fingerprint=index.fingerprint, shape=shape, root=index.root,
-                                            bad={str(k): v for k, v in bad.items()})))
-        os.replace(tmp_meta, meta_path)
+        with atomic_path(data_path) as partial:  # an interrupted build leaves no file that looks finished
+            pixels = np.memmap(partial, dtype=np.uint8, mode="w+", shape=shape)
+            bad = _decode_all(index, aug, pixels, workers=workers, progress=progress)
+            pixels.flush()
+            del pixels
+        write_json(meta_path, dict(fingerprint=index.fingerprint, shape=shape, root=index.root,
+                                   bad={str(k): v for k, v in bad.items()}))
         log.info("decoded cache %s: %d images, %.1f MB, %d unreadable",
                  data_path, len(index), data_path.stat().st_size / 1e6, len(bad))
         return cls(np.memmap(data_path, dtype=np.uint8, mode="r", shape=shape), bad, data_path)

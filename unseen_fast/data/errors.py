@@ -1,8 +1,10 @@
 """Errors the data layer raises: always naming the offending path or value."""
 from __future__ import annotations
 
+from unseen_fast.errors import UserError
 
-class DataError(ValueError):
+
+class DataError(UserError):
     """A dataset problem a user can fix (missing folder, empty class, bad list line)."""
 
 

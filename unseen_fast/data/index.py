@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from unseen_fast.data.errors import DataError
+from unseen_fast.rundir import write_text
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 INDEX_LIST = "index.txt"  # "relative/path label" lines: DALI's file_list format
@@ -242,9 +243,9 @@ class ImageIndex:
             return
         meta = dict(source=self.source, root=self.root, classes=self.classes,
                     num_samples=len(self), fingerprint=self.fingerprint)
-        _write_atomic(run_dir / INDEX_LIST,
+        write_text(run_dir / INDEX_LIST,
                       "".join(f"{p} {l}\n" for p, l in zip(self.paths, self.labels.tolist())))
-        _write_atomic(meta_path, json.dumps(meta, indent=1))
+        write_text(meta_path, json.dumps(meta, indent=1))
 
     @classmethod
     def load(cls, run_dir) -> "ImageIndex":
@@ -312,7 +313,3 @@ def _scan_class(root: Path, name: str) -> tuple[list[str], list[str]]:
     return images, ignored
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

@@ -94,14 +94,7 @@ def make_loader(index: ImageIndex, ids, *, train: bool, batch_size: int, image_s
     ``skipped``; each item is images (B, 3, S, S), labels (B,) int64 and
     sample_ids (B,) int64, all on ``device``.
     """
-    if backend not in BACKENDS:
-        raise DataError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if image_size < 1:
-        raise DataError(f"image_size must be >= 1, got {image_size}")
-    if dtype not in DTYPES:
-        raise DataError(f"dtype must be one of {DTYPES}, got {dtype}")
-    if start_batch < 0:
-        raise DataError(f"start_batch must be >= 0, got {start_batch}")
+    _check_loader_args(backend, image_size, dtype, batch_size, start_batch)
     rank, world_size = resolve_rank(rank, world_size)
     ids = as_id_array(ids, len(index))
     order = shard_order(ids, train=train, seed=seed, epoch=epoch, rank=rank, world_size=world_size)
@@ -111,8 +104,12 @@ def make_loader(index: ImageIndex, ids, *, train: bool, batch_size: int, image_s
     aug = Augment(image_size, train=train)
     common = dict(aug=aug, batch_size=batch_size, dtype=dtype, device=device, seed=seed, epoch=epoch,
                   rank=rank, drop_last=drop_last, start_batch=start_batch, skip_bad=skip_bad)
+    return _open_backend(backend, index, order, common, cache_dir=cache_dir, workers=workers, progress=progress)
+
+
+def _open_backend(backend: str, index: ImageIndex, order, common: dict, *, cache_dir, workers, progress):
     if backend == "cache":
-        cache = DecodedCache.open_or_build(index, aug, cache_dir, workers=workers, progress=progress)
+        cache = DecodedCache.open_or_build(index, common["aug"], cache_dir, workers=workers, progress=progress)
         return CacheLoader(index, order, cache=cache, **common)
     if backend == "dali":
         if not dali_available():
@@ -120,3 +117,26 @@ def make_loader(index: ImageIndex, ids, *, train: bool, batch_size: int, image_s
                             "use backend='torchvision' or 'auto'")
         return DaliLoader(index, order, num_threads=workers, **common)
     return TorchvisionLoader(index, order, num_workers=2 if workers is None else workers, **common)
+
+
+def _check_loader_args(backend: str, image_size: int, dtype, batch_size: int, start_batch: int) -> None:
+    if backend not in BACKENDS:
+        raise DataError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if image_size < 1:
+        raise DataError(f"image_size must be >= 1, got {image_size}")
+    if dtype not in DTYPES:
+        raise DataError(f"dtype must be one of {DTYPES}, got {dtype}")
+    if batch_size < 1:
+        raise DataError(f"batch_size must be >= 1, got {batch_size}")
+    if start_batch < 0:
+        raise DataError(f"start_batch must be >= 0, got {start_batch}")
+
+
+def prepare_cache(index: ImageIndex, image_size: int, *, backend: str = "auto", device="cpu", cache_dir=None,
+                  progress: bool = False) -> None:
+    """Build the decoded cache now when ``backend`` (after ``auto``) will use
+    it, so that worker processes started later do not each decode the data."""
+    if backend == "auto":
+        backend = choose_backend(index, image_size, device=device)[0]
+    if backend == "cache" and not index.in_memory:
+        DecodedCache.open_or_build(index, Augment(image_size, train=False), cache_dir, progress=progress)

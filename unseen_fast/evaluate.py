@@ -1,0 +1,120 @@
+"""Trained models applied to samples: the scoring pass (models x batches ->
+per-sample scores, each image decoded once), penultimate features, logits
+and accuracy reports. Used by prune, train --val-data, experiment and
+analyze; every pass uses the evaluation transform."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from unseen_fast import ops
+from unseen_fast.constants import amp_dtype, input_dtype
+from unseen_fast.data import ImageIndex, make_loader
+
+EVAL_BATCH = 512  # no gradients: larger batches than training
+
+
+def eval_loader(index: ImageIndex, ids, config, *, device, loader_kwargs: dict | None = None):
+    """Evaluation batches of ``ids`` as models trained with ``config`` (a TrainConfig) see them."""
+    return make_loader(index, ids, train=False, batch_size=max(EVAL_BATCH, config.batch_size),
+                       image_size=config.image_size, device=device, backend=config.backend,
+                       dtype=input_dtype(config.amp), **(loader_kwargs or {}))
+
+
+def classifier_head(model: nn.Module) -> nn.Linear:
+    """The final linear layer (fastnet's ``head``, torchvision's ``fc``)."""
+    return model.head if hasattr(model, "head") else model.fc
+
+
+def model_classes(model: nn.Module) -> int:
+    return classifier_head(model).out_features
+
+
+@torch.inference_mode()
+def score_samples(models: list[nn.Module], index: ImageIndex, ids, config, method: str, *, device="cpu",
+                  loader_kwargs: dict | None = None, use: np.ndarray | None = None):
+    """Score ``ids`` with every model in one pass over the data.
+
+    Returns two (len(models), len(ids)) float32 arrays: the importance
+    ``method`` (see ``ops.score``) and correctness (1.0 where the model's
+    top class is the label). Model k scores only the samples where
+    ``use[k]`` (default: all), NaN elsewhere, so no forward pass is spent on
+    a score that is dropped.
+    """
+    device = torch.device(device)
+    ids = np.asarray(ids, dtype=np.int64)
+    out = np.full((len(models), len(ids)), np.nan, dtype=np.float32)
+    correct = np.full((len(models), len(ids)), np.nan, dtype=np.float32)
+    use_t = None if use is None else torch.from_numpy(use)
+    position = np.empty(len(index), dtype=np.int64)
+    position[ids] = np.arange(len(ids))
+    codes = ops.method_codes([method, "correct"])
+    dtype = amp_dtype(config.amp)
+    for images, labels, sample_ids in eval_loader(index, ids, config, device=device, loader_kwargs=loader_kwargs):
+        rows = position[sample_ids.cpu().numpy()]
+        for k, model in enumerate(models):
+            pick = slice(None) if use_t is None else use_t[k, torch.from_numpy(rows)].to(images.device)
+            if use_t is not None and not bool(pick.any()):
+                continue
+            with torch.autocast(device.type, dtype=dtype, enabled=config.amp != "off"):
+                logits = model(images[pick].contiguous(memory_format=torch.channels_last))
+            scored = torch.ops.unseen_fast.score(logits, labels[pick], codes, True).float().cpu().numpy()
+            where = rows[pick.cpu().numpy()] if use_t is not None else rows
+            out[k, where], correct[k, where] = scored[:, 0], scored[:, 1]
+    return out, correct
+
+
+@torch.inference_mode()
+def penultimate_features(model: nn.Module, index: ImageIndex, config, *, device="cpu",
+                         loader_kwargs: dict | None = None) -> np.ndarray:
+    """(N, D) float32 input of the classifier head for every sample of ``index``."""
+    device = torch.device(device)
+    captured = []
+    hook = classifier_head(model).register_forward_pre_hook(
+        lambda module, inputs: captured.append(inputs[0].flatten(1).float()))
+    dtype = amp_dtype(config.amp)
+    out = None
+    try:
+        for images, _, sample_ids in eval_loader(index, np.arange(len(index)), config, device=device,
+                                                 loader_kwargs=loader_kwargs):
+            captured.clear()
+            with torch.autocast(device.type, dtype=dtype, enabled=config.amp != "off"):
+                model(images.contiguous(memory_format=torch.channels_last))
+            if out is None:
+                out = np.empty((len(index), captured[0].shape[1]), dtype=np.float32)
+            out[sample_ids.cpu().numpy()] = captured[0].cpu().numpy()
+    finally:
+        hook.remove()
+    return out
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, index: ImageIndex, ids, *, image_size: int, device="cpu",
+                   batch_size: int = EVAL_BATCH, amp: str = "bf16", **loader_kwargs) -> torch.Tensor:
+    """(len(ids), C) float32 logits, row i for ids[i] (evaluation transform)."""
+    ids = np.asarray(ids, dtype=np.int64)
+    device = torch.device(device)
+    model.eval()
+    dtype = amp_dtype(amp)
+    out = torch.empty(len(ids), model_classes(model), dtype=torch.float32, device=device)
+    position = torch.empty(len(index), dtype=torch.int64, device=device)
+    position[torch.from_numpy(ids).to(device)] = torch.arange(len(ids), device=device)
+    loader = make_loader(index, ids, train=False, batch_size=batch_size, image_size=image_size, device=device,
+                         dtype=input_dtype(amp), **loader_kwargs)
+    for images, _, sample_ids in loader:
+        with torch.autocast(device.type, dtype=dtype, enabled=amp != "off"):
+            out[position[sample_ids]] = model(images).float()
+    return out
+
+
+def accuracy_report(logits: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> dict:
+    """top1, per-class accuracy and the variance of per-class accuracy."""
+    correct = (logits.argmax(1) == labels).double()
+    per_class = torch.zeros(len(classes), dtype=torch.float64).index_add_(0, labels, correct)
+    counts = torch.bincount(labels, minlength=len(classes)).double()
+    present = counts > 0
+    acc = per_class[present] / counts[present]
+    return dict(top1=float(correct.mean()) if len(correct) else float("nan"), num_samples=len(correct),
+                per_class={c: float(per_class[i] / counts[i]) for i, c in enumerate(classes) if present[i]},
+                class_accuracy_variance=float(acc.var(unbiased=False)) if len(acc) else float("nan"))

@@ -1,0 +1,122 @@
+"""What a prune run leaves for the user: the coreset (ids and file list),
+summary.json (sizes, per-class and per-fold shares, each scoring model's
+accuracy, timings, the paper's cost accounting) and the plots."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import numpy as np
+import torch
+
+from unseen_fast.constants import __version__
+from unseen_fast.fold_scores import kept_share_per_fold, model_report
+from unseen_fast.rundir import RunDir, read_json, save_figure, write_json, write_text
+from unseen_fast.train import steps_per_epoch_for
+
+log = logging.getLogger("unseen_fast.pipeline")
+
+
+def write_outputs(run: RunDir, index, config, sizes, added, fold, timings, images, wall_s) -> dict:
+    """Write the coreset files, summary.json and the plots; returns the summary."""
+    coreset = np.flatnonzero(added)
+    run.save_npy("coreset.npy", coreset)
+    run.save_npy("added_stage.npy", added)
+    write_text(run / "coreset.txt", "".join(f"{index.paths[i]} {index.labels[i]}\n" for i in coreset.tolist()))
+    n, batch = len(index), config.train.batch_size
+    kept = np.bincount(index.labels[coreset], minlength=index.num_classes)
+    summary_path = run / "summary.json"
+    previous = read_json(summary_path) if summary_path.exists() else {}
+    timings = {**previous.get("wall_time_s", {}), **timings}
+    summary = dict(
+        num_samples=n, coreset_size=len(coreset), prune_rate=config.prune_rate, stage_sizes=sizes,
+        config=dataclasses.asdict(config),
+        kept_per_class={c: int(kept[i]) for i, c in enumerate(index.classes)},
+        total_per_class={c: int(t) for c, t in zip(index.classes, index.class_counts().tolist())},
+        wall_time_s={**timings, "total_this_invocation": wall_s},
+        images_processed={**previous.get("images_processed", {}), **images},
+        iterations_per_epoch=_iterations(n, batch, config, fold, sizes),
+        **_model_reports(run, config, fold, added, sizes),
+        versions=dict(unseen_fast=__version__, torch=torch.__version__),
+    )
+    write_json(summary_path, summary)
+    _plots(run, index, config, added)
+    log.info("coreset of %d / %d samples: %s", len(coreset), n, run / "coreset.npy")
+    return summary
+
+
+def _model_reports(run, config, fold, added, sizes) -> dict:
+    """Each scoring model's accuracy on the samples it scored (for UNSEEN:
+    the samples it never saw) and the share of each fold that was kept: a
+    fold kept far more or less than the others means selection followed fold
+    membership, not difficulty."""
+    correct = run.load_npy("correct_per_model_stage1.npy")
+    seen = {"unseen": "never seen (the other folds)", "proxy": "its own training fold",
+            "fitting": "all (its training data)"}[config.framework]
+    if config.framework == "fitting":
+        names, trained = ["fitting"], [len(fold)]
+    else:
+        names, trained = [f"fold{k}" for k in range(config.folds)], np.bincount(fold, minlength=config.folds)
+    models = [model_report(name, size, row, seen) for name, size, row in zip(names, trained, correct)]
+    for stage in range(2, config.stages + 1):
+        stage_correct = run.load_npy(f"correct_stage{stage}.npy")
+        if stage_correct is not None:
+            models.append(model_report(f"stage{stage}", sum(sizes[:stage - 1]), stage_correct,
+                                       "never seen (not yet selected)"))
+    models = [report for report in models if report["scored"] > 0]  # scores without predictions: none
+    share = dict(overall=float((added > 0).mean()), stage1=kept_share_per_fold(fold, added == 1, config.folds),
+                 coreset=kept_share_per_fold(fold, added > 0, config.folds))
+    for report in models:
+        log.info("model %s (trained on %d): accuracy %.4f on the %d samples it scored, %s", report["model"],
+                 report["trained_on"], report["accuracy"], report["scored"], report["scored_samples"])
+    log.info("kept share per fold (overall %.4f): stage 1 %s, coreset %s", share["overall"],
+             " ".join(f"{x:.3f}" for x in share["stage1"]), " ".join(f"{x:.3f}" for x in share["coreset"]))
+    return dict(scoring_models=models, kept_share_per_fold=share)
+
+
+def _iterations(n: int, batch: int, config, fold: np.ndarray, sizes: list[int]) -> dict:
+    """Optimizer steps per epoch of training, ours against the paper's accounting."""
+    steps = steps_per_epoch_for
+    if config.score == "random":
+        stage1 = 0
+    elif config.framework == "fitting":
+        stage1 = steps(n, batch)
+    else:
+        stage1 = sum(steps(int((fold == k).sum()), batch) for k in range(config.folds))
+    stages = sum(steps(sum(sizes[:j - 1]), batch) for j in range(2, config.stages + 1))
+    final = steps(sum(sizes), batch)
+    return dict(stage1=stage1, incremental_stages=stages, final_training_on_coreset=final,
+                ours_total_with_final=stage1 + stages + final,
+                paper_unseen=n * (2 - config.prune_rate) / batch,
+                paper_incremental_extra=n * (1 - config.prune_rate - 0.1) / batch)
+
+
+def _plots(run: RunDir, index, config, added) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scores = np.load(run / "scores_stage1.npy")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    kept = added > 0
+    bins = np.linspace(float(np.nanmin(scores)), float(np.nanmax(scores)) + 1e-12, 60)
+    ax.hist(scores[kept], bins=bins, alpha=0.6, label=f"kept ({kept.sum()})")
+    ax.hist(scores[~kept], bins=bins, alpha=0.6, label=f"pruned ({(~kept).sum()})")
+    ax.set_xlabel(f"stage-1 {config.score} ({config.framework})")
+    ax.set_ylabel("samples")
+    ax.legend()
+    fig.tight_layout()
+    save_figure(fig, run / "score_distribution.png")
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(max(6, 0.25 * index.num_classes), 4))
+    kept_frac = np.bincount(index.labels[kept], minlength=index.num_classes) / np.maximum(index.class_counts(), 1)
+    ax.bar(range(index.num_classes), kept_frac)
+    ax.set_xticks(range(index.num_classes) if index.num_classes <= 30 else [])
+    if index.num_classes <= 30:
+        ax.set_xticklabels(index.classes, rotation=60, ha="right", fontsize=8)
+    ax.axhline(1 - config.prune_rate, color="k", lw=0.8, ls="--")
+    ax.set_ylabel("kept fraction")
+    fig.tight_layout()
+    save_figure(fig, run / "kept_per_class.png")
+    plt.close(fig)

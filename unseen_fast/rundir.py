@@ -1,0 +1,169 @@
+"""Files and run folders, in one place.
+
+Every file the package writes goes through :func:`atomic_path`: it is
+written under a temporary name in the same folder and renamed when
+complete, so a crash (SIGKILL included) leaves either the previous version
+or the new one, never half a file. :class:`RunDir` adds what a run folder
+needs on top: a claim that refuses another configuration, an exclusive lock
+against a second process, and resume bookkeeping (a phase is done when its
+file exists).
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from unseen_fast.errors import UserError
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary path next to ``path``; on success rename it onto
+    ``path``, on an exception remove it and re-raise."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text(path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json(path, data) -> None:
+    write_text(path, json.dumps(data, indent=1))
+
+
+def read_json(path) -> dict:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def save_npy(path, array: np.ndarray) -> None:
+    with atomic_path(path) as tmp:
+        np.save(tmp, array)
+
+
+def save_npz(path, **arrays: np.ndarray) -> None:
+    with atomic_path(path) as tmp:
+        np.savez(tmp, **arrays)
+
+
+def save_figure(fig, path, dpi: int = 120) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format=Path(path).suffix.lstrip(".") or "png")
+
+
+def fingerprint(data: dict) -> str:
+    """A short stable hash of a JSON-able configuration."""
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class RunDir:
+    """A run folder: paths, atomic numpy/JSON writes, claim and lock."""
+
+    CONFIG = "config.json"
+    LOCK = ".lock"
+
+    def __init__(self, root):
+        self.root = Path(root)
+        self._lock = None
+
+    def __truediv__(self, name):
+        return self.root / name
+
+    def save_npy(self, name: str, array: np.ndarray) -> None:
+        save_npy(self.root / name, array)
+
+    def load_npy(self, name: str):
+        """The array saved as ``name``, or None when that phase has not finished."""
+        path = self.root / name
+        return np.load(path) if path.exists() else None
+
+    def write_json(self, name: str, data) -> None:
+        write_json(self.root / name, data)
+
+    def claim(self, config: dict, *, resume: bool, prepare=None, kind: str = "unseen-fast") -> bool:
+        """Make this folder the run of ``config``: create it, or continue it
+        with ``resume=True`` when it holds the same configuration. Refuses a
+        non-empty folder of something else, another configuration, and a
+        folder another process is working in. ``prepare(root)`` writes what
+        a new run needs before its config.json, whose presence marks a
+        claimed folder. Returns True when resuming."""
+        wanted = dict(fingerprint=fingerprint(config), config=config)
+        path = self.root / self.CONFIG
+        if self.root.exists() and not self.root.is_dir():
+            raise UserError(f"{self.root} is a file, not a folder; choose a new --out folder")
+        if path.exists():
+            saved = self._saved_config(path)
+            if saved.get("fingerprint") != wanted["fingerprint"]:
+                diff = config_diff(saved.get("config", {}), config)
+                raise UserError(f"{self.root} holds a run with a different configuration ({diff}); "
+                                f"use a new --out folder")
+            if not resume:
+                raise UserError(f"{self.root} already holds a run of this configuration; pass --resume to "
+                                f"continue it or choose a new --out folder")
+            self.lock()
+            return True
+        if self.root.exists() and any(p.name != self.LOCK for p in self.root.iterdir()):
+            raise UserError(f"{self.root} is not empty and holds no {kind} run; choose a new --out folder")
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise UserError(f"cannot create the run folder {self.root}: {err.strerror}") from None
+        self.lock()
+        if prepare is not None:
+            prepare(self.root)
+        write_json(path, wanted)
+        return False
+
+    def _saved_config(self, path: Path) -> dict:
+        try:
+            saved = read_json(path)
+        except (OSError, ValueError) as err:
+            raise UserError(f"{path} is not a readable run configuration ({err}); use a new --out folder") from None
+        if not isinstance(saved, dict) or "fingerprint" not in saved:
+            raise UserError(f"{path} was not written by unseen-fast; use a new --out folder")
+        return saved
+
+    def lock(self) -> None:
+        """Hold an exclusive lock on the folder for the life of this object
+        (released by the OS when the process ends, even on SIGKILL)."""
+        if self._lock is not None:
+            return
+        handle = open(self.root / self.LOCK, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise UserError(f"{self.root} is in use by another unseen-fast process; wait for it to finish "
+                            f"or choose a new --out folder") from None
+        self._lock = handle
+
+    def unlock(self) -> None:
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+
+def config_diff(saved: dict, wanted: dict, prefix: str = "") -> str:
+    """"key: saved X, now Y" for every leaf that differs, nested keys dotted."""
+    parts = []
+    for key in sorted(set(saved) | set(wanted)):
+        a, b = saved.get(key), wanted.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            inner = config_diff(a, b, f"{prefix}{key}.")
+            if inner:
+                parts.append(inner)
+        elif a != b:
+            parts.append(f"{prefix}{key}: saved {a!r}, now {b!r}")
+    return "; ".join(parts)
