@@ -7,7 +7,10 @@ import shutil
 from setuptools import setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_ARCHS = "8.0;9.0"  # used when no GPU is visible, so no device query
+# CUDA architectures built when no GPU is visible (so no device query); one
+# file shared with CMakeLists.txt.
+with open(os.path.join(ROOT, "csrc", "cuda_archs.txt")) as handle:
+    DEFAULT_ARCHS = handle.read().strip()
 
 
 def find_cuda_home():

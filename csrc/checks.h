@@ -8,12 +8,6 @@
 
 namespace unseen_fast {
 
-inline const char* method_name(int64_t m) {
-  static const char* names[] = {"entropy", "loss", "least_confidence",
-                                "margin", "el2n", "true_margin", "correct"};
-  return (m >= 0 && m < kNumMethods) ? names[m] : "?";
-}
-
 inline void check_score_args(const at::Tensor& logits,
                              const c10::optional<at::Tensor>& labels,
                              at::IntArrayRef methods, bool check_labels) {
@@ -60,6 +54,18 @@ inline void check_score_args(const at::Tensor& logits,
 
 namespace unseen_fast {
 
+// A per-sample tensor that goes with select_topk's scores: 1-D, N long, its
+// dtype, on the scores' device.
+inline void check_companion(const at::Tensor& t, at::ScalarType dtype, const char* name,
+                            const char* kind, const at::Tensor& scores) {
+  const int64_t N = scores.size(0);
+  TORCH_CHECK(t.scalar_type() == dtype && t.dim() == 1 && t.size(0) == N, "select_topk: ",
+              name, " must be ", kind, " tensor of shape [N]=[", N, "], got ",
+              t.scalar_type(), " of shape ", t.sizes());
+  TORCH_CHECK(t.device() == scores.device(), "select_topk: ", name,
+              " must be on the scores' device ", scores.device(), ", got ", t.device());
+}
+
 inline void check_select_args(const at::Tensor& scores, int64_t k,
                               const c10::optional<at::Tensor>& labels, bool balanced,
                               const c10::optional<at::Tensor>& exclude) {
@@ -79,23 +85,14 @@ inline void check_select_args(const at::Tensor& scores, int64_t k,
   }
   int64_t eligible = N;
   if (exclude.has_value()) {
-    const at::Tensor& ex = *exclude;
-    TORCH_CHECK(ex.scalar_type() == at::kBool && ex.dim() == 1 && ex.size(0) == N,
-                "select_topk: exclude must be a bool tensor of shape [N]=[", N,
-                "], got ", ex.scalar_type(), " of shape ", ex.sizes());
-    TORCH_CHECK(ex.device() == scores.device(), "select_topk: exclude is on ",
-                ex.device(), " but scores are on ", scores.device());
-    eligible -= ex.sum().item<int64_t>();
+    check_companion(*exclude, at::kBool, "exclude", "a bool", scores);
+    eligible -= exclude->sum().item<int64_t>();
   }
   TORCH_CHECK(!balanced || labels.has_value(),
               "select_topk: balanced=True needs labels");
   if (labels.has_value()) {
     const at::Tensor& y = *labels;
-    TORCH_CHECK(y.scalar_type() == at::kLong && y.dim() == 1 && y.size(0) == N,
-                "select_topk: labels must be an int64 tensor of shape [N]=[", N,
-                "], got ", y.scalar_type(), " of shape ", y.sizes());
-    TORCH_CHECK(y.device() == scores.device(), "select_topk: labels are on ",
-                y.device(), " but scores are on ", scores.device());
+    check_companion(y, at::kLong, "labels", "an int64", scores);
     if (N > 0) {
       const auto bad = y.lt(0);
       if (bad.any().item<bool>()) {

@@ -3,6 +3,7 @@
 #include <pybind11/pybind11.h>
 
 #include "cpu/cpu_features.h"
+#include "score_math.h"
 
 #ifndef UNSEEN_FAST_CUDA_ARCHS
 #define UNSEEN_FAST_CUDA_ARCHS ""
@@ -23,6 +24,14 @@ PYBIND11_MODULE(_C, m) {
     info["compiler"] = __VERSION__;
     info["cpu_avx512"] = unseen_fast::cpu_has_avx512();
     return info;
+  });
+  m.def("score_methods", [] {
+    // (name, needs_label) in code order, from the one list in score_math.h
+    py::list methods;
+    for (int64_t code = 0; code < unseen_fast::kNumMethods; ++code)
+      methods.append(py::make_tuple(unseen_fast::method_name(code),
+                                    unseen_fast::method_needs_label(code)));
+    return methods;
   });
   m.def("set_cpu_simd", &unseen_fast::set_cpu_simd, py::arg("enabled"),
         "Use the AVX-512 score path when the CPU has it; returns whether it is in use.");

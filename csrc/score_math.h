@@ -16,22 +16,48 @@
 
 namespace unseen_fast {
 
-// Method codes shared with unseen_fast/ops.py (METHOD_CODES). Every score is
+// THE list of score methods: (enum name, Python name, needs a label), in the
+// order of their integer codes. unseen_fast/ops.py reads it from the
+// extension (_C.score_methods()); nothing else repeats it. Every score is an
 // "importance": higher = harder = kept first (correct is 1.0 / 0.0).
+#define UNSEEN_FAST_SCORE_METHODS(X)     \
+  X(kEntropy, "entropy", false)          \
+  X(kLoss, "loss", true)                 \
+  X(kLeastConfidence, "least_confidence", false) \
+  X(kMargin, "margin", false)            \
+  X(kEl2n, "el2n", true)                 \
+  X(kTrueMargin, "true_margin", true)    \
+  X(kCorrect, "correct", true)
+
 enum ScoreMethod : int64_t {
-  kEntropy = 0,
-  kLoss = 1,
-  kLeastConfidence = 2,
-  kMargin = 3,
-  kEl2n = 4,
-  kTrueMargin = 5,
-  kCorrect = 6,
-  kNumMethods = 7,
+#define UNSEEN_FAST_ENUM(id, name, label) id,
+  UNSEEN_FAST_SCORE_METHODS(UNSEEN_FAST_ENUM)
+#undef UNSEEN_FAST_ENUM
+  kNumMethods,
 };
 
 C10_HOST_DEVICE inline bool method_needs_label(int64_t method) {
-  return method == kLoss || method == kEl2n || method == kTrueMargin ||
-      method == kCorrect;
+  switch (method) {
+#define UNSEEN_FAST_LABEL(id, name, label) \
+  case id:                                 \
+    return label;
+    UNSEEN_FAST_SCORE_METHODS(UNSEEN_FAST_LABEL)
+#undef UNSEEN_FAST_LABEL
+    default:
+      return false;
+  }
+}
+
+inline const char* method_name(int64_t method) {
+  switch (method) {
+#define UNSEEN_FAST_NAME(id, name, label) \
+  case id:                                \
+    return name;
+    UNSEEN_FAST_SCORE_METHODS(UNSEEN_FAST_NAME)
+#undef UNSEEN_FAST_NAME
+    default:
+      return "?";
+  }
 }
 
 struct SoftmaxState {

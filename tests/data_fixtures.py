@@ -18,7 +18,9 @@ def cifar10_root() -> Path:
     done = DATA_CACHE / "cifar10" / ".extracted"
     if not done.exists():
         if not CIFAR_TAR.exists():
-            raise FileNotFoundError(f"CIFAR-10 archive not found at {CIFAR_TAR}")
+            import pytest
+
+            pytest.skip(f"needs the CIFAR-10 JPEGs: {CIFAR_TAR} is absent (../shared/datasets beside the checkout)")
         DATA_CACHE.mkdir(parents=True, exist_ok=True)
         with tarfile.open(CIFAR_TAR) as tar:
             tar.extractall(DATA_CACHE, filter="data")

@@ -75,29 +75,6 @@ def cmd_check_data(args: argparse.Namespace) -> int:
     return 0 if report["ok"] else 1
 
 
-def _read_subset(path: str, index) -> "np.ndarray":
-    """Sample ids from a .npy file of ids, or from a file list of paths."""
-    import numpy as np
-
-    from unseen_fast.data import DataError
-    from unseen_fast.data.order import as_id_array
-
-    if path.endswith(".npy"):
-        return as_id_array(np.load(path), len(index))
-    position = {p: i for i, p in enumerate(index.paths)}
-    ids = []
-    with open(path, encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, 1):
-            text = line.strip()
-            if not text or text.startswith("#"):
-                continue
-            rel = text.rsplit(maxsplit=1)[0] if text.rsplit(maxsplit=1)[-1].isdigit() else text
-            if rel not in position:
-                raise DataError(f"{path}:{lineno}: {rel!r} is not a sample of {index.root}")
-            ids.append(position[rel])
-    return as_id_array(ids, len(index))
-
-
 def _logging(quiet: bool = False) -> None:
     import logging
 
@@ -133,6 +110,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     import torch
 
     from unseen_fast.data import open_index
+    from unseen_fast.data.index import subset_ids
     from unseen_fast.errors import UserError
     from unseen_fast.evaluate import accuracy_report, predict_logits
     from unseen_fast.parallel import TrainJob, train_many
@@ -143,7 +121,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     _logging()
     out = Path(args.out)
     index = open_index(args.data, file_list=args.file_list)
-    ids = _read_subset(args.subset, index) if args.subset else np.arange(len(index))
+    ids = subset_ids(index, args.subset) if args.subset else np.arange(len(index))
     device = _device(args)
     config = _train_config(args, index, device)
     if args.val_data:

@@ -13,6 +13,7 @@ def build_info() -> dict:
     import torch
 
     from unseen_fast._extension import _C
+    from unseen_fast.data.dali_loader import dali_version
 
     info = dict(_C.build_info())
     info.update(
@@ -23,14 +24,7 @@ def build_info() -> dict:
         numpy=numpy.__version__,
         cpu_score_path="avx512" if _C.cpu_simd_enabled() else "portable",
         cuda_devices=[torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
-        dali=_dali_version(),
+        dali=dali_version(),
     )
     return info
 
-
-def _dali_version():
-    try:
-        import nvidia.dali as dali
-    except Exception:  # not installed, or fails to load on this machine
-        return None
-    return dali.__version__

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from unseen_fast.constants import SMALL_IMAGE_MAX
 from unseen_fast.errors import UserError
 
-SMALL_INPUT_MAX = 64  # image sizes up to this use the small-image stem
 
 
 class FastNet(nn.Module):
@@ -68,11 +68,11 @@ def build_model(arch: str, num_classes: int, *, image_size: int, small_input: bo
     if num_classes < 1:
         raise UserError(f"num_classes must be >= 1, got {num_classes}")
     if small_input is None:
-        small_input = image_size <= SMALL_INPUT_MAX
+        small_input = image_size <= SMALL_IMAGE_MAX
     return ARCHS[arch](num_classes, small_input).to(memory_format=torch.channels_last)
 
 
 def default_image_size(index) -> int:
     """Training size: the native size for small images (CIFAR, digits), else 224."""
     height, width = index.native_size()
-    return max(height, width) if max(height, width) <= 64 else 224
+    return max(height, width) if max(height, width) <= SMALL_IMAGE_MAX else 224

@@ -10,13 +10,15 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from unseen_fast._extension import _C  # noqa: F401  (registers the ops)
+from unseen_fast._extension import _C  # registers the ops
+from unseen_fast.errors import UserError
 
-#: Score methods in the order of their integer codes (csrc/score_math.h).
-METHODS = ("entropy", "loss", "least_confidence", "margin", "el2n", "true_margin", "correct")
+#: Score methods in the order of their integer codes, read from the one list
+#: in csrc/score_math.h.
+METHODS = tuple(name for name, _ in _C.score_methods())
 METHOD_CODES = {name: code for code, name in enumerate(METHODS)}
 #: Methods that need no labels.
-LABEL_FREE_METHODS = frozenset({"entropy", "least_confidence", "margin"})
+LABEL_FREE_METHODS = frozenset(name for name, needs_label in _C.score_methods() if not needs_label)
 
 
 def method_codes(methods: Union[str, Sequence[str]]) -> list[int]:
@@ -26,7 +28,7 @@ def method_codes(methods: Union[str, Sequence[str]]) -> list[int]:
     codes = []
     for name in methods:
         if name not in METHOD_CODES:
-            raise ValueError(f"unknown score method {name!r}; choose from {', '.join(METHODS)}")
+            raise UserError(f"unknown score method {name!r}; choose from {', '.join(METHODS)}")
         codes.append(METHOD_CODES[name])
     return codes
 

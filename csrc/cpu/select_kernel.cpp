@@ -187,9 +187,9 @@ at::Tensor select_topk_cpu(const at::Tensor& scores, int64_t k,
   check_select_args(scores, k, labels, balanced, exclude);
   const at::Tensor y = labels.value_or(at::Tensor());
   const at::Tensor ex = exclude.value_or(at::Tensor());
-  if (scores.scalar_type() == at::kDouble)
-    return select_typed<double>(scores, k, y, balanced, ex, sorted);
-  return select_typed<float>(scores, k, y, balanced, ex, sorted);
+  return AT_DISPATCH_FLOATING_TYPES(scores.scalar_type(), "select_topk", [&] {
+    return select_typed<scalar_t>(scores, k, y, balanced, ex, sorted);
+  });
 }
 
 template <typename F>
@@ -218,8 +218,8 @@ at::Tensor normalize_typed(const at::Tensor& scores_in) {
 at::Tensor normalize_cpu(const at::Tensor& scores) {
   TORCH_CHECK(scores.scalar_type() == at::kFloat || scores.scalar_type() == at::kDouble,
               "normalize: scores must be float32 or float64, got ", scores.scalar_type());
-  if (scores.scalar_type() == at::kDouble) return normalize_typed<double>(scores);
-  return normalize_typed<float>(scores);
+  return AT_DISPATCH_FLOATING_TYPES(scores.scalar_type(), "normalize",
+                                    [&] { return normalize_typed<scalar_t>(scores); });
 }
 
 }  // namespace

@@ -163,9 +163,9 @@ at::Tensor select_topk_cuda(const at::Tensor& scores, int64_t k,
   const c10::cuda::CUDAGuard guard(scores.device());
   const at::Tensor y = labels.value_or(at::Tensor());
   const at::Tensor ex = exclude.value_or(at::Tensor());
-  if (scores.scalar_type() == at::kDouble)
-    return select_typed<double>(scores, k, y, balanced, ex, sorted);
-  return select_typed<float>(scores, k, y, balanced, ex, sorted);
+  return AT_DISPATCH_FLOATING_TYPES(scores.scalar_type(), "select_topk", [&] {
+    return select_typed<scalar_t>(scores, k, y, balanced, ex, sorted);
+  });
 }
 
 at::Tensor normalize_cuda(const at::Tensor& scores) {

@@ -25,12 +25,18 @@ from unseen_fast.data.transforms import MEAN, RRC_AREA, RRC_RATIO, Augment
 log = logging.getLogger("unseen_fast.data")
 
 
-def dali_available() -> bool:
+def dali_version() -> str | None:
+    """nvidia-dali's version, or None when it is not installed or its native
+    libraries fail to load on this machine."""
     try:
-        import nvidia.dali  # noqa: F401
-    except Exception:  # not installed, or its native libraries fail to load
-        return False
-    return True
+        import nvidia.dali as dali
+    except Exception:
+        return None
+    return dali.__version__
+
+
+def dali_available() -> bool:
+    return dali_version() is not None
 
 
 class _EncodedFeed:

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from unseen_fast.data.errors import DataError
+from unseen_fast.data.order import as_id_array
 from unseen_fast.rundir import write_text
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -124,18 +125,13 @@ class ImageIndex:
             raise DataError(f"file list {list_file} does not exist")
         root = Path(root) if root is not None else list_path.parent
         paths, labels = [], []
-        with open(list_path, encoding="utf-8") as handle:
-            for lineno, line in enumerate(handle, 1):
-                text = line.strip()
-                if not text or text.startswith("#"):
-                    continue
-                parts = text.rsplit(maxsplit=1)
-                if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
-                    raise DataError(f"{list_file}:{lineno}: expected 'relative/path label', got {text!r}")
-                if int(parts[1]) < 0:
-                    raise DataError(f"{list_file}:{lineno}: label must be >= 0, got {parts[1]}")
-                paths.append(parts[0])
-                labels.append(int(parts[1]))
+        for lineno, path, label in read_file_list(list_path):
+            if label is None:
+                raise DataError(f"{list_file}:{lineno}: expected 'relative/path label', got {path!r}")
+            if label < 0:
+                raise DataError(f"{list_file}:{lineno}: label must be >= 0, got {label}")
+            paths.append(path)
+            labels.append(label)
         if not paths:
             raise DataError(f"file list {list_file} lists no images")
         num_classes = max(labels) + 1
@@ -286,6 +282,36 @@ class ImageIndex:
             if a != b or self.labels[i] != other.labels[i]:
                 raise DataError(f"the dataset changed: sample {i} was {a!r}, is now {b!r}")
         raise DataError(f"the dataset changed: {len(self)} samples saved, {len(other)} now")
+
+
+def read_file_list(path):
+    """(line number, relative path, label or None) of every line of a
+    "relative/path label" file list (DALI's file_list format; the label is
+    optional here), skipping blank lines and lines starting with "#"."""
+    with open(path, encoding="utf-8") as handle:
+        for lineno, line in enumerate(handle, 1):
+            text = line.strip()
+            if not text or text.startswith("#"):
+                continue
+            parts = text.rsplit(maxsplit=1)
+            if len(parts) == 2 and parts[1].lstrip("-").isdigit():
+                yield lineno, parts[0], int(parts[1])
+            else:
+                yield lineno, text, None
+
+
+def subset_ids(index: ImageIndex, path) -> np.ndarray:
+    """Sample ids of ``index`` named by a .npy file of ids, or by a file list
+    of paths (labels, if present, are ignored)."""
+    if str(path).endswith(".npy"):
+        return as_id_array(np.load(path), len(index))
+    position = {p: i for i, p in enumerate(index.paths)}
+    ids = []
+    for lineno, rel, _ in read_file_list(path):
+        if rel not in position:
+            raise DataError(f"{path}:{lineno}: {rel!r} is not a sample of {index.root}")
+        ids.append(position[rel])
+    return as_id_array(ids, len(index))
 
 
 def _scan_class(root: Path, name: str) -> tuple[list[str], list[str]]:

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
-SMALL_IMAGE_MAX = 64
+from unseen_fast.constants import SMALL_IMAGE_MAX
+
 MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)  # ImageNet statistics, in uint8 units
 STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 RRC_AREA = (0.08, 1.0)

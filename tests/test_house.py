@@ -1,0 +1,93 @@
+"""The shared plumbing: one error boundary in the CLI, atomic files, run
+folders, and the one list of score methods."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from unseen_fast import _C, cli, ops, reference
+from unseen_fast.errors import UserError
+from unseen_fast.rundir import RunDir, atomic_path, config_diff, save_npy, write_json
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--stage-size", "abc"], "--stage-size must be a fraction in (0, 1) or a count, got 'abc'"),
+    (["--stage-size", "inf"], "--stage-size must be a fraction in (0, 1) or a whole count, got 'inf'"),
+    (["--stage-size", "2.5"], "--stage-size must be a fraction in (0, 1) or a whole count, got '2.5'"),
+    (["--prune-rate", "1.5"], "prune rate must be in (0, 1), got 1.5"),
+    (["--epochs", "0"], "need epochs >= 1 and batch_size >= 1, got 0, 256"),
+])
+def test_user_errors_are_one_line_and_leave_no_folder(tmp_path, capsys, args, message):
+    base = ["prune", "--data", "builtin:digits", "--prune-rate", "0.3", "--out", str(tmp_path / "run")]
+    assert cli.main(base + args) == 2
+    err = capsys.readouterr().err
+    assert err == f"unseen-fast prune: error: {message}\n"
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
+def test_asking_for_a_gpu_without_one_is_one_line(tmp_path, capsys):
+    argv = ["prune", "--data", "builtin:digits", "--prune-rate", "0.3", "--out", str(tmp_path / "run"), "--gpus", "1"]
+    assert cli.main(argv) == 2
+    assert "--gpus asked for a GPU, but torch sees none" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_unexpected_errors_keep_their_traceback(monkeypatch):
+    def broken(args):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(cli, "cmd_info", broken)
+    with pytest.raises(RuntimeError, match="a bug"):
+        cli.main(["info"])
+
+
+def test_bad_grid_files_are_user_errors(tmp_path, capsys):
+    (tmp_path / "grid.yaml").write_text("data: [unclosed\n")
+    assert cli.main(["experiment", str(tmp_path / "grid.yaml"), "--out", str(tmp_path / "exp")]) == 2
+    assert "is not valid YAML" in capsys.readouterr().err
+    assert cli.main(["experiment", str(tmp_path / "missing.yaml"), "--out", str(tmp_path / "exp")]) == 2
+    assert "cannot read the grid" in capsys.readouterr().err
+
+
+def test_atomic_files_keep_the_old_version_on_failure(tmp_path):
+    path = tmp_path / "a.json"
+    write_json(path, {"v": 1})
+    with pytest.raises(ZeroDivisionError):
+        with atomic_path(path) as tmp:
+            tmp.write_text("half")
+            1 / 0
+    assert json.loads(path.read_text()) == {"v": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"]  # no temporary left behind
+    save_npy(tmp_path / "x.npy", np.arange(3))
+    assert np.load(tmp_path / "x.npy").tolist() == [0, 1, 2]
+
+
+def test_run_folder_claim(tmp_path):
+    run = RunDir(tmp_path / "run")
+    assert run.claim({"a": 1}, resume=False) is False
+    run.unlock()
+    with pytest.raises(UserError, match="already holds a run of this configuration; pass --resume"):
+        RunDir(tmp_path / "run").claim({"a": 1}, resume=False)
+    with pytest.raises(UserError, match=r"different configuration \(a: saved 1, now 2\)"):
+        RunDir(tmp_path / "run").claim({"a": 2}, resume=True)
+    again = RunDir(tmp_path / "run")
+    assert again.claim({"a": 1}, resume=True) is True
+    with pytest.raises(UserError, match="in use by another unseen-fast process"):
+        RunDir(tmp_path / "run").claim({"a": 1}, resume=True)
+    again.unlock()
+    assert config_diff({"t": {"lr": 1}}, {"t": {"lr": 2}}) == "t.lr: saved 1, now 2"
+
+
+def test_score_methods_come_from_the_one_list_in_the_extension():
+    listed = _C.score_methods()
+    assert ops.METHODS == tuple(name for name, _ in listed)
+    assert ops.LABEL_FREE_METHODS == {"entropy", "least_confidence", "margin"}
+    logits, labels = torch.randn(5, 4), torch.randint(0, 4, (5,))
+    for code, (name, needs_label) in enumerate(listed):  # every listed method has a reference and runs
+        got = ops.score(logits, labels, [name])
+        assert torch.allclose(got.double(), reference.score(logits, labels, [name]), atol=1e-5)
+        if needs_label:
+            with pytest.raises(RuntimeError, match=f"method '{name}' needs labels"):
+                ops.score(logits, None, [name])
