@@ -91,3 +91,33 @@ def test_score_methods_come_from_the_one_list_in_the_extension():
         if needs_label:
             with pytest.raises(RuntimeError, match=f"method '{name}' needs labels"):
                 ops.score(logits, None, [name])
+
+
+# docs/ARCHITECTURE.md: each module imports only its own floor or below.
+FLOORS = {"errors": 0, "constants": 0, "rundir": 0, "_extension": 0, "_C": 0, "data": 1, "ops": 2, "reference": 2,
+          "fused_loss": 3, "dynamics": 3, "models": 3, "train": 4, "parallel": 4, "splits": 4, "evaluate": 5,
+          "baselines": 5, "fold_scores": 5, "selection": 5, "stage1": 6, "outputs": 6, "pipeline": 7,
+          "experiment": 8, "analyze": 8, "info": 8, "cli": 9}
+
+
+def test_imports_flow_downward():
+    import ast
+    from pathlib import Path
+
+    import unseen_fast
+
+    package = Path(unseen_fast.__file__).parent
+    upward = []
+    for path in sorted(package.rglob("*.py")):
+        module = path.relative_to(package).parts[0].removesuffix(".py")
+        if module == "__init__":
+            continue
+        assert module in FLOORS, f"{path}: place the new module on a floor (docs/ARCHITECTURE.md, FLOORS here)"
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "unseen_fast":
+                parts = node.module.split(".")
+                targets = [parts[1]] if len(parts) > 1 else [alias.name for alias in node.names]
+                for target in targets:
+                    if FLOORS.get(target, 99) > FLOORS[module]:
+                        upward.append(f"{path.relative_to(package)} imports {target}")
+    assert not upward, upward

@@ -11,6 +11,7 @@ from typing import Optional, Sequence, Union
 import torch
 
 from unseen_fast._extension import _C  # registers the ops
+from unseen_fast.data.lut import apply_lut  # the data layer's op, part of the ops API
 from unseen_fast.errors import UserError
 
 #: Score methods in the order of their integer codes, read from the one list
@@ -125,34 +126,6 @@ def select_topk(
         same on every run and on CPU and CUDA.
     """
     return torch.ops.unseen_fast.select_topk(scores, int(k), labels, balanced, exclude, sorted)
-
-
-def apply_lut(pixels: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-    """Look up every uint8 value in a per-channel table, in one pass.
-
-    Parameters
-    ----------
-    pixels : torch.Tensor
-        (..., C) uint8, channels last (for example an NHWC image batch).
-    table : torch.Tensor
-        (256, C) float32, bfloat16 or float16: ``table[v, c]`` replaces value
-        ``v`` of channel ``c``.
-
-    Returns
-    -------
-    torch.Tensor
-        pixels.shape, table's dtype: ``out[..., c] = table[pixels[..., c], c]``.
-        CPU tensors use the compiled kernel; others an indexing fallback.
-    """
-    if pixels.device.type == "cpu":
-        return torch.ops.unseen_fast.apply_lut(pixels, table)
-    channels = torch.arange(pixels.shape[-1], device=pixels.device)
-    return table.reshape(-1)[pixels.long() * pixels.shape[-1] + channels]
-
-
-@torch.library.register_fake("unseen_fast::apply_lut")
-def _apply_lut_fake(pixels, table):
-    return pixels.new_empty(pixels.shape, dtype=table.dtype)
 
 
 @torch.library.register_fake("unseen_fast::score")

@@ -1,0 +1,35 @@
+"""The data layer's compiled op: uint8 pixels -> normalized values through a
+per-channel table, in one pass (the normalization step of every loader)."""
+from __future__ import annotations
+
+import torch
+
+from unseen_fast._extension import _C  # noqa: F401  (registers the ops)
+
+
+def apply_lut(pixels: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """Look up every uint8 value in a per-channel table, in one pass.
+
+    Parameters
+    ----------
+    pixels : torch.Tensor
+        (..., C) uint8, channels last (for example an NHWC image batch).
+    table : torch.Tensor
+        (256, C) float32, bfloat16 or float16: ``table[v, c]`` replaces value
+        ``v`` of channel ``c``.
+
+    Returns
+    -------
+    torch.Tensor
+        pixels.shape, table's dtype: ``out[..., c] = table[pixels[..., c], c]``.
+        CPU tensors use the compiled kernel; others an indexing fallback.
+    """
+    if pixels.device.type == "cpu":
+        return torch.ops.unseen_fast.apply_lut(pixels, table)
+    channels = torch.arange(pixels.shape[-1], device=pixels.device)
+    return table.reshape(-1)[pixels.long() * pixels.shape[-1] + channels]
+
+
+@torch.library.register_fake("unseen_fast::apply_lut")
+def _apply_lut_fake(pixels, table):
+    return pixels.new_empty(pixels.shape, dtype=table.dtype)
