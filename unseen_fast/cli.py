@@ -87,7 +87,12 @@ def _device(args: argparse.Namespace):
 
     from unseen_fast.errors import UserError
 
-    device = torch.device("cuda" if args.gpus else args.device)
+    if args.gpus:
+        device = torch.device("cuda")
+    elif args.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"{'--gpus' if args.gpus else '--device cuda'} asked for a GPU, but torch sees none "
                         f"on this machine; leave it out to run on the CPU")
@@ -96,12 +101,13 @@ def _device(args: argparse.Namespace):
 
 def _train_config(args: argparse.Namespace, index, device):
     """The TrainConfig of the shared training options."""
+    from unseen_fast.constants import resolve_amp
     from unseen_fast.models import default_arch, default_image_size
     from unseen_fast.train import TrainConfig
 
     return TrainConfig(arch=args.arch or default_arch(device), epochs=args.epochs, batch_size=args.batch_size,
                        lr=args.lr, image_size=args.image_size or default_image_size(index), seed=args.seed,
-                       backend=args.backend, amp=args.amp)
+                       backend=args.backend, amp=resolve_amp(args.amp, device))
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -141,7 +147,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if len(val_ids):
         model = load_model(out, index.num_classes, device=device)
         logits = predict_logits(model, val_index, val_ids, image_size=config.image_size, device=device,
-                                amp=args.amp, cache_dir=out / "cache")
+                                amp=config.amp, cache_dir=out / "cache")
         labels = torch.from_numpy(val_index.labels[val_ids]).to(logits.device)
         report = accuracy_report(logits, labels, index.classes)
         write_json(out / "eval.json", report)
@@ -224,7 +230,7 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_device_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N; auto: the GPU when one is visible")
     parser.add_argument("--gpus", type=int, default=None, help="GPUs (one worker process each when > 1)")
     parser.add_argument("--nproc", type=int, default=None, help="CPU worker processes (gloo)")
 
@@ -237,7 +243,9 @@ def _add_training_options(parser: argparse.ArgumentParser, epochs_help: str) -> 
     group.add_argument("--batch-size", type=int, default=256)
     group.add_argument("--lr", type=float, default=0.05, help="peak learning rate")
     group.add_argument("--image-size", type=int, default=None, help="default: native size up to 64 px, else 224")
-    group.add_argument("--amp", choices=["bf16", "fp16", "off"], default="bf16")
+    group.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], default="auto",
+                       help="precision; auto: bf16 where the GPU or CPU computes it natively, else fp16 (older "
+                            "GPUs) or float32 (CPUs without native bf16)")
     group.add_argument("--backend", default="auto", choices=["auto", "cache", "dali", "torchvision"])
     group.add_argument("--seed", type=int, default=0)
     _add_device_options(group)

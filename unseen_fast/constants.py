@@ -8,13 +8,37 @@ __version__ = "0.1.0"
 # a 3x3 stem without max-pool, and training at the native size.
 SMALL_IMAGE_MAX = 64
 
-AMP_MODES = ("bf16", "fp16", "off")
+AMP_MODES = ("auto", "bf16", "fp16", "off")
+
+
+def resolve_amp(amp: str, device) -> str:
+    """The concrete precision of an ``amp`` setting on ``device``: "auto" is
+    bf16 where the hardware computes it natively (a CUDA GPU that supports
+    it, or a CPU whose oneDNN reports native bf16), fp16 on older GPUs, and
+    float32 ("off") on CPUs without native bf16, where bf16 autocast was
+    measured 4.2x slower than float32 (37 vs 156 img/s, fastnet, AMD EPYC)."""
+    if amp != "auto":
+        return amp
+    import torch
+
+    if torch.device(device).type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_has_native_bf16() else "off"
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether oneDNN computes bf16 natively on this CPU (AVX-512 BF16 or AMX)."""
+    import torch
+
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def amp_dtype(amp: str) -> "torch.dtype":
     """The autocast dtype of an ``amp`` setting ("bf16", "fp16" or "off")."""
     import torch  # here: `import unseen_fast` stays light
 
+    if amp not in AMP_MODES[1:]:
+        raise ValueError(f"amp {amp!r} has no dtype; resolve 'auto' with resolve_amp(amp, device) first")
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": torch.float32}[amp]
 
 

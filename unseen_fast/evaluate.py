@@ -4,19 +4,27 @@ and accuracy reports. Used by prune, train --val-data, experiment and
 analyze; every pass uses the evaluation transform."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 from torch import nn
 
 from unseen_fast import ops
-from unseen_fast.constants import amp_dtype, input_dtype
+from unseen_fast.constants import amp_dtype, input_dtype, resolve_amp
 from unseen_fast.data import ImageIndex, make_loader
 
 EVAL_BATCH = 512  # no gradients: larger batches than training
 
 
+def concrete_precision(config, device):
+    """``config`` (a TrainConfig) with "auto" precision resolved for ``device``."""
+    return dataclasses.replace(config, amp=resolve_amp(config.amp, device))
+
+
 def eval_loader(index: ImageIndex, ids, config, *, device, loader_kwargs: dict | None = None):
     """Evaluation batches of ``ids`` as models trained with ``config`` (a TrainConfig) see them."""
+    config = concrete_precision(config, device)
     return make_loader(index, ids, train=False, batch_size=max(EVAL_BATCH, config.batch_size),
                        image_size=config.image_size, device=device, backend=config.backend,
                        dtype=input_dtype(config.amp), **(loader_kwargs or {}))
@@ -43,6 +51,7 @@ def score_samples(models: list[nn.Module], index: ImageIndex, ids, config, metho
     a score that is dropped.
     """
     device = torch.device(device)
+    config = concrete_precision(config, device)
     ids = np.asarray(ids, dtype=np.int64)
     out = np.full((len(models), len(ids)), np.nan, dtype=np.float32)
     correct = np.full((len(models), len(ids)), np.nan, dtype=np.float32)
@@ -70,6 +79,7 @@ def penultimate_features(model: nn.Module, index: ImageIndex, config, *, device=
                          loader_kwargs: dict | None = None) -> np.ndarray:
     """(N, D) float32 input of the classifier head for every sample of ``index``."""
     device = torch.device(device)
+    config = concrete_precision(config, device)
     captured = []
     hook = classifier_head(model).register_forward_pre_hook(
         lambda module, inputs: captured.append(inputs[0].flatten(1).float()))
@@ -91,11 +101,12 @@ def penultimate_features(model: nn.Module, index: ImageIndex, config, *, device=
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, index: ImageIndex, ids, *, image_size: int, device="cpu",
-                   batch_size: int = EVAL_BATCH, amp: str = "bf16", **loader_kwargs) -> torch.Tensor:
+                   batch_size: int = EVAL_BATCH, amp: str = "auto", **loader_kwargs) -> torch.Tensor:
     """(len(ids), C) float32 logits, row i for ids[i] (evaluation transform)."""
     ids = np.asarray(ids, dtype=np.int64)
     device = torch.device(device)
     model.eval()
+    amp = resolve_amp(amp, device)
     dtype = amp_dtype(amp)
     out = torch.empty(len(ids), model_classes(model), dtype=torch.float32, device=device)
     position = torch.empty(len(index), dtype=torch.int64, device=device)

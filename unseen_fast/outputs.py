@@ -17,7 +17,7 @@ from unseen_fast.train import steps_per_epoch_for
 log = logging.getLogger("unseen_fast.pipeline")
 
 
-def write_outputs(run: RunDir, index, config, sizes, added, fold, timings, images, wall_s) -> dict:
+def write_outputs(run: RunDir, index, config, sizes, added, fold, timings, images, wall_s, *, device: str) -> dict:
     """Write the coreset files, summary.json and the plots; returns the summary."""
     coreset = np.flatnonzero(added)
     run.save_npy("coreset.npy", coreset)
@@ -30,6 +30,7 @@ def write_outputs(run: RunDir, index, config, sizes, added, fold, timings, image
     timings = {**previous.get("wall_time_s", {}), **timings}
     summary = dict(
         num_samples=n, coreset_size=len(coreset), prune_rate=config.prune_rate, stage_sizes=sizes,
+        device=device, precision=config.train.amp,
         config=dataclasses.asdict(config),
         kept_per_class={c: int(kept[i]) for i, c in enumerate(index.classes)},
         total_per_class={c: int(t) for c, t in zip(index.classes, index.class_counts().tolist())},

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from unseen_fast.baselines import DYNAMICS_SCORES, FEATURE_SCORES, BaselineParams
+from unseen_fast.constants import resolve_amp
 from unseen_fast.data import ImageIndex, open_index, prepare_cache
 from unseen_fast.errors import UserError
 from unseen_fast.evaluate import score_samples
@@ -113,6 +114,10 @@ def prune(data, *, out, config: PruneConfig, device="cpu", nproc: int | None = N
     start = time.perf_counter()
     index = data if isinstance(data, ImageIndex) else open_index(data)
     config.validate(index)
+    # the run records the precision it trains in, not "auto"
+    config = dataclasses.replace(config, train=dataclasses.replace(
+        config.train, amp=resolve_amp(config.train.amp, "cuda" if gpus else device)))
+    log.info("pruning %d samples on %s, precision %s", len(index), "cuda" if gpus else device, config.train.amp)
     run = _claim(RunDir(out), config, index, resume)
     try:
         job = _PruneJob(run, config, index, dict(device=device, nproc=nproc, gpus=gpus, progress=progress,
@@ -126,7 +131,7 @@ def prune(data, *, out, config: PruneConfig, device="cpu", nproc: int | None = N
             added[select(scores, job.sizes[stage - 1], index.labels, config, exclude=added > 0, stage=stage)] = stage
         assert (added > 0).sum() == sum(job.sizes), ((added > 0).sum(), job.sizes)
         return write_outputs(run, index, config, job.sizes, added, fold, job.timings, job.images,
-                             time.perf_counter() - start)
+                             time.perf_counter() - start, device="cuda" if gpus else str(device))
     finally:
         run.unlock()
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from unseen_fast.constants import AMP_MODES, amp_dtype, input_dtype
+from unseen_fast.constants import AMP_MODES, amp_dtype, input_dtype, resolve_amp
 from unseen_fast.data import ImageIndex, make_loader
 from unseen_fast.dynamics import DynamicsRecorder
 from unseen_fast.errors import UserError
@@ -36,7 +36,7 @@ class TrainConfig:
     label_smoothing: float = 0.1     # target (1 - eps) onehot + eps / C
     schedule: str = "onecycle"       # "onecycle" (linear up, linear down) or "cosine"
     warmup_epochs: float = 1.0       # linear warm-up length, stepped per iteration
-    amp: str = "bf16"                # "bf16" autocast, "fp16" autocast + GradScaler, or "off"
+    amp: str = "auto"                # "bf16" autocast, "fp16" autocast + GradScaler, "off", or "auto" (see resolve_amp)
     compile: bool = False            # torch.compile the model
     image_size: int = 32             # training crop size
     seed: int = 0                    # model init and data order: (seed, epoch)
@@ -94,6 +94,7 @@ def train(config: TrainConfig, index: ImageIndex, ids, out_dir, *, device="cpu",
     per rank; the group's first rank writes the checkpoints.
     """
     device = torch.device(device)
+    config = dataclasses.replace(config, amp=resolve_amp(config.amp, device))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if config.threads:
