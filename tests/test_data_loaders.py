@@ -8,9 +8,9 @@ import torch
 
 from unseen_fast.data import BadImageError, DataError, ImageIndex, choose_backend, make_loader
 from unseen_fast.data.order import as_id_array, batch_slices, epoch_permutation, shard_order
-from unseen_fast.data.transforms import MEAN, STD
+from unseen_fast.data.transforms import MEAN, STD, normalization_table
 
-FILE_BACKENDS = ["cache", "dali", "torchvision"]
+FILE_BACKENDS = ["resident", "cache", "dali", "torchvision"]
 
 
 @pytest.fixture(scope="module")
@@ -244,11 +244,12 @@ def test_skip_bad_delivers_the_rest(folder_with_bad_files, cache_dir, backend, c
 
 # ------------------------------------------------------------ choice, errors
 def test_auto_backend_choice(small_index, caplog):
-    assert choose_backend(small_index, 32)[0] == "cache"
+    assert choose_backend(small_index, 32)[0] == "resident"
     assert choose_backend(small_index, 32, cache_budget_bytes=1000)[0] == "dali"
-    assert choose_backend(ImageIndex.digits(), 8, cache_budget_bytes=0)[0] == "cache"
+    assert choose_backend(ImageIndex.digits(), 8, cache_budget_bytes=0)[0] == "resident"  # already in memory
     assert choose_backend(small_index, 224)[0] == "dali"  # CPU random-resized crops: DALI is faster
-    assert choose_backend(small_index, 224, device="cuda")[0] == "cache"
+    if not torch.cuda.is_available():  # no GPU memory to hold it: the cache
+        assert choose_backend(small_index, 224, device="cuda")[0] == "cache"
     with caplog.at_level(logging.DEBUG, logger="unseen_fast.data"):
         make_loader(small_index, [0, 1], train=False, batch_size=2, image_size=32, cache_budget_bytes=1000)
     assert "data backend: dali" in caplog.text and "exceeds the cache budget" in caplog.text
@@ -319,3 +320,34 @@ def test_dali_pipeline_reuse_after_an_abandoned_pass(small_index, cache_dir):
     ids = np.arange(130)[::-1].copy()
     assert collect(loader(small_index, ids, "dali", cache_dir, **kwargs))[2].tolist() == ids.tolist()
     assert collect(loader(small_index, ids[:9], "dali", cache_dir, **kwargs))[2].tolist() == ids[:9].tolist()
+
+
+# ------------------------------------------------------------ resident backend
+@pytest.mark.parametrize("image_size", [8, 20])  # pad-and-crop, and random-resized crops of the 8x8 digits
+def test_resident_augmentation_matches_the_cache_statistics(image_size):
+    """Same augmentation definitions, other random draws (an epoch's worth
+    at once): over a few epochs of the 1,797 digits, per-channel mean and
+    standard deviation and the share of padded (zero) pixels agree."""
+    digits = ImageIndex.digits()
+    stats = {}
+    for backend in ("resident", "cache"):
+        images = torch.cat([collect(loader(digits, np.arange(len(digits)), backend, None, train=True, seed=0,
+                                           epoch=epoch, image_size=image_size, batch_size=256))[0]
+                            for epoch in range(3)]).double()
+        zero = normalization_table(torch.float32, torch.device("cpu"))[0].double().view(1, 3, 1, 1)  # pixel value 0
+        stats[backend] = (images.mean((0, 2, 3)), images.std((0, 2, 3)), (images == zero).double().mean())
+    (m1, s1, z1), (m2, s2, z2) = stats["resident"], stats["cache"]
+    assert torch.allclose(m1, m2, atol=0.005) and torch.allclose(s1, s2, atol=0.005), (m1, m2, s1, s2)
+    assert abs(float(z1 - z2)) < 0.005, (z1, z2)
+
+
+def test_resident_dataset_is_uploaded_once_and_shared(small_index, cache_dir):
+    from unseen_fast.data import release_resident
+
+    release_resident()
+    first = loader(small_index, np.arange(20), "resident", cache_dir, train=True)
+    second = loader(small_index, np.arange(40, 60), "resident", cache_dir, train=False)
+    assert first.pixels is second.pixels  # every loader of this device reads the one tensor
+    assert first.pixels.shape == (len(small_index), 32, 32, 3) and first.pixels.dtype == torch.uint8
+    release_resident()
+    assert loader(small_index, np.arange(5), "resident", cache_dir, train=False).pixels is not first.pixels

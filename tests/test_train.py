@@ -89,7 +89,7 @@ def test_loss_opcheck(gen):
     logits = torch.randn(6, 5, generator=gen, requires_grad=True)
     labels = torch.randint(0, 5, (6,), generator=gen)
     for eps in (0.0, 0.2):
-        torch.library.opcheck(torch.ops.unseen_fast.cross_entropy_with_stats, (logits, labels, eps))
+        torch.library.opcheck(torch.ops.unseen_fast.cross_entropy_with_stats, (logits, labels, eps, True))
 
 
 # ------------------------------------------------------------------ models
@@ -326,3 +326,58 @@ def test_more_workers_than_jobs_trains_each_job_data_parallel(tmp_path):
         held_out = np.arange(1 - k, 1797, 2)
         logits = predict_logits(model, digits, held_out, image_size=8)
         assert (logits.argmax(1).numpy() == digits.labels[held_out]).mean() > 0.5
+
+
+HOST_TRANSFERS = ("item", "cpu", "tolist", "numpy", "nonzero", "__float__", "__bool__", "__int__")
+
+
+def count_host_transfers(monkeypatch) -> dict:
+    """Counts calls of the Tensor methods that copy to the host or wait for the device."""
+    calls = {"n": 0}
+    for name in HOST_TRANSFERS:
+        real = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _real=real, **kwargs):
+            calls["n"] += 1
+            return _real(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    return calls
+
+
+def one_epoch(samples: int, device="cpu"):
+    from unseen_fast.data import make_loader
+    from unseen_fast.train import _Optimization, _train_epoch
+
+    digits = ImageIndex.digits()
+    config = TrainConfig(batch_size=64, image_size=8, amp="off")
+    model = build_model("fastnet", 10, image_size=8).to(device)
+    opt = _Optimization.create(config, model, torch.device(device), per_rank=samples)
+    loader = make_loader(digits, np.arange(samples), train=True, batch_size=64, image_size=8, backend="resident",
+                         device=device, seed=0)
+    return lambda: _train_epoch(config, model, opt, loader, None, 0, torch.device(device))
+
+
+def test_a_training_epoch_makes_no_host_transfer_per_step(monkeypatch):
+    """Loss and accuracy stay on the device until the epoch's log line; the
+    resident loader gathers on the device: the count must not grow with the
+    number of steps (4 vs 16 here)."""
+    counts = []
+    for samples in (256, 1024):
+        run = one_epoch(samples)
+        calls = count_host_transfers(monkeypatch)
+        run()
+        monkeypatch.undo()
+        counts.append(calls["n"])
+    assert counts[0] == counts[1] == 0, counts
+
+
+@pytest.mark.cuda
+def test_a_training_epoch_never_syncs_on_the_gpu():
+    run = one_epoch(1024, device="cuda")
+    run()  # warm-up: cuDNN and allocator set-up may sync once
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        one_epoch(1024, device="cuda")()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

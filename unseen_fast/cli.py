@@ -246,7 +246,8 @@ def _add_training_options(parser: argparse.ArgumentParser, epochs_help: str) -> 
     group.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], default="auto",
                        help="precision; auto: bf16 where the GPU or CPU computes it natively, else fp16 (older "
                             "GPUs) or float32 (CPUs without native bf16)")
-    group.add_argument("--backend", default="auto", choices=["auto", "cache", "dali", "torchvision"])
+    group.add_argument("--backend", default="auto", choices=["auto", "resident", "cache", "dali", "torchvision"],
+                       help="data backend (README, Data); auto: resident or cache when the decoded data fit")
     group.add_argument("--seed", type=int, default=0)
     _add_device_options(group)
 

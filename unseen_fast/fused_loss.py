@@ -19,9 +19,9 @@ _SCORE_METHODS = ("loss", "correct", "true_margin", "margin", "entropy", "el2n")
 
 
 @torch.library.custom_op("unseen_fast::cross_entropy_with_stats", mutates_args=())
-def _cross_entropy_with_stats(logits: torch.Tensor, labels: torch.Tensor,
-                              label_smoothing: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    scores = torch.ops.unseen_fast.score(logits, labels, method_codes(_SCORE_METHODS), True)
+def _cross_entropy_with_stats(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float,
+                              check_labels: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    scores = torch.ops.unseen_fast.score(logits, labels, method_codes(_SCORE_METHODS), check_labels)
     nll = scores[:, 0]
     true_logit = logits.gather(1, labels.view(-1, 1)).squeeze(1).float()
     lse = nll + true_logit
@@ -37,14 +37,14 @@ def _cross_entropy_with_stats(logits: torch.Tensor, labels: torch.Tensor,
 
 
 @_cross_entropy_with_stats.register_fake
-def _(logits, labels, label_smoothing):
+def _(logits, labels, label_smoothing, check_labels):
     n = logits.shape[0]
     return (logits.new_empty((n,), dtype=torch.float32), logits.new_empty((n, len(STATS)), dtype=torch.float32),
             logits.new_empty((n,), dtype=torch.float32))
 
 
 def _setup_context(ctx, inputs, output):
-    logits, labels, label_smoothing = inputs
+    logits, labels, label_smoothing, _ = inputs
     ctx.save_for_backward(logits, labels, output[2])
     ctx.label_smoothing = label_smoothing
 
@@ -57,14 +57,14 @@ def _backward(ctx, grad_loss, grad_stats, grad_lse):
         grad -= eps / classes
     grad.scatter_add_(1, labels.view(-1, 1), torch.full_like(lse, -(1 - eps)).unsqueeze(1))
     grad *= grad_loss.unsqueeze(1)
-    return grad.to(logits.dtype), None, None
+    return grad.to(logits.dtype), None, None, None
 
 
 _cross_entropy_with_stats.register_autograd(_backward, setup_context=_setup_context)
 
 
-def cross_entropy_with_stats(logits: torch.Tensor, labels: torch.Tensor, *,
-                             label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+def cross_entropy_with_stats(logits: torch.Tensor, labels: torch.Tensor, *, label_smoothing: float = 0.0,
+                             check_labels: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample cross-entropy (with autograd) and per-sample statistics.
 
     Parameters
@@ -76,6 +76,9 @@ def cross_entropy_with_stats(logits: torch.Tensor, labels: torch.Tensor, *,
     label_smoothing : float
         In [0, 1): the target is (1 - eps) onehot + eps / C, as in
         ``F.cross_entropy(label_smoothing=eps)``.
+    check_labels : bool
+        Raise on a label outside [0, C) (on CUDA a host sync per call). The
+        trainer passes False: its labels come from a validated index.
 
     Returns
     -------
@@ -91,5 +94,5 @@ def cross_entropy_with_stats(logits: torch.Tensor, labels: torch.Tensor, *,
         raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
     if labels.dtype != torch.int64:
         raise ValueError(f"labels must be int64, got {labels.dtype}")
-    loss, stats, _ = _cross_entropy_with_stats(logits, labels, float(label_smoothing))
+    loss, stats, _ = _cross_entropy_with_stats(logits, labels, float(label_smoothing), bool(check_labels))
     return loss, stats.detach()

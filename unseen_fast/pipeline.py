@@ -17,7 +17,7 @@ import numpy as np
 
 from unseen_fast.baselines import DYNAMICS_SCORES, FEATURE_SCORES, BaselineParams
 from unseen_fast.constants import resolve_amp
-from unseen_fast.data import ImageIndex, open_index, prepare_cache
+from unseen_fast.data import ImageIndex, open_index, prepare_cache, release_resident
 from unseen_fast.errors import UserError
 from unseen_fast.evaluate import score_samples
 from unseen_fast.fold_scores import SCORE_NORMS, combine_scores
@@ -134,6 +134,7 @@ def prune(data, *, out, config: PruneConfig, device="cpu", nproc: int | None = N
                              time.perf_counter() - start, device="cuda" if gpus else str(device))
     finally:
         run.unlock()
+        release_resident()  # the device memory the shared dataset held
 
 
 def _claim(run: RunDir, config: PruneConfig, index: ImageIndex, resume: bool) -> RunDir:

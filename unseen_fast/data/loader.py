@@ -12,12 +12,13 @@ from unseen_fast.data.dali_loader import DaliLoader, dali_available
 from unseen_fast.data.errors import DataError
 from unseen_fast.data.index import ImageIndex
 from unseen_fast.data.order import as_id_array, resolve_rank, shard_order
+from unseen_fast.data.resident import RESIDENT_MEMORY_SHARE, ResidentLoader, device_memory_bytes, resident_pixels
 from unseen_fast.data.torchvision_loader import TorchvisionLoader
 from unseen_fast.data.transforms import Augment
 
 log = logging.getLogger("unseen_fast.data")
 
-BACKENDS = ("auto", "cache", "dali", "torchvision")
+BACKENDS = ("auto", "resident", "cache", "dali", "torchvision")
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
@@ -28,19 +29,23 @@ def default_cache_budget() -> int:
 
 def choose_backend(index: ImageIndex, image_size: int, *, device="cpu",
                    cache_budget_bytes: int | None = None) -> tuple[str, str]:
-    """(backend, reason) for ``backend="auto"``: the decoded cache when it fits
-    the memory budget and its augmentation is cheap where it runs (small
-    images, or any size on a GPU), else DALI, else torchvision."""
+    """(backend, reason) for ``backend="auto"``: the dataset resident on the
+    device when it fits a share of the device's memory and its augmentation
+    is cheap where it runs (small images, or any size on a GPU); else the
+    decoded cache when it fits the memory budget; else DALI, else torchvision."""
+    cheap = Augment(image_size, train=False).small or torch.device(device).type == "cuda"
     if index.in_memory:
-        return "cache", "the images are already in memory"
-    aug = Augment(image_size, train=False)
+        return "resident", "the images are already in memory"
+    need = cache_bytes(len(index), Augment(image_size, train=False).side)
     budget = default_cache_budget() if cache_budget_bytes is None else cache_budget_bytes
-    need = cache_bytes(len(index), aug.side)
-    fits = need <= budget
-    if fits and (aug.small or torch.device(device).type == "cuda"):
+    resident_budget = min(budget, RESIDENT_MEMORY_SHARE * device_memory_bytes(device))
+    if cheap and need <= resident_budget:
+        return "resident", (f"the decoded dataset ({need / 1e9:.2f} GB) fits {RESIDENT_MEMORY_SHARE:.0%} of the "
+                            f"{torch.device(device).type} memory")
+    if cheap and need <= budget:
         return "cache", f"the decoded dataset ({need / 1e9:.2f} GB) fits the cache budget ({budget / 1e9:.2f} GB)"
     why = (f"the decoded dataset ({need / 1e9:.1f} GB) exceeds the cache budget ({budget / 1e9:.1f} GB)"
-           if not fits else f"random-resized crops of {image_size}px images from the cache are slow on the CPU")
+           if need > budget else f"random-resized crops of {image_size}px images from the cache are slow on the CPU")
     if dali_available():
         return "dali", why
     return "torchvision", why + " and DALI is not installed"
@@ -108,8 +113,11 @@ def make_loader(index: ImageIndex, ids, *, train: bool, batch_size: int, image_s
 
 
 def _open_backend(backend: str, index: ImageIndex, order, common: dict, *, cache_dir, workers, progress):
-    if backend == "cache":
+    if backend in ("cache", "resident"):
         cache = DecodedCache.open_or_build(index, common["aug"], cache_dir, workers=workers, progress=progress)
+        if backend == "resident":
+            return ResidentLoader(index, order, cache=cache, pixels=resident_pixels(index, cache, common["device"]),
+                                  **common)
         return CacheLoader(index, order, cache=cache, **common)
     if backend == "dali":
         if not dali_available():
@@ -138,5 +146,5 @@ def prepare_cache(index: ImageIndex, image_size: int, *, backend: str = "auto", 
     it, so that worker processes started later do not each decode the data."""
     if backend == "auto":
         backend = choose_backend(index, image_size, device=device)[0]
-    if backend == "cache" and not index.in_memory:
+    if backend in ("cache", "resident") and not index.in_memory:
         DecodedCache.open_or_build(index, Augment(image_size, train=False), cache_dir, progress=progress)

@@ -11,6 +11,7 @@ on the target device, so normalization is identical everywhere.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -24,6 +25,7 @@ STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 RRC_AREA = (0.08, 1.0)
 RRC_RATIO = (3 / 4, 4 / 3)
 EVAL_CROP_FRACTION = 0.875  # 224 of 256
+RRC_ATTEMPTS = 10  # random-resized-crop boxes tried per sample before the whole image
 
 
 @dataclass(frozen=True)
@@ -89,7 +91,29 @@ def cache_augment(batch: torch.Tensor, aug: Augment, generator: torch.Generator 
     batch: (B, side, side, 3) uint8. Returns (B, 3, S, S) uint8 in
     channels_last memory, S = aug.image_size.
     """
-    images = batch.permute(0, 3, 1, 2)  # NCHW view of NHWC memory = channels_last
+    params = augment_params(aug, batch.shape[0], generator, batch.device)
+    return apply_augment(batch.permute(0, 3, 1, 2), aug, params)  # NCHW view of NHWC memory
+
+
+def augment_params(aug: Augment, count: int, generator: torch.Generator | None, device) -> dict:
+    """The random numbers of ``count`` samples' augmentation, uniform in
+    [0, 1), drawn in a fixed order: a batch's worth (cache backend) or an
+    epoch's worth sliced per batch (resident backend)."""
+    if not aug.train:
+        return {}
+    if aug.small:
+        params = dict(shift=_rand((count, 2), generator, device))
+    else:
+        params = dict(area=_rand((count, RRC_ATTEMPTS), generator, device),
+                      ratio=_rand((count, RRC_ATTEMPTS), generator, device),
+                      x0=_rand((count,), generator, device), y0=_rand((count,), generator, device))
+    params["flip"] = _rand((count,), generator, device)
+    return params
+
+
+def apply_augment(images: torch.Tensor, aug: Augment, params: dict) -> torch.Tensor:
+    """(B, 3, side, side) uint8 -> (B, 3, S, S) uint8 channels_last with the
+    given random numbers (see :func:`augment_params`)."""
     size = aug.image_size
     if not aug.train:
         if images.shape[-1] == size:
@@ -97,12 +121,13 @@ def cache_augment(batch: torch.Tensor, aug: Augment, generator: torch.Generator 
         offset = int(round((images.shape[-1] - size) / 2.0))  # as torchvision's center_crop
         return images[..., offset:offset + size, offset:offset + size]
     if aug.small:
-        images = _pad_crop(images, aug.pad, generator)
+        images = _pad_crop(images, aug.pad, params["shift"])
     else:
-        images = _random_resized_crop(images, size, generator)
-    return _random_flip(images, generator)
+        images = _random_resized_crop(images, size, params)
+    return _random_flip(images, params["flip"])
 
 
+@functools.lru_cache(maxsize=16)
 def normalization_table(dtype: torch.dtype, device) -> torch.Tensor:
     """(256, 3) normalized value of every uint8 level per channel, computed
     with the same float32 formula as ``(x - mean) / std`` then cast."""
@@ -119,7 +144,7 @@ def finish_batch(images: torch.Tensor, *, dtype: torch.dtype, device) -> torch.T
     """
     images = images.to(device, non_blocking=True)
     nhwc = images.permute(0, 2, 3, 1)  # free when the batch is already channels_last
-    out = apply_lut(nhwc, normalization_table(dtype, images.device))
+    out = apply_lut(nhwc, normalization_table(dtype, images.device))  # the table is built once per device
     return out.permute(0, 3, 1, 2)
 
 
@@ -127,17 +152,17 @@ def _rand(shape, generator, device):
     return torch.rand(shape, generator=generator, device=device)
 
 
-def _random_flip(images: torch.Tensor, generator) -> torch.Tensor:
-    flip = _rand((images.shape[0],), generator, images.device) < 0.5
+def _random_flip(images: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    flip = u < 0.5
     return torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
 
 
-def _pad_crop(images: torch.Tensor, pad: int, generator) -> torch.Tensor:
-    """Zero-pad by ``pad`` and crop back at a random offset, per sample, as
-    one gather (no Python loop over the batch)."""
+def _pad_crop(images: torch.Tensor, pad: int, u: torch.Tensor) -> torch.Tensor:
+    """Zero-pad by ``pad`` and crop back at a random offset per sample (``u``:
+    (B, 2) uniforms), as one gather (no Python loop over the batch)."""
     b, _, h, w = images.shape
     padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))
-    shifts = (_rand((b, 2), generator, images.device) * (2 * pad + 1)).long().clamp_(max=2 * pad)
+    shifts = (u * (2 * pad + 1)).long().clamp_(max=2 * pad)
     rows = (shifts[:, 0:1] + torch.arange(h, device=images.device)).view(b, 1, h, 1)
     cols = (shifts[:, 1:2] + torch.arange(w, device=images.device)).view(b, 1, 1, w)
     batch_idx = torch.arange(b, device=images.device).view(b, 1, 1, 1)
@@ -146,17 +171,17 @@ def _pad_crop(images: torch.Tensor, pad: int, generator) -> torch.Tensor:
     return out.contiguous(memory_format=torch.channels_last)
 
 
-def _random_resized_crop(images: torch.Tensor, size: int, generator, attempts: int = 10) -> torch.Tensor:
+def _random_resized_crop(images: torch.Tensor, size: int, params: dict) -> torch.Tensor:
     """torchvision's RandomResizedCrop box sampling, vectorized over the
-    batch (first valid of ``attempts`` tries, else the whole image), with
+    batch (first valid of RRC_ATTEMPTS tries, else the whole image), with
     bilinear crop-and-resize by roi_align."""
     from torchvision.ops import roi_align
 
     b, _, h, w = images.shape
     dev = images.device
-    area = h * w * (RRC_AREA[0] + (RRC_AREA[1] - RRC_AREA[0]) * _rand((b, attempts), generator, dev))
+    area = h * w * (RRC_AREA[0] + (RRC_AREA[1] - RRC_AREA[0]) * params["area"])
     log_lo, log_hi = math.log(RRC_RATIO[0]), math.log(RRC_RATIO[1])
-    ratio = torch.exp(log_lo + (log_hi - log_lo) * _rand((b, attempts), generator, dev))
+    ratio = torch.exp(log_lo + (log_hi - log_lo) * params["ratio"])
     cw = torch.sqrt(area * ratio).round()
     ch = torch.sqrt(area / ratio).round()
     ok = (cw <= w) & (ch <= h) & (cw > 0) & (ch > 0)
@@ -164,8 +189,8 @@ def _random_resized_crop(images: torch.Tensor, size: int, generator, attempts: i
     pick = first.clamp(min=0).view(-1, 1)
     cw = torch.where(first >= 0, cw.gather(1, pick).squeeze(1), torch.full((b,), float(w), device=dev))
     ch = torch.where(first >= 0, ch.gather(1, pick).squeeze(1), torch.full((b,), float(h), device=dev))
-    x0 = ((w - cw + 1) * _rand((b,), generator, dev)).floor()
-    y0 = ((h - ch + 1) * _rand((b,), generator, dev)).floor()
+    x0 = ((w - cw + 1) * params["x0"]).floor()
+    y0 = ((h - ch + 1) * params["y0"]).floor()
     boxes = torch.stack([torch.arange(b, device=dev, dtype=torch.float32), x0, y0, x0 + cw, y0 + ch], 1)
     out = roi_align(images.float(), boxes, output_size=size, spatial_scale=1.0, sampling_ratio=2, aligned=True)
     return out.round_().clamp_(0, 255).to(torch.uint8).contiguous(memory_format=torch.channels_last)
