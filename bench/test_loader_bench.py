@@ -5,7 +5,7 @@
 
 Datasets: CIFAR-10 JPEGs (32x32) and ImageNet-size JPEGs made here by
 upscaling CIFAR images to 500x375 and encoding at quality 90. Alternatives:
-the DALI CPU pipeline, the decoded cache and our torchvision fallback backend
+the DALI CPU pipeline, the resident dataset, the decoded cache and our torchvision fallback backend
 (ours) against what a user writes without this package: torchvision's
 ImageFolder (PIL decoding) + transforms.v2 in a DataLoader with 2 workers.
 The cache's one-time build is timed separately.
@@ -28,7 +28,7 @@ DATASETS = {  # name: (builder, images, image_size)
     "CIFAR-10 JPEG 32x32": (lambda d: copy_subset(d, per_class=1000), 10_000, 32),
     "ImageNet-size JPEG 500x375": (lambda d: upscaled_folder(d, (500, 375), per_class=128, classes=8), 1024, 224),
 }
-BACKENDS = ["dali", "cache", "torchvision", "user ImageFolder DataLoader"]
+BACKENDS = ["dali", "resident", "cache", "torchvision", "user ImageFolder DataLoader"]
 
 
 @pytest.fixture(scope="module", params=list(DATASETS))
