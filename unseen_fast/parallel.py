@@ -61,7 +61,7 @@ def train_many(jobs: list[TrainJob], config: TrainConfig, index: ImageIndex, *, 
         _launch(jobs, config, index, workers=workers, use_gpus=bool(gpus and gpus > 1),
                 loader_kwargs=loader_kwargs, model_factory=model_factory)
     elif torch.device(device).type == "cuda" and len(jobs) > 1:
-        _on_streams(jobs, config, index, torch.device(device), loader_kwargs, model_factory)
+        concurrently(jobs, config, index, torch.device(device), loader_kwargs, model_factory)
     else:
         for job in jobs:
             log.info("training %s on %d samples", job.name, len(job.ids))
@@ -69,10 +69,16 @@ def train_many(jobs: list[TrainJob], config: TrainConfig, index: ImageIndex, *, 
     return [Path(job.out_dir) for job in jobs]
 
 
-def _on_streams(jobs, config, index, device, loader_kwargs, model_factory) -> None:
-    """One thread per job, each issuing its kernels on its own stream so the
-    GPU overlaps them (the models are small next to the GPU)."""
+def concurrently(jobs, config, index, device, loader_kwargs, model_factory=None) -> None:
+    """One thread per job; on CUDA each issues its kernels on its own stream
+    so the GPU overlaps them (the models are small next to the GPU). A job's
+    model depends only on its seed (seeded inits are serialized, loaders
+    draw from their own generators)."""
+    device = torch.device(device)
+
     def run(job):
+        if device.type != "cuda":
+            return _run_job(job, config, index, device, loader_kwargs, False, model_factory)
         with torch.cuda.device(device), torch.cuda.stream(torch.cuda.Stream(device)):
             _run_job(job, config, index, device, loader_kwargs, False, model_factory)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,9 @@ from unseen_fast.rundir import atomic_path
 
 log = logging.getLogger("unseen_fast.train")
 CHECKPOINT = "checkpoint.pt"
+# Model initialization draws from the global RNG: one job at a time, so a
+# job's weights depend on its seed only, whatever other threads do.
+_SEEDED_INIT = threading.Lock()
 
 
 @dataclass
@@ -103,8 +107,10 @@ def train(config: TrainConfig, index: ImageIndex, ids, out_dir, *, device="cpu",
     group_rank, group_size = _group_position(ddp_group)
     loader_kwargs = dict(loader_kwargs or {}, **({"rank": group_rank, "world_size": group_size} if ddp_group else {}))
 
-    torch.manual_seed(config.seed)
-    model = _new_model(config, index.num_classes, model_factory).to(device)
+    with _SEEDED_INIT:  # concurrent jobs (threads on CUDA streams) must not interleave their seeded inits
+        torch.manual_seed(config.seed)
+        model = _new_model(config, index.num_classes, model_factory)
+    model = model.to(device)
     opt = _Optimization.create(config, model, device, per_rank=-(-len(ids) // group_size))  # shards padded
     start_epoch = _resume(out_dir, config, model, opt)
     recorder = _open_recorder(config, out_dir, index, group_rank, ddp_group)
