@@ -303,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
     check = sub.add_parser("check-data", help="decode every image and report classes, sizes and bad files")
     _add_data_options(check)
-    check.add_argument("--workers", type=int, default=None, help="decoding processes (default: CPU count)")
+    check.add_argument("--workers", type=int, default=None, help="decoding threads (default: CPU count)")
     check.add_argument("--json", action="store_true", help="print the report as JSON")
     check.set_defaults(func=cmd_check_data)
     tr = sub.add_parser("train", help="train one model (on all samples or a subset) and evaluate it")

@@ -77,8 +77,6 @@ def _in_memory_pixels(index: ImageIndex, aug: Augment) -> np.ndarray:
 
 
 def _cache_row(image: torch.Tensor, aug: Augment) -> np.ndarray:
-    # numpy, not a tensor: tensors cross the worker queue one shared-memory
-    # file each.
     return cache_pixels(image, aug).numpy()
 
 

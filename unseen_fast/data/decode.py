@@ -2,8 +2,11 @@
 the cache builder and check-data so all three agree on pixels and errors."""
 from __future__ import annotations
 
+import collections
+import itertools
 import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from torchvision.io import ImageReadMode, decode_image, read_file
@@ -57,60 +60,43 @@ def _first_line(err: BaseException) -> str:
     return re.sub(r"^\w+, \S+:\d+, ", "", text.splitlines()[0])
 
 
-class _DecodeChunks(torch.utils.data.Dataset):
-    """Chunk number -> (first id, [convert(pixels) or None], [(id, reason)])."""
-
-    def __init__(self, index, convert, chunk):
-        self.index, self.convert, self.chunk = index, convert, chunk
-
-    def __len__(self):
-        return -(-len(self.index) // self.chunk)
-
-    def __getitem__(self, number):
-        first = number * self.chunk
-        results, failed = [], []
-        for sample_id in range(first, min(first + self.chunk, len(self.index))):
-            try:
-                results.append(self.convert(decode_file(self.index.file(sample_id), sample_id)))
-            except BadImageError as err:
-                results.append(None)
-                failed.append((sample_id, err.reason))
-        return first, results, failed
-
-
-def _clean_context():
-    """A forkserver that has torch and this package imported already, so each
-    worker forks from it in milliseconds."""
-    import multiprocessing
-
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["torch", "unseen_fast.data.decode"])
-    return context
-
-
-def _as_is(item):
-    return item
+def _decode_chunk(index, convert, first: int, count: int):
+    """(first id, [convert(pixels) or None], [(id, reason)]) of ``count`` samples from ``first``."""
+    results, failed = [], []
+    for sample_id in range(first, min(first + count, len(index))):
+        try:
+            results.append(convert(decode_file(index.file(sample_id), sample_id)))
+        except BadImageError as err:
+            results.append(None)
+            failed.append((sample_id, err.reason))
+    return first, results, failed
 
 
 def decode_every_image(index, convert, *, workers: int | None = None, progress: bool = False,
                        desc: str = "decoding", chunk: int = 256):
-    """Decode every file of ``index`` in DataLoader worker processes (threads
-    would contend for the GIL) and yield, in id order, chunks of
-    (first sample id, [convert(pixels) or None per sample], [(id, reason)]).
-    ``convert`` runs in the workers on (3, H, W) uint8 and must be picklable."""
+    """Decode every file of ``index`` on ``workers`` threads (default: one per
+    core) and yield, in id order, chunks of (first sample id, [convert(pixels)
+    or None per sample], [(id, reason)]).
+
+    Threads, not processes: torchvision's decoders and the tensor ops in
+    ``convert`` release the GIL, so threads decode as fast as worker
+    processes (faster: 17,900 vs 14,100 CIFAR-10 images/s on 2 cores, 2,370
+    vs 350 ImageNet-size images/s for 1,024 files, where starting processes
+    dominates), and they work from a plain script, ``python -c``, a notebook
+    or a user's own DataLoader worker, with any ``convert`` (no pickling, no
+    re-import of ``__main__``). At most 4 chunks per thread are in flight.
+    """
     from tqdm import tqdm
 
-    workers = (os.cpu_count() or 2) if workers is None else workers
-    # collate_fn=_as_is: the default would turn numpy results into tensors,
-    # which cross the worker queue one shared-memory file each (10x slower).
-    # forkserver: workers start from a clean process, not a fork of this one,
-    # whose thread pools (OpenMP, after training) made forked decoders segfault
-    # now and then in the full test suite.
-    loader = torch.utils.data.DataLoader(_DecodeChunks(index, convert, chunk), batch_size=None,
-                                         collate_fn=_as_is, num_workers=workers,
-                                         prefetch_factor=4 if workers else None,
-                                         multiprocessing_context=_clean_context() if workers else None)
-    with tqdm(total=len(index), desc=desc, unit="img", disable=not progress, mininterval=1.0) as bar:
-        for first, results, failed in loader:
+    workers = max(1, (os.cpu_count() or 2) if workers is None else workers)
+    starts = iter(range(0, len(index), chunk))
+    with ThreadPoolExecutor(workers, thread_name_prefix="unseen-fast-decode") as pool, \
+            tqdm(total=len(index), desc=desc, unit="img", disable=not progress, mininterval=1.0) as bar:
+        pending = collections.deque(pool.submit(_decode_chunk, index, convert, first, chunk)
+                                    for first in itertools.islice(starts, 4 * workers))
+        while pending:
+            first, results, failed = pending.popleft().result()
+            for following in itertools.islice(starts, 1):  # keep the window full
+                pending.append(pool.submit(_decode_chunk, index, convert, following, chunk))
             yield first, results, failed
             bar.update(len(results))
