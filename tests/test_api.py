@@ -33,3 +33,36 @@ def test_make_loader_from_python_c(small_folder, tmp_path):
     done = run_python(["-c", code], tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "130"
+
+
+def test_a_lambda_model_factory_works_in_process_and_is_refused_for_workers(tmp_path):
+    import pytest
+
+    from unseen_fast import ImageIndex, PruneConfig, TrainConfig, prune
+    from unseen_fast.errors import UserError
+    from unseen_fast.models import FastNet
+
+    digits = ImageIndex.digits()
+    config = PruneConfig(prune_rate=0.5, stages=1, train=TrainConfig(epochs=1, batch_size=128, image_size=8))
+    factory = lambda num_classes: FastNet(num_classes, widths=(8, 16, 32))  # noqa: E731  (as in a notebook)
+    summary = prune(digits, out=tmp_path / "inline", config=config, model_factory=factory)
+    assert summary["coreset_size"] == 898
+    with pytest.raises(UserError, match="cannot be sent to the 2 worker processes.*define it in an importable module"):
+        prune(digits, out=tmp_path / "workers", config=config, model_factory=factory, nproc=2)
+
+
+def test_prune_returns_a_readable_result(tmp_path):
+    import json
+
+    import numpy as np
+
+    from unseen_fast import ImageIndex, PruneConfig, TrainConfig, prune
+
+    config = PruneConfig(prune_rate=0.5, stages=1, train=TrainConfig(epochs=1, batch_size=128, image_size=8))
+    result = prune(ImageIndex.digits(), out=tmp_path / "run", config=config)
+    assert result == json.loads((tmp_path / "run" / "summary.json").read_text())  # still the summary dict
+    assert np.array_equal(result.coreset, np.load(tmp_path / "run" / "coreset.npy"))
+    assert result.file_list == tmp_path / "run" / "coreset.txt" and result.run_dir == tmp_path / "run"
+    text = repr(result)
+    assert text.startswith("PruneResult: kept 898 of 1,797 samples (prune rate 0.5, stages [898], entropy unseen")
+    assert str(result.file_list) in text

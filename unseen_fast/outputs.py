@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -15,6 +16,28 @@ from unseen_fast.rundir import RunDir, read_json, save_figure, write_json, write
 from unseen_fast.train import steps_per_epoch_for
 
 log = logging.getLogger("unseen_fast.pipeline")
+
+
+class PruneResult(dict):
+    """What ``prune`` returns: the content of summary.json (it is that dict)
+    plus ``coreset`` (sorted sample ids), ``file_list`` (coreset.txt,
+    "relative/path label" lines) and ``run_dir``; prints a short summary."""
+
+    def __init__(self, summary: dict, *, coreset: np.ndarray, run_dir):
+        super().__init__(summary)
+        self.coreset = coreset
+        self.run_dir = Path(run_dir)
+        self.file_list = self.run_dir / "coreset.txt"
+
+    def __repr__(self) -> str:
+        return (f"PruneResult: kept {self['coreset_size']:,} of {self['num_samples']:,} samples "
+                f"(prune rate {self['prune_rate']}, stages {self['stage_sizes']}, {self['config']['score']} "
+                f"{self['config']['framework']}, {self['device']} {self['precision']})\n"
+                f"  .coreset: {len(self.coreset):,} sample ids   .file_list: {self.file_list}\n"
+                f"  .run_dir: {self.run_dir}")
+
+    def _repr_pretty_(self, printer, cycle) -> None:  # IPython / Jupyter would print the dict
+        printer.text(repr(self))
 
 
 def write_outputs(run: RunDir, index, config, sizes, added, fold, timings, images, wall_s, *, device: str) -> dict:
@@ -43,7 +66,7 @@ def write_outputs(run: RunDir, index, config, sizes, added, fold, timings, image
     write_json(summary_path, summary)
     _plots(run, index, config, added)
     log.info("coreset of %d / %d samples: %s", len(coreset), n, run / "coreset.npy")
-    return summary
+    return PruneResult(summary, coreset=coreset, run_dir=run.root)
 
 
 def _model_reports(run, config, fold, added, sizes) -> dict:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import sys
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 
 from unseen_fast.data import ImageIndex
+from unseen_fast.errors import UserError
 from unseen_fast.train import TrainConfig, train
 
 log = logging.getLogger("unseen_fast.train")
@@ -121,6 +123,28 @@ def _data_parallel_share(jobs, config, index, device, loader_kwargs, model_facto
         _run_job(job, config, index, device, loader_kwargs, False, model_factory, ddp_group=groups[rank // size])
 
 
+def _check_picklable(model_factory, workers: int) -> None:
+    """Worker processes receive the model factory by pickling: say so in one
+    line, before anything starts, when it cannot be (a lambda, a function
+    defined in a notebook cell or in a script's __main__)."""
+    if model_factory is None:
+        return
+    import pickle
+
+    try:
+        pickle.dumps(model_factory)
+        # pickled by name: a spawned worker re-imports __main__ to find it, which a
+        # notebook, `python -c` or the REPL cannot offer (no file)
+        from_main = getattr(model_factory, "__module__", None) == "__main__"
+        spawned_ok = not from_main or hasattr(sys.modules["__main__"], "__file__")
+    except Exception:  # pickle raises several types for unpicklable objects
+        spawned_ok = False
+    if not spawned_ok:
+        raise UserError(f"model_factory {getattr(model_factory, '__qualname__', model_factory)!r} cannot be sent to "
+                        f"the {workers} worker processes (a lambda, or defined in a notebook cell or __main__); "
+                        f"define it in an importable module, or train in this process (no nproc/gpus > 1)")
+
+
 def _launch(jobs, config, index, *, workers: int, use_gpus: bool, loader_kwargs, model_factory=None) -> None:
     """Start ``workers`` processes with torch.distributed's elastic launcher
     (or, already inside torchrun, run this rank's share directly)."""
@@ -128,6 +152,8 @@ def _launch(jobs, config, index, *, workers: int, use_gpus: bool, loader_kwargs,
         return _worker(jobs, config, index, use_gpus, loader_kwargs, model_factory)
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    _check_picklable(model_factory, workers)
 
     launch = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=workers, run_id=str(uuid.uuid4()),
                           rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0,

@@ -21,7 +21,7 @@ from unseen_fast.data import ImageIndex, open_index, prepare_cache, release_resi
 from unseen_fast.errors import UserError
 from unseen_fast.evaluate import score_samples
 from unseen_fast.fold_scores import SCORE_NORMS, combine_scores
-from unseen_fast.outputs import write_outputs
+from unseen_fast.outputs import PruneResult, write_outputs
 from unseen_fast.parallel import TrainJob, train_many
 from unseen_fast.rundir import RunDir, fingerprint
 from unseen_fast.selection import SELECTIONS, random_scores, select, stage_sizes
@@ -91,8 +91,9 @@ class PruneConfig:
 
 
 def prune(data, *, out, config: PruneConfig, device="cpu", nproc: int | None = None, gpus: int | None = None,
-          resume: bool = False, progress: bool = False, model_factory=None, share_dir=None) -> dict:
-    """Run UNSEEN pruning and return the summary (also in ``out/summary.json``).
+          resume: bool = False, progress: bool = False, model_factory=None, share_dir=None) -> PruneResult:
+    """Run UNSEEN pruning; returns a PruneResult: the summary (also in
+    ``out/summary.json``, a dict) with ``.coreset`` ids, ``.file_list`` and ``.run_dir``.
 
     Parameters
     ----------

@@ -254,7 +254,7 @@ def _open_recorder(config: TrainConfig, out_dir: Path, index: ImageIndex, group_
 def _progress(loader, enabled: bool, desc: str):
     if not enabled:
         return loader
-    from tqdm import tqdm
+    from tqdm.auto import tqdm  # a notebook widget in Jupyter, a text bar on a terminal
 
     return tqdm(loader, desc=desc, unit="batch", leave=False)
 

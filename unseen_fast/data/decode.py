@@ -86,7 +86,7 @@ def decode_every_image(index, convert, *, workers: int | None = None, progress: 
     or a user's own DataLoader worker, with any ``convert`` (no pickling, no
     re-import of ``__main__``). At most 4 chunks per thread are in flight.
     """
-    from tqdm import tqdm
+    from tqdm.auto import tqdm  # a notebook widget in Jupyter, a text bar on a terminal
 
     workers = max(1, (os.cpu_count() or 2) if workers is None else workers)
     starts = iter(range(0, len(index), chunk))
