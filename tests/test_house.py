@@ -16,7 +16,6 @@ from unseen_fast.rundir import RunDir, atomic_path, config_diff, save_npy, write
     (["--stage-size", "inf"], "--stage-size must be a fraction in (0, 1) or a whole count, got 'inf'"),
     (["--stage-size", "2.5"], "--stage-size must be a fraction in (0, 1) or a whole count, got '2.5'"),
     (["--prune-rate", "1.5"], "prune rate must be in (0, 1), got 1.5"),
-    (["--epochs", "0"], "need epochs >= 1 and batch_size >= 1, got 0, 256"),
 ])
 def test_user_errors_are_one_line_and_leave_no_folder(tmp_path, capsys, args, message):
     base = ["prune", "--data", "builtin:digits", "--prune-rate", "0.3", "--out", str(tmp_path / "run")]
@@ -141,3 +140,55 @@ def test_auto_precision_follows_the_cpu(monkeypatch, tmp_path, native, expected)
     assert json.loads((tmp_path / "run" / "config.json").read_text())["config"]["train"]["amp"] == expected
     with pytest.raises(ValueError, match="resolve 'auto'"):
         constants.amp_dtype("auto")
+
+
+@pytest.mark.parametrize("args", [["--epochs", "0"], ["--batch-size", "-3"], ["--lr", "nan"], ["--lr", "1e400"],
+                                  ["--folds", "x"], ["--nproc", "-2"], ["--image-size", "0"], ["--stages", "0"]])
+def test_numeric_options_are_checked_by_the_parser(tmp_path, capsys, args):
+    base = ["prune", "--data", "builtin:digits", "--prune-rate", "0.3", "--out", str(tmp_path / "run")]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(base + args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1].startswith(f"unseen-fast prune: error: argument {args[0]}: expected")
+    assert "Traceback" not in err and not (tmp_path / "run").exists()
+
+
+def test_divergence_stops_the_job_naming_epoch_and_learning_rate(tmp_path, capsys):
+    argv = ["prune", "--data", "builtin:digits", "--prune-rate", "0.3", "--out", str(tmp_path / "run"),
+            "--epochs", "3", "--batch-size", "64", "--lr", "1e6", "--amp", "off"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "diverged in epoch" in err and "(now 1000000.0)" in err, err
+    assert not (tmp_path / "run" / "coreset.npy").exists()  # NaN never reaches selection
+
+
+def test_bad_values_for_the_ops_and_the_data_are_refused():
+    with pytest.raises(UserError, match=r"k must be a whole number, got 2.5"):
+        ops.select_topk(torch.rand(10), 2.5)
+    with pytest.raises(UserError, match=r"score at flat index 1 is -0.5; importances must be >= 0"):
+        ops.normalize(torch.tensor([0.2, -0.5, 1.0]))
+    from unseen_fast.data import ImageIndex
+    from unseen_fast.pipeline import PruneConfig
+
+    digits = ImageIndex.digits()
+    one_class = ImageIndex(root="/data/cifar10", paths=digits.paths[:50], labels=np.zeros(50, np.int64),
+                           classes=["train"], source="folder")
+    with pytest.raises(UserError, match=r"1 class\(es\), pruning needs at least 2; .*use --data /data/cifar10/train"):
+        PruneConfig(prune_rate=0.3).validate(one_class)
+    gap = ImageIndex(root=None, paths=digits.paths, labels=np.minimum(digits.labels, 8), classes=digits.classes,
+                     source="digits", images=digits.images)
+    with pytest.raises(UserError, match=r"class\(es\) '9' have no samples"):
+        PruneConfig(prune_rate=0.3).validate(gap)
+
+
+def test_check_data_names_the_builtin_dataset(capsys):
+    assert cli.main(["check-data", "--data", "builtin:digits"]) == 0
+    assert capsys.readouterr().out.startswith("dataset builtin:digits (in memory): 1797 images in 10 classes")
+
+
+def test_training_on_an_empty_subset_is_refused(tmp_path, capsys):
+    np.save(tmp_path / "none.npy", np.zeros(0, dtype=np.int64))
+    argv = ["train", "--data", "builtin:digits", "--subset", str(tmp_path / "none.npy"), "--out", str(tmp_path / "m")]
+    assert cli.main(argv) == 2
+    assert "names no samples; nothing to train on" in capsys.readouterr().err

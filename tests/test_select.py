@@ -125,8 +125,10 @@ def test_normalize_matches_reference(device, gen, dtype):
 def test_normalize_errors(device):
     with pytest.raises(RuntimeError, match="sum to 0; need a positive sum"):
         ops.normalize(torch.zeros(5, device=device))
-    with pytest.raises(RuntimeError, match="sum to -"):
+    with pytest.raises(ValueError, match="score at flat index 1 is -3.0; importances must be >= 0"):
         ops.normalize(torch.tensor([1.0, -3.0], device=device))
+    with pytest.raises(RuntimeError, match="sum to -"):  # the op itself, without the wrapper's check
+        torch.ops.unseen_fast.normalize(torch.tensor([1.0, -3.0], device=device))
     with pytest.raises(RuntimeError, match="score at flat index 2 is nan"):
         ops.normalize(torch.tensor([1.0, 2.0, float("nan")], device=device))
     with pytest.raises(RuntimeError, match="score at flat index 0 is inf"):

@@ -20,10 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from unseen_fast.constants import DYNAMICS_SCORES, FEATURE_SCORES
 from unseen_fast.errors import UserError
-
-DYNAMICS_SCORES = ("forgetting", "aum", "el2n_early", "dynunc", "tdds")
-FEATURE_SCORES = ("moderate",)
 
 
 @dataclass

@@ -128,6 +128,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out)
     index = open_index(args.data, file_list=args.file_list)
     ids = subset_ids(index, args.subset) if args.subset else np.arange(len(index))
+    if len(ids) == 0:
+        raise UserError(f"--subset {args.subset} names no samples; nothing to train on")
     device = _device(args)
     config = _train_config(args, index, device)
     if args.val_data:
@@ -224,6 +226,30 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def _count(text: str) -> int:
+    """argparse type of counts and sizes: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    """argparse type of rates: a finite number > 0."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
+    return value
+
+
 def _add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="ImageFolder root (root/<class>/<image>), or builtin:digits")
     parser.add_argument("--file-list", help="'relative/path label' lines, paths relative to --data")
@@ -231,42 +257,44 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
 
 def _add_device_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N; auto: the GPU when one is visible")
-    parser.add_argument("--gpus", type=int, default=None, help="GPUs (one worker process each when > 1)")
-    parser.add_argument("--nproc", type=int, default=None, help="CPU worker processes (gloo)")
+    parser.add_argument("--gpus", type=_count, default=None, help="GPUs (one worker process each when > 1)")
+    parser.add_argument("--nproc", type=_count, default=None, help="CPU worker processes (gloo)")
 
 
 def _add_training_options(parser: argparse.ArgumentParser, epochs_help: str) -> None:
     """The options of every training, shared by train and prune."""
+    from unseen_fast.constants import AMP_MODES, BACKENDS
+
     group = parser.add_argument_group("training")
     group.add_argument("--arch", default=None, help="fastnet, resnet18, resnet34, resnet50 (default: fastnet on CPU)")
-    group.add_argument("--epochs", type=int, default=10, help=epochs_help)
-    group.add_argument("--batch-size", type=int, default=256)
-    group.add_argument("--lr", type=float, default=0.05, help="peak learning rate")
-    group.add_argument("--image-size", type=int, default=None, help="default: native size up to 64 px, else 224")
-    group.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], default="auto",
+    group.add_argument("--epochs", type=_count, default=10, help=epochs_help)
+    group.add_argument("--batch-size", type=_count, default=256)
+    group.add_argument("--lr", type=_positive_float, default=0.05, help="peak learning rate")
+    group.add_argument("--image-size", type=_count, default=None, help="default: native size up to 64 px, else 224")
+    group.add_argument("--amp", choices=list(AMP_MODES), default="auto",
                        help="precision; auto: bf16 where the GPU or CPU computes it natively, else fp16 (older "
                             "GPUs) or float32 (CPUs without native bf16)")
-    group.add_argument("--backend", default="auto", choices=["auto", "resident", "cache", "dali", "torchvision"],
+    group.add_argument("--backend", default="auto", choices=list(BACKENDS),
                        help="data backend (README, Data); auto: resident or cache when the decoded data fit")
     group.add_argument("--seed", type=int, default=0)
     _add_device_options(group)
 
 
 def _add_prune_options(pr: argparse.ArgumentParser) -> None:
-    from unseen_fast.fold_scores import SCORE_NORMS
-    from unseen_fast.pipeline import FRAMEWORKS, SCORES
-    from unseen_fast.selection import SELECTIONS
+    from unseen_fast.constants import FRAMEWORKS, SCORE_NORMS, SCORES, SELECTIONS
 
     pr.add_argument("--prune-rate", type=float, required=True, help="fraction of samples to remove, in (0, 1)")
     pr.add_argument("--out", required=True, help="run folder (refused if it holds another run)")
-    pr.add_argument("--folds", type=int, default=4, help="K fold models (default 4)")
-    pr.add_argument("--stages", type=int, default=2, help="J selection stages (default 2)")
+    pr.add_argument("--folds", type=_count, default=4, help="K fold models (default 4)")
+    pr.add_argument("--stages", type=_count, default=2, help="J selection stages (default 2)")
     pr.add_argument("--stage-size", default="0.1", help="M_j for stages >= 2: fraction of N (< 1) or a count")
     pr.add_argument("--score", default="entropy", choices=list(SCORES),
                     help="output scores (entropy, loss, margin, least_confidence, el2n) under any framework; "
                          "random; training-dynamics baselines (forgetting, aum, el2n_early, dynunc, tdds) and "
                          "moderate need --framework fitting --stages 1")
-    pr.add_argument("--framework", default="unseen", choices=list(FRAMEWORKS))
+    pr.add_argument("--framework", default="unseen", choices=list(FRAMEWORKS),
+                    help="unseen: K-1 models that never saw a sample score it; fitting: one model trained on all; "
+                         "proxy: each fold model scores its own fold")
     pr.add_argument("--selection", default="global", choices=list(SELECTIONS),
                     help="global top-M, per-class proportional top-M, or coverage-centric (ccs)")
     pr.add_argument("--score-norm", default="rank", choices=list(SCORE_NORMS),
@@ -275,10 +303,10 @@ def _add_prune_options(pr: argparse.ArgumentParser) -> None:
     pr.add_argument("--split", default="random", choices=["random", "stratified"])
     baselines = pr.add_argument_group("baseline parameters")
     baselines.add_argument("--ccs-beta", type=float, default=0.0, help="ccs: fraction removed as hardest first")
-    baselines.add_argument("--ccs-strata", type=int, default=50, help="ccs: equal-width score strata")
-    baselines.add_argument("--early-epochs", type=int, default=None,
+    baselines.add_argument("--ccs-strata", type=_count, default=50, help="ccs: equal-width score strata")
+    baselines.add_argument("--early-epochs", type=_count, default=None,
                            help="el2n_early: first epochs averaged (default: a quarter of --epochs)")
-    baselines.add_argument("--window", type=int, default=None,
+    baselines.add_argument("--window", type=_count, default=None,
                            help="dynunc, tdds: sliding window in epochs (default: min(10, max(2, epochs // 2)))")
     baselines.add_argument("--tdds-decay", type=float, default=0.9, help="tdds: decay over windows")
     pr.add_argument("--share-models", default=None, metavar="DIR",
@@ -295,15 +323,15 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="print a JSON object")
     info.set_defaults(func=cmd_info)
     demo = sub.add_parser("demo", help="score, normalize and select on random logits")
-    demo.add_argument("--samples", type=int, default=100_000)
-    demo.add_argument("--classes", type=int, default=100)
+    demo.add_argument("--samples", type=_count, default=100_000)
+    demo.add_argument("--classes", type=_count, default=100)
     demo.add_argument("--keep", type=float, default=0.7, help="fraction to select")
     demo.add_argument("--device", default="cpu")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=cmd_demo)
     check = sub.add_parser("check-data", help="decode every image and report classes, sizes and bad files")
     _add_data_options(check)
-    check.add_argument("--workers", type=int, default=None, help="decoding threads (default: CPU count)")
+    check.add_argument("--workers", type=_count, default=None, help="decoding threads (default: CPU count)")
     check.add_argument("--json", action="store_true", help="print the report as JSON")
     check.set_defaults(func=cmd_check_data)
     tr = sub.add_parser("train", help="train one model (on all samples or a subset) and evaluate it")

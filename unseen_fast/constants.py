@@ -10,6 +10,16 @@ SMALL_IMAGE_MAX = 64
 
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 
+# The names the CLI offers as choices, here so that `--help` imports no torch.
+OUTPUT_SCORES = ("entropy", "loss", "margin", "least_confidence", "el2n")  # from one model's logits
+DYNAMICS_SCORES = ("forgetting", "aum", "el2n_early", "dynunc", "tdds")   # from recorded training dynamics
+FEATURE_SCORES = ("moderate",)                                              # from penultimate features
+SCORES = OUTPUT_SCORES + ("random",) + DYNAMICS_SCORES + FEATURE_SCORES
+FRAMEWORKS = ("unseen", "fitting", "proxy")
+SELECTIONS = ("global", "balanced", "ccs")
+SCORE_NORMS = ("rank", "zscore", "none")
+BACKENDS = ("auto", "resident", "cache", "dali", "torchvision")
+
 
 def resolve_amp(amp: str, device) -> str:
     """The concrete precision of an ``amp`` setting on ``device``: "auto" is

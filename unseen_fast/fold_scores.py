@@ -19,9 +19,9 @@ import numpy as np
 from scipy.special import ndtr
 from scipy.stats import rankdata
 
+from unseen_fast.constants import SCORE_NORMS
 from unseen_fast.errors import UserError
 
-SCORE_NORMS = ("rank", "zscore", "none")
 
 
 def combine_scores(per_model: np.ndarray, use: np.ndarray, norm: str) -> np.ndarray:

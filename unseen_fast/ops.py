@@ -6,6 +6,7 @@ with fake (meta) kernels, so they trace under ``torch.compile``.
 """
 from __future__ import annotations
 
+import numbers
 from typing import Optional, Sequence, Union
 
 import torch
@@ -89,6 +90,10 @@ def normalize(scores: torch.Tensor) -> torch.Tensor:
     Tensor, same shape and dtype
         Normalized scores (they sum to 1); the same bits on every run.
     """
+    if scores.numel() and bool((scores < 0).any()):  # importances are >= 0; s / sum(s) of mixed signs is no ranking
+        first = int((scores.flatten() < 0).nonzero()[0, 0])
+        raise UserError(f"normalize: score at flat index {first} is {float(scores.flatten()[first])}; importances "
+                        f"must be >= 0")
     return torch.ops.unseen_fast.normalize(scores)
 
 
@@ -125,6 +130,8 @@ def select_topk(
         Ties between equal scores go to the lower index; the result is the
         same on every run and on CPU and CUDA.
     """
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral):  # 2.5 must not become 2
+        raise UserError(f"select_topk: k must be a whole number, got {k!r}")
     return torch.ops.unseen_fast.select_topk(scores, int(k), labels, balanced, exclude, sorted)
 
 

@@ -12,11 +12,12 @@ import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from unseen_fast.baselines import DYNAMICS_SCORES, FEATURE_SCORES, BaselineParams
-from unseen_fast.constants import resolve_amp
+from unseen_fast.constants import FRAMEWORKS, SCORES, resolve_amp
 from unseen_fast.data import ImageIndex, open_index, prepare_cache, release_resident
 from unseen_fast.errors import UserError
 from unseen_fast.evaluate import score_samples
@@ -31,9 +32,6 @@ from unseen_fast.train import TrainConfig, load_model
 
 log = logging.getLogger("unseen_fast.pipeline")
 
-OUTPUT_SCORES = ("entropy", "loss", "margin", "least_confidence", "el2n")
-SCORES = OUTPUT_SCORES + ("random",) + DYNAMICS_SCORES + FEATURE_SCORES
-FRAMEWORKS = ("unseen", "fitting", "proxy")
 
 
 @dataclass
@@ -53,6 +51,7 @@ class PruneConfig:
 
     def validate(self, index: ImageIndex) -> None:
         n = len(index)
+        _check_classes(index)
         if not 0 < self.prune_rate < 1:
             raise UserError(f"prune rate must be in (0, 1), got {self.prune_rate}")
         if self.score not in SCORES:
@@ -88,6 +87,22 @@ class PruneConfig:
 
     def fingerprint(self) -> str:
         return fingerprint(dataclasses.asdict(self))
+
+
+def _check_classes(index: ImageIndex) -> None:
+    """Pruning needs at least two classes, each with a sample: one class usually
+    means --data points one level too high (cifar10/ holding train/)."""
+    if index.num_classes < 2:
+        hint = ""
+        if index.root is not None and index.classes:
+            hint = (f"; if the class folders are inside {index.classes[0]!r}, use "
+                    f"--data {Path(index.root) / index.classes[0]}")
+        raise UserError(f"{index.root or 'the dataset'} has {index.num_classes} class(es), pruning needs at least "
+                        f"2{hint}")
+    empty = [name for name, count in zip(index.classes, index.class_counts().tolist()) if count == 0]
+    if empty:
+        raise UserError(f"class(es) {', '.join(map(repr, empty[:5]))} have no samples; remove them from the class "
+                        f"list or give them samples")
 
 
 def prune(data, *, out, config: PruneConfig, device="cpu", nproc: int | None = None, gpus: int | None = None,

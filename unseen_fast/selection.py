@@ -9,10 +9,10 @@ import torch
 
 from unseen_fast import ops
 from unseen_fast.baselines import ccs_select
+from unseen_fast.constants import SELECTIONS
 from unseen_fast.errors import UserError
 
 log = logging.getLogger("unseen_fast.selection")
-SELECTIONS = ("global", "balanced", "ccs")
 
 
 def stage_sizes(n: int, prune_rate: float, stages: int, stage_size: float) -> list[int]:
@@ -65,7 +65,7 @@ def select(scores: np.ndarray, k: int, labels: np.ndarray, config, *, exclude: n
         return np.sort(perm[picked])
     if exclude_p is not None:
         scores_t = torch.where(exclude_p, torch.zeros((), dtype=scores_t.dtype), scores_t)
-    if float(scores_t.double().sum()) > 0:
+    if bool((scores_t >= 0).all()) and float(scores_t.double().sum()) > 0:  # s / sum(s): the paper's step, order kept
         scores_t = ops.normalize(scores_t)
     balanced = config.selection == "balanced"
     picked = ops.select_topk(scores_t, k, labels=torch.from_numpy(labels[perm]) if balanced else None,

@@ -130,6 +130,10 @@ def train(config: TrainConfig, index: ImageIndex, ids, out_dir, *, device="cpu",
         start = time.perf_counter()
         seen, loss_sum, correct_sum = _train_epoch(config, step_model, opt, batches, recorder, epoch, device)
         loss_sum, correct_sum = float(loss_sum), float(correct_sum)  # the epoch's one wait for the device
+        if not math.isfinite(loss_sum):  # stop before this epoch's checkpoint: the last good one stays
+            raise UserError(f"training {out_dir.name} diverged in epoch {epoch + 1}/{config.epochs}: the loss is "
+                            f"{loss_sum / max(seen, 1)}; lower the learning rate (now {config.lr}) or the precision "
+                            f"risk (--amp off)")
         log.info("epoch %d/%d: loss %.4f, train acc %.4f, %.0f img/s", epoch + 1, config.epochs,
                  loss_sum / max(seen, 1), correct_sum / max(seen, 1), seen / (time.perf_counter() - start))
         if group_rank == 0 and epoch + 1 == config.epochs:

@@ -58,7 +58,8 @@ def _size_summary(sizes) -> dict:
 
 def format_report(report: dict) -> str:
     """The human-readable form of :func:`check_data`'s report."""
-    lines = [f"dataset {report['root']}: {report['num_samples']} images in {report['num_classes']} classes"]
+    where = report["root"] if report["root"] is not None else "builtin:digits (in memory)"
+    lines = [f"dataset {where}: {report['num_samples']} images in {report['num_classes']} classes"]
     counts = list(report["classes"].values())
     lines.append(f"  images per class: min {min(counts)}, max {max(counts)}")
     sizes = report["image_sizes"]

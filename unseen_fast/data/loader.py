@@ -7,6 +7,7 @@ import os
 
 import torch
 
+from unseen_fast.constants import BACKENDS
 from unseen_fast.data.cache import CacheLoader, DecodedCache, cache_bytes
 from unseen_fast.data.dali_loader import DaliLoader, dali_available
 from unseen_fast.data.errors import DataError
@@ -18,7 +19,6 @@ from unseen_fast.data.transforms import Augment
 
 log = logging.getLogger("unseen_fast.data")
 
-BACKENDS = ("auto", "resident", "cache", "dali", "torchvision")
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
