@@ -307,21 +307,22 @@ def test_train_cli_on_digits(tmp_path, capsys):
 
 def test_more_workers_than_jobs_trains_each_job_data_parallel(tmp_path):
     """4 gloo workers, 2 jobs: each job runs DDP over 2 ranks (each rank
-    half of the ids); step count, checkpoint and a learned model are checked
-    (local BatchNorm statistics make bitwise comparison meaningless)."""
+    half of the ids, half of each batch); step count, checkpoint and a
+    learned model are checked (local BatchNorm statistics make bitwise
+    comparison meaningless)."""
     digits = ImageIndex.digits()
     jobs = [TrainJob(f"j{k}", np.arange(k, 1797, 2), str(tmp_path / f"j{k}"), seed=k) for k in range(2)]
     train_many(jobs, digits_config(epochs=4, batch_size=64, record_dynamics=True), digits, nproc=4)
     for k in range(2):
         # both ranks recorded their shards into the one set of arrays: every id of the job, every epoch
-        # (a shard has 450 ids, 7 full batches of 64 = 448 recorded per rank and epoch)
+        # (a shard has 450 ids, 14 full batches of 32 = 448 recorded per rank and epoch)
         loss = load_dynamics(tmp_path / f"j{k}" / "dynamics")["loss"]
         assert np.isnan(np.delete(loss, jobs[k].ids, axis=1)).all()
         assert (np.isfinite(loss).sum(1) >= 2 * 448 - 2).all()
         saved = torch.load(tmp_path / f"j{k}" / "checkpoint.pt", weights_only=False)
         assert saved["epochs_done"] == 4
         steps = saved["scheduler"]["last_epoch"]
-        assert steps == 4 * (-(-899 // 2) // 64)  # each rank: half the ids, 64 per step
+        assert steps == 4 * (-(-899 // 2) // 32)  # each rank: half the ids, 32 of each 64-sample step
         model = load_model(tmp_path / f"j{k}", 10)
         held_out = np.arange(1 - k, 1797, 2)
         logits = predict_logits(model, digits, held_out, image_size=8)
@@ -405,3 +406,19 @@ def test_concurrent_jobs_give_the_models_of_sequential_ones(tmp_path, device):
             assert same_weights(a, b)
         else:  # cuDNN's backward may sum in another order: equal up to rounding
             assert all(torch.allclose(a[n].float(), b[n].float(), rtol=1e-3, atol=1e-4) for n in a)
+
+
+def test_data_parallel_training_reaches_the_single_process_accuracy(tmp_path):
+    """batch_size is the global batch: 2 ranks take the steps one process
+    takes (it used to be per rank: half the steps, one predicted class)."""
+    digits = ImageIndex.digits()
+    train_ids, held_out = np.arange(0, 1797, 2), np.arange(1, 1797, 2)
+    config = digits_config(epochs=4, batch_size=64, threads=1)
+    accuracy = {}
+    for name, nproc in (("one", None), ("two", 2)):
+        train_many([TrainJob(name, train_ids, str(tmp_path / name), seed=0)], config, digits, nproc=nproc)
+        saved = torch.load(tmp_path / name / "checkpoint.pt", weights_only=False)
+        assert saved["scheduler"]["last_epoch"] == 4 * (899 // 64)  # the same optimizer steps
+        logits = predict_logits(load_model(tmp_path / name, 10), digits, held_out, image_size=8)
+        accuracy[name] = float((logits.argmax(1).numpy() == digits.labels[held_out]).mean())
+    assert accuracy["two"] > accuracy["one"] - 0.05 and accuracy["one"] > 0.5, accuracy

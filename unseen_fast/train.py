@@ -33,7 +33,7 @@ _SEEDED_INIT = threading.Lock()
 class TrainConfig:
     arch: str = "fastnet"            # models.ARCHS name
     epochs: int = 10                 # passes over the training ids
-    batch_size: int = 256            # per step (per rank under DDP)
+    batch_size: int = 256            # samples per optimizer step; under DDP split over the ranks
     lr: float = 0.05                 # peak learning rate (SGD; tuned for fastnet, batch 256)
     momentum: float = 0.9            # Nesterov momentum
     weight_decay: float = 5e-4       # on conv/linear weights only; none on norms and biases
@@ -94,8 +94,10 @@ def train(config: TrainConfig, index: ImageIndex, ids, out_dir, *, device="cpu",
     A checkpoint already in ``out_dir`` (same config) is resumed from the
     epoch after it; a finished one is loaded and returned without training.
     ``ddp_group`` (a torch.distributed process group): train data-parallel
-    over its ranks, each reading its share of the ids with ``batch_size``
-    per rank; the group's first rank writes the checkpoints.
+    over its ranks, each reading its share of the ids in batches of
+    ``batch_size / ranks``, so a step sees ``batch_size`` samples and N
+    ranks take the same steps as one process (same schedule, same learning
+    rate); the group's first rank writes the checkpoints.
     """
     device = torch.device(device)
     config = dataclasses.replace(config, amp=resolve_amp(config.amp, device))
@@ -111,7 +113,8 @@ def train(config: TrainConfig, index: ImageIndex, ids, out_dir, *, device="cpu",
         torch.manual_seed(config.seed)
         model = _new_model(config, index.num_classes, model_factory)
     model = model.to(device)
-    opt = _Optimization.create(config, model, device, per_rank=-(-len(ids) // group_size))  # shards padded
+    rank_batch = max(1, config.batch_size // group_size)  # the global batch split over the ranks
+    opt = _Optimization.create(config, model, device, per_rank=-(-len(ids) // group_size), batch=rank_batch)
     start_epoch = _resume(out_dir, config, model, opt)
     recorder = _open_recorder(config, out_dir, index, group_rank, ddp_group)
     step_model = torch.compile(model) if config.compile else model
@@ -121,7 +124,7 @@ def train(config: TrainConfig, index: ImageIndex, ids, out_dir, *, device="cpu",
 
     for epoch in range(start_epoch, config.epochs):
         model.train()
-        loader = make_loader(index, ids, train=True, batch_size=config.batch_size, image_size=config.image_size,
+        loader = make_loader(index, ids, train=True, batch_size=rank_batch, image_size=config.image_size,
                              backend=config.backend, device=device, seed=config.seed, epoch=epoch,
                              dtype=input_dtype(config.amp), drop_last=opt.drop_last, **loader_kwargs)
         if epoch == start_epoch:
@@ -156,17 +159,19 @@ class _Optimization:
     drop_last: bool
 
     @classmethod
-    def create(cls, config: TrainConfig, model: nn.Module, device: torch.device, per_rank: int) -> "_Optimization":
+    def create(cls, config: TrainConfig, model: nn.Module, device: torch.device, per_rank: int,
+               batch: int | None = None) -> "_Optimization":
+        batch = batch or config.batch_size
         optimizer = torch.optim.SGD(parameter_groups(model, config.weight_decay), lr=config.lr,
                                     momentum=config.momentum, nesterov=True)
-        steps_per_epoch = steps_per_epoch_for(per_rank, config.batch_size)
+        steps_per_epoch = steps_per_epoch_for(per_rank, batch)
         total_steps = steps_per_epoch * config.epochs
         warmup = int(round(config.warmup_epochs * steps_per_epoch))
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: lr_factor(step, total_steps, warmup, config.schedule))
         scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
         # full batches: a last batch of 1 breaks BatchNorm
-        return cls(optimizer, scheduler, scaler, drop_last=per_rank >= config.batch_size)
+        return cls(optimizer, scheduler, scaler, drop_last=per_rank >= batch)
 
 
 def _train_epoch(config: TrainConfig, step_model: nn.Module, opt: _Optimization, batches, recorder, epoch: int,
