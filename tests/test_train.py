@@ -1,5 +1,6 @@
 """Training engine: fused loss vs float64 autograd, models, learning,
 resume equivalence, train_many across processes, dynamics, the train CLI."""
+import contextlib
 import json
 
 import numpy as np
@@ -332,18 +333,21 @@ def test_more_workers_than_jobs_trains_each_job_data_parallel(tmp_path):
 HOST_TRANSFERS = ("item", "cpu", "tolist", "numpy", "nonzero", "__float__", "__bool__", "__int__")
 
 
-def count_host_transfers(monkeypatch) -> dict:
+@contextlib.contextmanager
+def counting_host_transfers():
     """Counts calls of the Tensor methods that copy to the host or wait for the device."""
-    calls = {"n": 0}
-    for name in HOST_TRANSFERS:
-        real = getattr(torch.Tensor, name)
-
+    calls, saved = {"n": 0}, {name: getattr(torch.Tensor, name) for name in HOST_TRANSFERS}
+    for name, real in saved.items():
         def counted(self, *args, _real=real, **kwargs):
             calls["n"] += 1
             return _real(self, *args, **kwargs)
 
-        monkeypatch.setattr(torch.Tensor, name, counted)
-    return calls
+        setattr(torch.Tensor, name, counted)
+    try:
+        yield calls
+    finally:
+        for name, real in saved.items():
+            setattr(torch.Tensor, name, real)
 
 
 def one_epoch(samples: int, device="cpu"):
@@ -359,16 +363,15 @@ def one_epoch(samples: int, device="cpu"):
     return lambda: _train_epoch(config, model, opt, loader, None, 0, torch.device(device))
 
 
-def test_a_training_epoch_makes_no_host_transfer_per_step(monkeypatch):
+def test_a_training_epoch_makes_no_host_transfer_per_step():
     """Loss and accuracy stay on the device until the epoch's log line; the
     resident loader gathers on the device: the count must not grow with the
     number of steps (4 vs 16 here)."""
     counts = []
     for samples in (256, 1024):
         run = one_epoch(samples)
-        calls = count_host_transfers(monkeypatch)
-        run()
-        monkeypatch.undo()
+        with counting_host_transfers() as calls:
+            run()
         counts.append(calls["n"])
     assert counts[0] == counts[1] == 0, counts
 
@@ -422,3 +425,25 @@ def test_data_parallel_training_reaches_the_single_process_accuracy(tmp_path):
         logits = predict_logits(load_model(tmp_path / name, 10), digits, held_out, image_size=8)
         accuracy[name] = float((logits.argmax(1).numpy() == digits.labels[held_out]).mean())
     assert accuracy["two"] > accuracy["one"] - 0.05 and accuracy["one"] > 0.5, accuracy
+
+
+def test_the_scoring_pass_copies_to_the_host_once(monkeypatch):
+    """Grouped by fold, whole batches, results kept on the device: the
+    number of host transfers does not grow with the number of batches."""
+    from unseen_fast import evaluate
+    from unseen_fast.evaluate import score_samples
+
+    monkeypatch.setattr(evaluate, "EVAL_BATCH", 32)  # several batches per fold: 4 vs 12
+    digits = ImageIndex.digits()
+    models = [build_model("fastnet", 10, image_size=8).eval() for _ in range(4)]
+    config = TrainConfig(batch_size=32, image_size=8, amp="off", backend="resident")
+    counts = []
+    for samples in (512, 1536):
+        fold = np.arange(samples) % 4
+        use = np.stack([fold != k for k in range(4)])
+        with counting_host_transfers() as calls:
+            scores, correct = score_samples(models, digits, np.arange(samples), config, "entropy", use=use)
+        counts.append(calls["n"])
+        assert np.isnan(scores[fold, np.arange(samples)]).all() and np.isfinite(scores[use]).all()
+        assert set(np.unique(correct[use])) <= {0.0, 1.0}
+    assert counts[0] == counts[1] <= 2, counts

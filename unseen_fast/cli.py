@@ -237,6 +237,17 @@ def _count(text: str) -> int:
     return value
 
 
+def _threads(text: str) -> int:
+    """argparse type of thread counts: a whole number >= 0 (0: the calling thread)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return value
+
+
 def _positive_float(text: str) -> float:
     """argparse type of rates: a finite number > 0."""
     import math
@@ -331,7 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
     check = sub.add_parser("check-data", help="decode every image and report classes, sizes and bad files")
     _add_data_options(check)
-    check.add_argument("--workers", type=_count, default=None, help="decoding threads (default: CPU count)")
+    check.add_argument("--workers", type=_threads, default=None, help="decoding threads (default: CPU count)")
     check.add_argument("--json", action="store_true", help="print the report as JSON")
     check.set_defaults(func=cmd_check_data)
     tr = sub.add_parser("train", help="train one model (on all samples or a subset) and evaluate it")

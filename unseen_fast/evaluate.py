@@ -42,36 +42,45 @@ def model_classes(model: nn.Module) -> int:
 @torch.inference_mode()
 def score_samples(models: list[nn.Module], index: ImageIndex, ids, config, method: str, *, device="cpu",
                   loader_kwargs: dict | None = None, use: np.ndarray | None = None):
-    """Score ``ids`` with every model in one pass over the data.
+    """Score ``ids`` with every model, each image decoded once.
 
     Returns two (len(models), len(ids)) float32 arrays: the importance
     ``method`` (see ``ops.score``) and correctness (1.0 where the model's
     top class is the label). Model k scores only the samples where
     ``use[k]`` (default: all), NaN elsewhere, so no forward pass is spent on
-    a score that is dropped.
+    a score that is dropped. The samples are grouped by which models score
+    them (under UNSEEN: by fold), so every batch goes whole through each of
+    its models (static shapes, no masks); results stay on the device until
+    one copy at the end.
     """
     device = torch.device(device)
     config = concrete_precision(config, device)
     ids = np.asarray(ids, dtype=np.int64)
-    out = np.full((len(models), len(ids)), np.nan, dtype=np.float32)
-    correct = np.full((len(models), len(ids)), np.nan, dtype=np.float32)
-    use_t = None if use is None else torch.from_numpy(use)
-    position = np.empty(len(index), dtype=np.int64)
-    position[ids] = np.arange(len(ids))
+    use = np.ones((len(models), len(ids)), dtype=bool) if use is None else np.asarray(use, dtype=bool)
+    out = torch.full((2, len(models), len(ids)), float("nan"), device=device)  # scores, correct
+    position = torch.empty(len(index), dtype=torch.int64)
+    position[torch.from_numpy(ids)] = torch.arange(len(ids))
+    position = position.to(device)
     codes = ops.method_codes([method, "correct"])
     dtype = amp_dtype(config.amp)
-    for images, labels, sample_ids in eval_loader(index, ids, config, device=device, loader_kwargs=loader_kwargs):
-        rows = position[sample_ids.cpu().numpy()]
-        for k, model in enumerate(models):
-            pick = slice(None) if use_t is None else use_t[k, torch.from_numpy(rows)].to(images.device)
-            if use_t is not None and not bool(pick.any()):
-                continue
-            with torch.autocast(device.type, dtype=dtype, enabled=config.amp != "off"):
-                logits = model(images[pick].contiguous(memory_format=torch.channels_last))
-            scored = torch.ops.unseen_fast.score(logits, labels[pick], codes, True).float().cpu().numpy()
-            where = rows[pick.cpu().numpy()] if use_t is not None else rows
-            out[k, where], correct[k, where] = scored[:, 0], scored[:, 1]
-    return out, correct
+    patterns, group = np.unique(use.T, axis=0, return_inverse=True)
+    for pattern_number, pattern in enumerate(patterns):
+        scorers = np.flatnonzero(pattern).tolist()
+        members = ids[group.reshape(-1) == pattern_number]
+        if not scorers or not len(members):
+            continue
+        for images, labels, sample_ids in eval_loader(index, members, config, device=device,
+                                                      loader_kwargs=loader_kwargs):
+            rows = position[sample_ids]
+            images = images.contiguous(memory_format=torch.channels_last)
+            for k in scorers:
+                with torch.autocast(device.type, dtype=dtype, enabled=config.amp != "off"):
+                    logits = models[k](images)
+                # labels come from the validated index: no check, no host sync
+                scored = torch.ops.unseen_fast.score(logits, labels, codes, False)
+                out[:, k].index_copy_(1, rows, scored.T.float())
+    out = out.cpu().numpy()
+    return out[0], out[1]
 
 
 @torch.inference_mode()

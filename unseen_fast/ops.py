@@ -90,7 +90,8 @@ def normalize(scores: torch.Tensor) -> torch.Tensor:
     Tensor, same shape and dtype
         Normalized scores (they sum to 1); the same bits on every run.
     """
-    if scores.numel() and bool((scores < 0).any()):  # importances are >= 0; s / sum(s) of mixed signs is no ranking
+    # importances are >= 0; s / sum(s) of mixed signs is no ranking (eager only: a traced graph cannot branch on data)
+    if not torch.compiler.is_compiling() and scores.numel() and bool((scores < 0).any()):
         first = int((scores.flatten() < 0).nonzero()[0, 0])
         raise UserError(f"normalize: score at flat index {first} is {float(scores.flatten()[first])}; importances "
                         f"must be >= 0")
