@@ -131,14 +131,8 @@ def train(config: TrainConfig, index: ImageIndex, ids, out_dir, *, device="cpu",
             log.info("training on %d samples with the %s data backend", len(ids), loader.backend)
         batches = _progress(loader, progress, f"epoch {epoch + 1}/{config.epochs}")
         start = time.perf_counter()
-        seen, loss_sum, correct_sum = _train_epoch(config, step_model, opt, batches, recorder, epoch, device)
-        loss_sum, correct_sum = float(loss_sum), float(correct_sum)  # the epoch's one wait for the device
-        if not math.isfinite(loss_sum):  # stop before this epoch's checkpoint: the last good one stays
-            raise UserError(f"training {out_dir.name} diverged in epoch {epoch + 1}/{config.epochs}: the loss is "
-                            f"{loss_sum / max(seen, 1)}; lower the learning rate (now {config.lr}) or the precision "
-                            f"risk (--amp off)")
-        log.info("epoch %d/%d: loss %.4f, train acc %.4f, %.0f img/s", epoch + 1, config.epochs,
-                 loss_sum / max(seen, 1), correct_sum / max(seen, 1), seen / (time.perf_counter() - start))
+        sums = _train_epoch(config, step_model, opt, batches, recorder, epoch, device)
+        _report_epoch(config, out_dir.name, epoch, *sums, start)
         if group_rank == 0 and epoch + 1 == config.epochs:
             # every id on this one rank, whatever torch.distributed's world is
             eval_kwargs = dict(loader_kwargs, rank=0, world_size=1)
@@ -202,6 +196,17 @@ def _train_epoch(config: TrainConfig, step_model: nn.Module, opt: _Optimization,
     if recorder is not None:
         recorder.flush()
     return seen, loss_sum, correct_sum
+
+
+def _report_epoch(config: TrainConfig, name: str, epoch: int, seen: int, loss_sum, correct_sum, start: float):
+    """Log the epoch (its one wait for the device); a non-finite loss stops the
+    job here, before this epoch's checkpoint, so the last good one stays."""
+    loss, accuracy = float(loss_sum) / max(seen, 1), float(correct_sum) / max(seen, 1)
+    if not math.isfinite(loss):
+        raise UserError(f"training {name} diverged in epoch {epoch + 1}/{config.epochs}: the loss is {loss}; "
+                        f"lower the learning rate (now {config.lr}) or use --amp off")
+    log.info("epoch %d/%d: loss %.4f, train acc %.4f, %.0f img/s", epoch + 1, config.epochs, loss, accuracy,
+             seen / (time.perf_counter() - start))
 
 
 def _group_position(ddp_group) -> tuple[int, int]:
