@@ -307,3 +307,41 @@ def test_score_normalizations_run_end_to_end(digits, tmp_path, norm):
     assert summary["config"]["score_norm"] == norm
     with pytest.raises(ValueError, match="unknown score normalization 'minmax'"):
         prune(digits, out=tmp_path / "bad", config=config(score_norm="minmax"))
+
+
+def test_easy_and_mix_selections():
+    """easy: the lowest scores of each class in proportion; mix: the hardest
+    alpha * k per class, then CCS strata over the rest."""
+    from types import SimpleNamespace
+
+    from unseen_fast.baselines import BaselineParams
+    from unseen_fast.selection import select
+
+    rng = np.random.default_rng(3)
+    labels = np.repeat(np.arange(4), 250)
+    scores = rng.random(1000).astype(np.float32)
+    cfg = SimpleNamespace(seed=0, selection="easy", baseline=BaselineParams(mix_alpha=0.5, ccs_strata=10))
+    easy = select(scores, 200, labels, cfg, exclude=None, stage=1)
+    assert len(easy) == 200 and (np.bincount(labels[easy], minlength=4) == 50).all()
+    for c in range(4):  # the 50 lowest of every class
+        members = np.flatnonzero(labels == c)
+        assert set(easy[labels[easy] == c]) == set(members[np.argsort(scores[members])[:50]])
+    cfg.selection = "mix"
+    mix = select(scores, 200, labels, cfg, exclude=None, stage=1)
+    assert len(mix) == 200 == len(set(mix.tolist()))
+    for c in range(4):  # the 25 hardest of every class are in
+        members = np.flatnonzero(labels == c)
+        assert set(members[np.argsort(-scores[members])[:25]]) <= set(mix.tolist())
+    rest = np.setdiff1d(mix, [m for c in range(4) for m in np.flatnonzero(labels == c)[
+        np.argsort(-scores[labels == c])[:25]]])
+    assert np.histogram(scores[rest], bins=5, range=(0, 1))[0].min() > 0  # spread over the score range
+    exclude = np.zeros(1000, dtype=bool)
+    exclude[:500] = True
+    assert (select(scores, 100, labels, cfg, exclude=exclude, stage=2) >= 500).all()
+
+
+@pytest.mark.parametrize("selection", ["easy", "mix"])
+def test_easy_and_mix_run_end_to_end(digits, tmp_path, selection):
+    cfg = config(selection=selection)
+    summary = prune(digits, out=tmp_path / "run", config=cfg)
+    check_invariants(tmp_path / "run", digits, cfg, summary)

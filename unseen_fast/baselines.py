@@ -30,7 +30,8 @@ class BaselineParams:
     window: int | None = None        # dynunc, tdds: sliding window in epochs (default: min(10, max(2, E // 2)))
     tdds_decay: float = 0.9          # tdds: weight decay * (1 - decay)^(age of the window)
     ccs_beta: float = 0.0            # ccs: fraction of the candidates removed as hardest first
-    ccs_strata: int = 50             # ccs: equal-width strata of the score range
+    ccs_strata: int = 50             # ccs, mix: equal-width strata of the score range
+    mix_alpha: float = 0.5           # mix: share of the budget taken as the hardest, the rest by strata
 
     def validate(self) -> None:
         if self.early_epochs is not None and self.early_epochs < 1:
@@ -43,6 +44,8 @@ class BaselineParams:
             raise UserError(f"ccs_beta must be in [0, 1), got {self.ccs_beta}")
         if self.ccs_strata < 1:
             raise UserError(f"ccs_strata must be >= 1, got {self.ccs_strata}")
+        if not 0 <= self.mix_alpha <= 1:
+            raise UserError(f"mix_alpha must be in [0, 1], got {self.mix_alpha}")
 
 
 def dynamics_importance(name: str, dynamics: dict, params: BaselineParams) -> np.ndarray:

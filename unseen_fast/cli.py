@@ -174,7 +174,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
                          train=_train_config(args, index, device),
                          baseline=BaselineParams(early_epochs=args.early_epochs, window=args.window,
                                                  tdds_decay=args.tdds_decay, ccs_beta=args.ccs_beta,
-                                                 ccs_strata=args.ccs_strata))
+                                                 ccs_strata=args.ccs_strata, mix_alpha=args.mix_alpha))
     summary = prune(index, out=args.out, config=config, device=device, nproc=args.nproc, gpus=args.gpus,
                     resume=args.resume, progress=not args.quiet and sys.stderr.isatty(), share_dir=args.share_models)
     out = Path(args.out)
@@ -302,14 +302,16 @@ def _add_prune_options(pr: argparse.ArgumentParser) -> None:
                     help="unseen: K-1 models that never saw a sample score it; fitting: one model trained on all; "
                          "proxy: each fold model scores its own fold")
     pr.add_argument("--selection", default="global", choices=list(SELECTIONS),
-                    help="global top-M, per-class proportional top-M, or coverage-centric (ccs)")
+                    help="global: the hardest M (the paper); balanced: the hardest per class; easy: the easiest "
+                         "per class; ccs: coverage strata; mix: --mix-alpha of M hardest per class, the rest by strata")
     pr.add_argument("--score-norm", default="rank", choices=list(SCORE_NORMS),
                     help="make the fold models' scores comparable before averaging them (rank: each model's "
                          "scores as mid-ranks in (0, 1); zscore; none: the paper's raw mean)")
     pr.add_argument("--split", default="random", choices=["random", "stratified"])
     baselines = pr.add_argument_group("baseline parameters")
     baselines.add_argument("--ccs-beta", type=float, default=0.0, help="ccs: fraction removed as hardest first")
-    baselines.add_argument("--ccs-strata", type=_count, default=50, help="ccs: equal-width score strata")
+    baselines.add_argument("--ccs-strata", type=_count, default=50, help="ccs, mix: equal-width score strata")
+    baselines.add_argument("--mix-alpha", type=float, default=0.5, help="mix: share of M taken as the hardest")
     baselines.add_argument("--early-epochs", type=_count, default=None,
                            help="el2n_early: first epochs averaged (default: a quarter of --epochs)")
     baselines.add_argument("--window", type=_count, default=None,

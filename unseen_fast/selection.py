@@ -44,9 +44,17 @@ def random_scores(seed: int, stage: int, count: int) -> np.ndarray:
 
 def select(scores: np.ndarray, k: int, labels: np.ndarray, config, *, exclude: np.ndarray | None,
            stage: int) -> np.ndarray:
-    """Sorted ids of the ``k`` samples stage ``stage`` adds, by
-    ``config.selection`` (global top-k, per-class balanced top-k, or CCS
-    strata), never one where ``exclude`` (bool, (N,)) is set.
+    """Sorted ids of the ``k`` samples stage ``stage`` adds, never one where
+    ``exclude`` (bool, (N,)) is set, by ``config.selection``:
+
+    - ``global``: the k hardest (the paper); ``balanced``: the hardest per
+      class, quotas in proportion to class sizes;
+    - ``easy``: the easiest per class (what small budgets favour, Sorscher
+      et al. 2022);
+    - ``ccs``: CCS strata after dropping the hardest ``ccs_beta`` (Zheng et
+      al. 2023);
+    - ``mix``: a share ``mix_alpha`` of k as the hardest per class, the rest
+      by CCS strata over the samples left.
 
     Ties between equal scores are broken by a permutation seeded by
     (seed, stage), not by sample id, which would favour the first classes of
@@ -55,19 +63,35 @@ def select(scores: np.ndarray, k: int, labels: np.ndarray, config, *, exclude: n
     """
     n = len(scores)
     perm = np.random.Generator(np.random.PCG64([config.seed, 3, stage])).permutation(n)
-    scores_t = torch.from_numpy(np.ascontiguousarray(scores[perm], dtype=np.float32))
-    exclude_p = None if exclude is None else torch.from_numpy(np.asarray(exclude, dtype=bool)[perm])
+    scores_p = np.ascontiguousarray(scores[perm], dtype=np.float32)
+    labels_p = labels[perm]
+    exclude_p = np.zeros(n, dtype=bool) if exclude is None else np.asarray(exclude, dtype=bool)[perm]
+    rng = np.random.Generator(np.random.PCG64([config.seed, 4, stage]))
+    params = config.baseline
     if config.selection == "ccs":
-        rng = np.random.Generator(np.random.PCG64([config.seed, 4, stage]))
-        candidates = np.arange(n) if exclude_p is None else np.flatnonzero(~exclude_p.numpy())
-        picked = ccs_select(scores_t.numpy(), k, beta=config.baseline.ccs_beta, strata=config.baseline.ccs_strata,
-                            rng=rng, candidates=candidates)
-        return np.sort(perm[picked])
-    if exclude_p is not None:
-        scores_t = torch.where(exclude_p, torch.zeros((), dtype=scores_t.dtype), scores_t)
-    if bool((scores_t >= 0).all()) and float(scores_t.double().sum()) > 0:  # s / sum(s): the paper's step, order kept
+        picked = ccs_select(scores_p, k, beta=params.ccs_beta, strata=params.ccs_strata, rng=rng,
+                            candidates=np.flatnonzero(~exclude_p))
+    elif config.selection == "easy":
+        picked = _top(scores_p.max(initial=0.0) - scores_p, k, labels_p, exclude_p, balanced=True)
+    elif config.selection == "mix":
+        hard = _top(scores_p, int(round(params.mix_alpha * k)), labels_p, exclude_p, balanced=True)
+        taken = exclude_p.copy()
+        taken[hard] = True
+        rest = ccs_select(scores_p, k - len(hard), beta=0.0, strata=params.ccs_strata, rng=rng,
+                          candidates=np.flatnonzero(~taken))
+        picked = np.concatenate([hard, rest])
+    else:
+        picked = _top(scores_p, k, labels_p, exclude_p, balanced=config.selection == "balanced")
+    return np.sort(perm[picked])
+
+
+def _top(scores: np.ndarray, k: int, labels: np.ndarray, exclude: np.ndarray, *, balanced: bool) -> np.ndarray:
+    """Ids of the k highest ``scores`` (per class in proportion when
+    ``balanced``) outside ``exclude``, through the ops: normalize (the
+    paper's s / sum s, order kept) and the radix top-k."""
+    scores_t = torch.where(torch.from_numpy(exclude), torch.zeros(()), torch.from_numpy(scores))
+    if bool((scores_t >= 0).all()) and float(scores_t.double().sum()) > 0:
         scores_t = ops.normalize(scores_t)
-    balanced = config.selection == "balanced"
-    picked = ops.select_topk(scores_t, k, labels=torch.from_numpy(labels[perm]) if balanced else None,
-                             balanced=balanced, exclude=exclude_p)
-    return np.sort(perm[picked.numpy()])
+    picked = ops.select_topk(scores_t, k, labels=torch.from_numpy(labels) if balanced else None,
+                             balanced=balanced, exclude=torch.from_numpy(exclude))
+    return picked.numpy()
