@@ -66,3 +66,38 @@ def test_prune_returns_a_readable_result(tmp_path):
     text = repr(result)
     assert text.startswith("PruneResult: kept 898 of 1,797 samples (prune rate 0.5, stages [898], entropy unseen")
     assert str(result.file_list) in text
+
+
+EXAMPLES = __import__("pathlib").Path(__file__).resolve().parents[1] / "examples"
+
+
+def test_scoring_example_as_a_script_and_under_python_c(tmp_path):
+    script = EXAMPLES / "score_your_own_model.py"
+    for args in ([str(script), "--keep", "0.5"],
+                 ["-c", f"import runpy, sys; sys.argv = ['x', '--keep', '0.5']; runpy.run_path({str(script)!r}, "
+                        f"run_name='__main__')"]):
+        done = run_python(args, tmp_path)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.stdout.startswith("kept 898 of 1797 samples; mean entropy kept")
+
+
+def test_training_on_a_coreset_with_imagefolder(small_folder, tmp_path):
+    from unseen_fast import PruneConfig, TrainConfig, prune
+
+    config = PruneConfig(prune_rate=0.3, folds=2, stages=1, train=TrainConfig(epochs=1, batch_size=16))
+    prune(str(small_folder), out=tmp_path / "run", config=config)
+    done = run_python([str(EXAMPLES / "train_on_coreset.py"), "--data", str(small_folder), "--run",
+                       str(tmp_path / "run")], tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "trained on 91 coreset images of 130" in done.stdout
+
+
+def test_tests_that_need_cifar_skip_without_the_archive(monkeypatch, tmp_path):
+    import pytest
+
+    import data_fixtures
+
+    monkeypatch.setattr(data_fixtures, "CIFAR_TAR", tmp_path / "absent.tar.gz")
+    monkeypatch.setattr(data_fixtures, "DATA_CACHE", tmp_path / "cache")
+    with pytest.raises(pytest.skip.Exception, match="needs the CIFAR-10 JPEGs"):
+        data_fixtures.cifar10_root()

@@ -1,0 +1,59 @@
+"""Train with a plain torchvision ImageFolder on the coreset of an
+`unseen-fast prune` run: the run's coreset.npy holds sample ids, which are
+positions in the run's dataset index (sorted class folders, sorted files),
+the same order ImageFolder uses; coreset.txt is the same subset as a DALI
+`file_list` ("relative/path label" lines).
+
+    unseen-fast prune --data DIR --prune-rate 0.3 --out RUN
+    python examples/train_on_coreset.py --data DIR --run RUN [--epochs 1]
+"""
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Subset
+from torchvision.datasets import ImageFolder
+from torchvision.transforms import v2
+
+
+def coreset_subset(data: str, run: str) -> Subset:
+    """The coreset as a Subset of ImageFolder(data), checked against the run's file list."""
+    dataset = ImageFolder(data, transform=v2.Compose([
+        v2.PILToTensor(), v2.RandomHorizontalFlip(), v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])]))
+    ids = np.load(Path(run) / "coreset.npy")
+    listed = [line.rsplit(" ", 1)[0] for line in (Path(run) / "coreset.txt").read_text().splitlines()]
+    root = Path(data)
+    mine = [Path(dataset.samples[i][0]).relative_to(root).as_posix() for i in ids]
+    if mine != listed:
+        raise SystemExit(f"{data} does not list its files as the run's index does; was it pruned with --data {data}?")
+    return Subset(dataset, ids.tolist())
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", required=True, help="the ImageFolder root the run pruned")
+    parser.add_argument("--run", required=True, help="the prune run folder")
+    parser.add_argument("--epochs", type=int, default=1)
+    args = parser.parse_args(argv)
+    subset = coreset_subset(args.data, args.run)
+    loader = DataLoader(subset, batch_size=64, shuffle=True, num_workers=0)
+    classes = len(subset.dataset.classes)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(),
+                                torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(16, classes))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    for epoch in range(args.epochs):
+        seen = 0
+        for images, labels in loader:
+            loss = torch.nn.functional.cross_entropy(model(images), labels)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            seen += len(labels)
+        print(f"epoch {epoch + 1}: trained on {seen} coreset images of {len(subset.dataset)}")
+
+
+if __name__ == "__main__":
+    main()
