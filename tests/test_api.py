@@ -101,3 +101,31 @@ def test_tests_that_need_cifar_skip_without_the_archive(monkeypatch, tmp_path):
     monkeypatch.setattr(data_fixtures, "DATA_CACHE", tmp_path / "cache")
     with pytest.raises(pytest.skip.Exception, match="needs the CIFAR-10 JPEGs"):
         data_fixtures.cifar10_root()
+
+
+class _LoadsInsideAWorker:
+    """A user's Dataset whose items are built with our loader, inside their DataLoader worker."""
+
+    def __init__(self, folder, cache_dir):
+        self.folder, self.cache_dir = str(folder), str(cache_dir)
+
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, item):
+        import numpy as np
+
+        from unseen_fast.data import ImageIndex, make_loader
+
+        index = ImageIndex.from_folder(self.folder)
+        loader = make_loader(index, np.arange(item, len(index), 2), train=False, batch_size=32, image_size=32,
+                             backend="cache", cache_dir=self.cache_dir)
+        return sum(len(ids) for _, _, ids in loader)
+
+
+def test_loading_inside_a_users_dataloader_worker(small_folder, tmp_path):
+    import torch
+
+    loader = torch.utils.data.DataLoader(_LoadsInsideAWorker(small_folder, tmp_path / "cache"), batch_size=None,
+                                         num_workers=1)
+    assert [int(n) for n in loader] == [65, 65]

@@ -449,3 +449,18 @@ def test_the_scoring_pass_copies_to_the_host_once(monkeypatch):
         assert np.isnan(scores[fold, np.arange(samples)]).all() and np.isfinite(scores[use]).all()
         assert set(np.unique(correct[use])) <= {0.0, 1.0}
     assert counts[0] == counts[1] <= 2, counts
+
+
+def test_progress_in_logs_that_are_not_a_terminal(caplog):
+    """Without a terminal, training progress comes as log lines (every 30 s by
+    default; every batch here), never as a bar."""
+    import logging
+
+    from unseen_fast.train import logged_progress
+
+    batches = [(None, torch.zeros(64), None)] * 3
+    with caplog.at_level(logging.INFO, logger="unseen_fast.train"):
+        assert len(list(logged_progress(batches, "epoch 1/2", every_s=0.0))) == 3
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0].startswith("epoch 1/2: 1/3 batches, 64 samples,") and "s left" in lines[0]
+    assert len(lines) == 2  # none after the last batch: the epoch line follows

@@ -145,7 +145,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     write_json(out / "train_config.json", dict(vars(config), train_samples=len(ids), val_samples=len(val_ids)))
     loader_kwargs = dict(cache_dir=out / "cache")
     train_many([TrainJob("model", ids, str(out), seed=args.seed)], config, index, device=device,
-               nproc=args.nproc, gpus=args.gpus, loader_kwargs=loader_kwargs, progress=sys.stderr.isatty())
+               nproc=args.nproc, gpus=args.gpus, loader_kwargs=loader_kwargs, progress=True)
     if len(val_ids):
         model = load_model(out, index.num_classes, device=device)
         logits = predict_logits(model, val_index, val_ids, image_size=config.image_size, device=device,
@@ -176,7 +176,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
                                                  tdds_decay=args.tdds_decay, ccs_beta=args.ccs_beta,
                                                  ccs_strata=args.ccs_strata, mix_alpha=args.mix_alpha))
     summary = prune(index, out=args.out, config=config, device=device, nproc=args.nproc, gpus=args.gpus,
-                    resume=args.resume, progress=not args.quiet and sys.stderr.isatty(), share_dir=args.share_models)
+                    resume=args.resume, progress=not args.quiet, share_dir=args.share_models)
     out = Path(args.out)
     print(f"kept {summary['coreset_size']} of {summary['num_samples']} samples "
           f"(prune rate {args.prune_rate}, stages {summary['stage_sizes']})")
@@ -208,7 +208,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     grid = Grid.from_yaml(args.grid)
     device = _device(args)
     rows = run_experiment(grid, args.out, device=device, nproc=args.nproc, gpus=args.gpus,
-                          progress=not args.quiet and sys.stderr.isatty())
+                          progress=not args.quiet)
     out = Path(args.out)
     print((out / "table.md").read_text() if (out / "table.md").exists() else "no results")
     print(f"{len(rows)} cell(s); table: {out / 'table.md'}, {out / 'results.csv'}; "

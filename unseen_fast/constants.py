@@ -59,3 +59,11 @@ def input_dtype(amp: str) -> "torch.dtype":
     import torch
 
     return torch.bfloat16 if amp == "bf16" else torch.float32
+
+
+def can_draw_bars() -> bool:
+    """A progress bar shows where a person watches: a terminal or a Jupyter
+    notebook; redirected logs get log lines instead."""
+    import sys
+
+    return sys.stderr.isatty() or "ipykernel" in sys.modules

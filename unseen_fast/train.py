@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from unseen_fast.constants import AMP_MODES, amp_dtype, input_dtype, resolve_amp
+from unseen_fast.constants import AMP_MODES, amp_dtype, can_draw_bars, input_dtype, resolve_amp
 from unseen_fast.data import ImageIndex, make_loader
 from unseen_fast.dynamics import DynamicsRecorder
 from unseen_fast.errors import UserError
@@ -27,6 +27,7 @@ CHECKPOINT = "checkpoint.pt"
 # Model initialization draws from the global RNG: one job at a time, so a
 # job's weights depend on its seed only, whatever other threads do.
 _SEEDED_INIT = threading.Lock()
+PROGRESS_LOG_EVERY_S = 30.0  # progress lines in logs that are not a terminal
 
 
 @dataclass
@@ -266,11 +267,31 @@ def _open_recorder(config: TrainConfig, out_dir: Path, index: ImageIndex, group_
 
 
 def _progress(loader, enabled: bool, desc: str):
+    """A bar where one can be drawn (a terminal, a Jupyter notebook), else a
+    log line every PROGRESS_LOG_EVERY_S seconds; nothing when not enabled."""
     if not enabled:
         return loader
-    from tqdm.auto import tqdm  # a notebook widget in Jupyter, a text bar on a terminal
+    if can_draw_bars():
+        from tqdm.auto import tqdm  # a notebook widget in Jupyter, a text bar on a terminal
 
-    return tqdm(loader, desc=desc, unit="batch", leave=False)
+        return tqdm(loader, desc=desc, unit="batch", leave=False)
+    return logged_progress(loader, desc, PROGRESS_LOG_EVERY_S)
+
+
+def logged_progress(loader, desc: str, every_s: float):
+    """Yield the batches of ``loader``, logging batches and samples done,
+    img/s and the time left at most every ``every_s`` seconds (for logs
+    that are not a terminal: minutes without a line look like a hang)."""
+    total, seen = len(loader), 0
+    start = last = time.perf_counter()
+    for done, batch in enumerate(loader, 1):
+        yield batch
+        seen += len(batch[1])  # a shape, not a value: no wait for the device
+        now = time.perf_counter()
+        if now - last >= every_s and done < total:
+            log.info("%s: %d/%d batches, %d samples, %.0f img/s, about %.0f s left", desc, done, total, seen,
+                     seen / (now - start), (now - start) / done * (total - done))
+            last = now
 
 
 def _save_checkpoint(out_dir: Path, config, model, opt: _Optimization, epochs_done: int) -> None:

@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 from torchvision.io import ImageReadMode, decode_image, read_file
 
+from unseen_fast.constants import can_draw_bars
 from unseen_fast.data.errors import BadImageError
 
 
@@ -91,7 +92,8 @@ def decode_every_image(index, convert, *, workers: int | None = None, progress: 
     workers = max(1, (os.cpu_count() or 2) if workers is None else workers)
     starts = iter(range(0, len(index), chunk))
     with ThreadPoolExecutor(workers, thread_name_prefix="unseen-fast-decode") as pool, \
-            tqdm(total=len(index), desc=desc, unit="img", disable=not progress, mininterval=1.0) as bar:
+            tqdm(total=len(index), desc=desc, unit="img", disable=not (progress and can_draw_bars()),
+                 mininterval=1.0) as bar:
         pending = collections.deque(pool.submit(_decode_chunk, index, convert, first, chunk)
                                     for first in itertools.islice(starts, 4 * workers))
         while pending:
