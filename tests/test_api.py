@@ -129,3 +129,28 @@ def test_loading_inside_a_users_dataloader_worker(small_folder, tmp_path):
     loader = torch.utils.data.DataLoader(_LoadsInsideAWorker(small_folder, tmp_path / "cache"), batch_size=None,
                                          num_workers=1)
     assert [int(n) for n in loader] == [65, 65]
+
+
+def test_a_notebook_style_main_module(tmp_path):
+    """What a notebook cell is: code in a __main__ without a file. A model
+    factory defined there works in-process; worker processes are refused in
+    one line because they could not import it."""
+    code = textwrap.dedent("""
+        from torch import nn
+        from unseen_fast import PruneConfig, TrainConfig, prune
+        from unseen_fast.errors import UserError
+
+        def factory(num_classes):  # defined in the "cell"
+            return nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, num_classes))
+
+        config = PruneConfig(prune_rate=0.5, stages=1, train=TrainConfig(epochs=1, batch_size=128, image_size=8))
+        print(prune("builtin:digits", out="inline", config=config, model_factory=factory))
+        try:
+            prune("builtin:digits", out="workers", config=config, model_factory=factory, nproc=2)
+        except UserError as err:
+            print("refused:", err)
+    """)
+    done = run_python(["-c", code], tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith("PruneResult: kept 898 of 1,797 samples")
+    assert "refused: model_factory 'factory' cannot be sent to the 2 worker processes" in done.stdout
