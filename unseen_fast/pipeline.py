@@ -24,7 +24,7 @@ from unseen_fast.evaluate import score_samples
 from unseen_fast.fold_scores import SCORE_NORMS, combine_scores
 from unseen_fast.outputs import PruneResult, write_outputs
 from unseen_fast.parallel import TrainJob, train_many
-from unseen_fast.rundir import RunDir, fingerprint
+from unseen_fast.rundir import RunDir
 from unseen_fast.selection import SELECTIONS, random_scores, select, stage_sizes
 from unseen_fast.splits import fold_assignment
 from unseen_fast.stage1 import Stage1Store, score_stage1, scoring_mask
@@ -85,9 +85,6 @@ class PruneConfig:
             raise UserError(f"stage size must be > 0, got {self.stage_size}")
         stage_sizes(n, self.prune_rate, self.stages, self.stage_size)
 
-    def fingerprint(self) -> str:
-        return fingerprint(dataclasses.asdict(self))
-
 
 def _check_classes(index: ImageIndex) -> None:
     """Pruning needs at least two classes, each with a sample: one class usually
@@ -130,10 +127,11 @@ def prune(data, *, out, config: PruneConfig, device="cpu", nproc: int | None = N
     start = time.perf_counter()
     index = data if isinstance(data, ImageIndex) else open_index(data)
     config.validate(index)
+    where = "cuda" if gpus else str(device)
     # the run records the precision it trains in, not "auto"
-    config = dataclasses.replace(config, train=dataclasses.replace(
-        config.train, amp=resolve_amp(config.train.amp, "cuda" if gpus else device)))
-    log.info("pruning %d samples on %s, precision %s", len(index), "cuda" if gpus else device, config.train.amp)
+    config = dataclasses.replace(config, train=dataclasses.replace(config.train,
+                                                                   amp=resolve_amp(config.train.amp, where)))
+    log.info("pruning %d samples on %s, precision %s", len(index), where, config.train.amp)
     run = _claim(RunDir(out), config, index, resume)
     try:
         job = _PruneJob(run, config, index, dict(device=device, nproc=nproc, gpus=gpus, progress=progress,
@@ -147,7 +145,7 @@ def prune(data, *, out, config: PruneConfig, device="cpu", nproc: int | None = N
             added[select(scores, job.sizes[stage - 1], index.labels, config, exclude=added > 0, stage=stage)] = stage
         assert (added > 0).sum() == sum(job.sizes), ((added > 0).sum(), job.sizes)
         return write_outputs(run, index, config, job.sizes, added, fold, job.timings, job.images,
-                             time.perf_counter() - start, device="cuda" if gpus else str(device))
+                             time.perf_counter() - start, device=where)
     finally:
         run.unlock()
         release_resident()  # the device memory the shared dataset held

@@ -89,10 +89,7 @@ class RunDir:
         path = self.root / name
         return np.load(path) if path.exists() else None
 
-    def write_json(self, name: str, data) -> None:
-        write_json(self.root / name, data)
-
-    def claim(self, config: dict, *, resume: bool, prepare=None, kind: str = "unseen-fast") -> bool:
+    def claim(self, config: dict, *, resume: bool, prepare=None) -> bool:
         """Make this folder the run of ``config``: create it, or continue it
         with ``resume=True`` when it holds the same configuration. Refuses a
         non-empty folder of something else, another configuration, and a
@@ -115,7 +112,7 @@ class RunDir:
             self.lock()
             return True
         if self.root.exists() and any(p.name != self.LOCK for p in self.root.iterdir()):
-            raise UserError(f"{self.root} is not empty and holds no {kind} run; choose a new --out folder")
+            raise UserError(f"{self.root} is not empty and holds no unseen-fast run; choose a new --out folder")
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as err:
