@@ -59,7 +59,8 @@ def build_extension():
         if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
             os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_ARCHS
         archs = os.environ.get("TORCH_CUDA_ARCH_LIST", "detected from the visible GPU")
-        sources += sorted(glob.glob("csrc/cuda/*.cu"))
+        # host files (checks, allocation) by the C++ compiler, kernels by nvcc
+        sources += sorted(glob.glob("csrc/cuda/*.cpp") + glob.glob("csrc/cuda/*.cu"))
         define_macros.append(("UNSEEN_FAST_WITH_CUDA", None))
     define_macros.append(("UNSEEN_FAST_CUDA_ARCHS", f'"{archs}"'))
     print(f"unseen_fast build: torch {torch.__version__}, CUDA kernels "

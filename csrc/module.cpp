@@ -1,6 +1,7 @@
 // The Python extension module unseen_fast._C: importing it loads the op
 // library (registering the unseen_fast:: ops) and exposes build facts.
 #include <pybind11/pybind11.h>
+#include <torch/version.h>
 
 #include "cpu/cpu_features.h"
 #include "score_math.h"
@@ -22,6 +23,8 @@ PYBIND11_MODULE(_C, m) {
 #endif
     info["cuda_archs"] = UNSEEN_FAST_CUDA_ARCHS;
     info["compiler"] = __VERSION__;
+    // _extension.py refuses to load under another torch (its ABI would crash)
+    info["torch_version"] = TORCH_VERSION;
     info["cpu_avx512"] = unseen_fast::cpu_has_avx512();
     return info;
   });

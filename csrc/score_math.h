@@ -85,8 +85,10 @@ C10_HOST_DEVICE inline SoftmaxState empty_state() {
 C10_HOST_DEVICE inline SoftmaxState merge(const SoftmaxState& a,
                                           const SoftmaxState& b) {
   const bool a_wins = a.max > b.max || (a.max == b.max && a.argmax < b.argmax);
-  const SoftmaxState& win = a_wins ? a : b;
-  const SoftmaxState& lose = a_wins ? b : a;
+  // by value: references to one of two states would put both in (GPU)
+  // local memory; copies stay in registers
+  const SoftmaxState win = a_wins ? a : b;
+  const SoftmaxState lose = a_wins ? b : a;
   SoftmaxState out = win;
   out.nan = a.nan || b.nan;
   out.second = fmaxf(win.second, lose.max);

@@ -28,9 +28,10 @@ def cpu_path(request):
     """Runs a test once per CPU score path (AVX-512 only where the CPU has it)."""
     if request.param == "avx512" and not _C.build_info()["cpu_avx512"]:
         pytest.skip("this CPU has no AVX-512")
+    before = _C.cpu_simd_enabled()  # False under UNSEEN_FAST_CPU_SIMD=0
     _C.set_cpu_simd(request.param == "avx512")
     yield request.param
-    _C.set_cpu_simd(True)
+    _C.set_cpu_simd(before)
 
 
 @pytest.fixture

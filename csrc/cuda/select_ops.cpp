@@ -1,76 +1,52 @@
-// CUDA kernels of select_topk and normalize.
+// Host side of the CUDA select_topk and normalize ops, compiled by the C++
+// compiler: argument checks, allocation, and the radix-select passes driven
+// through the launchers of launch.h.
 //
 // Radix select with the shared host step (pick_bucket, select_math.h): each
-// pass is one histogram kernel over the keys (integer atomics, so the counts
-// do not depend on scheduling), a copy of the 256 counts (per class when
-// balanced) to the host, and the bucket choice there. Compaction uses
-// cumulative sums and nonzero(), which give ascending indices: the result is
-// the same on every run and matches the CPU kernel bit for bit.
+// pass is one histogram kernel over the keys, a copy of the 256 counts (per
+// class when balanced) to the host, and the bucket choice there. Compaction
+// uses cumulative sums and nonzero(), which give ascending indices: the
+// result is the same on every run and matches the CPU kernel bit for bit.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include <vector>
 
 #include "../checks.h"
 #include "../select_math.h"
+#include "launch.h"
 
 namespace unseen_fast {
 namespace {
 
-constexpr int kBlock = 256;
+// The launchers of one key width: uint32 keys for float32, uint64 for float64.
+template <typename F>
+struct Launchers;
 
-int64_t blocks_for(int64_t n) { return std::min<int64_t>((n + kBlock - 1) / kBlock, 65535); }
+template <>
+struct Launchers<float> {
+  using Key = uint32_t;
+  static constexpr auto keys = cuda::launch_keys_f32;
+  static constexpr auto histogram = cuda::launch_histogram_u32;
+  static constexpr auto classify = cuda::launch_classify_u32;
+};
 
-template <typename F, typename K>
-__global__ void keys_kernel(const F* scores, const bool* exclude, int64_t n, K* keys) {
-  for (int64_t i = blockIdx.x * int64_t(kBlock) + threadIdx.x; i < n; i += int64_t(gridDim.x) * kBlock)
-    keys[i] = (exclude && exclude[i]) ? K(0) : float_key(scores[i]);
-}
-
-// Counts keys that match their class's prefix under `mask`, by class and digit.
-// labels == nullptr: one class, counted in shared memory first.
-template <typename K>
-__global__ void histogram_kernel(const K* keys, const int64_t* labels, int64_t n,
-                                 const K* prefix, K mask, int shift,
-                                 unsigned long long* hist) {
-  __shared__ unsigned long long local[kRadixBuckets];
-  for (int b = threadIdx.x; b < kRadixBuckets; b += kBlock) local[b] = 0;
-  __syncthreads();
-  for (int64_t i = blockIdx.x * int64_t(kBlock) + threadIdx.x; i < n; i += int64_t(gridDim.x) * kBlock) {
-    const K key = keys[i];
-    if (key == 0) continue;  // excluded
-    const int64_t c = labels ? labels[i] : 0;
-    if ((key & mask) != prefix[c]) continue;
-    const int digit = static_cast<int>((key >> shift) & (kRadixBuckets - 1));
-    if (labels) {
-      atomicAdd(&hist[c * kRadixBuckets + digit], 1ull);
-    } else {
-      atomicAdd(&local[digit], 1ull);
-    }
-  }
-  if (labels) return;
-  __syncthreads();
-  for (int b = threadIdx.x; b < kRadixBuckets; b += kBlock) atomicAdd(&hist[b], local[b]);
-}
-
-template <typename K>
-__global__ void classify_kernel(const K* keys, const int64_t* labels, int64_t n,
-                                const K* threshold, bool* above, bool* equal) {
-  for (int64_t i = blockIdx.x * int64_t(kBlock) + threadIdx.x; i < n; i += int64_t(gridDim.x) * kBlock) {
-    const K key = keys[i];
-    const K t = threshold[labels ? labels[i] : 0];
-    above[i] = key != 0 && key > t;
-    equal[i] = key != 0 && key == t;
-  }
-}
+template <>
+struct Launchers<double> {
+  using Key = uint64_t;
+  static constexpr auto keys = cuda::launch_keys_f64;
+  static constexpr auto histogram = cuda::launch_histogram_u64;
+  static constexpr auto classify = cuda::launch_classify_u64;
+};
 
 template <typename F>
 at::Tensor select_typed(const at::Tensor& scores_in, int64_t k, const at::Tensor& labels_in,
                         bool balanced, const at::Tensor& exclude_in, bool sorted) {
-  using K = decltype(float_key(F{}));
+  using L = Launchers<F>;
+  using K = typename L::Key;
   const auto key_dtype = sizeof(K) == 4 ? at::kInt : at::kLong;  // raw storage for K
   const at::Tensor scores = scores_in.contiguous();
   const int64_t N = scores.size(0);
@@ -80,19 +56,19 @@ at::Tensor select_typed(const at::Tensor& scores_in, int64_t k, const at::Tensor
   const at::Tensor exclude = exclude_in.defined() ? exclude_in.contiguous() : exclude_in;
   at::Tensor keys = at::empty({N}, opts.dtype(key_dtype));
   K* keys_ptr = reinterpret_cast<K*>(keys.data_ptr());
-  keys_kernel<F, K><<<blocks_for(N), kBlock, 0, stream>>>(
-      scores.const_data_ptr<F>(), exclude.defined() ? exclude.const_data_ptr<bool>() : nullptr,
-      N, keys_ptr);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  C10_CUDA_CHECK(L::keys(scores.const_data_ptr<F>(),
+                         exclude.defined() ? exclude.const_data_ptr<bool>() : nullptr, N,
+                         keys_ptr, stream));
 
   // Classes and their quotas (one class when not balanced).
   at::Tensor labels;
   std::vector<int64_t> quotas{k};
   if (balanced) {
     labels = labels_in.contiguous();
-    at::Tensor eligible_labels = exclude.defined() ? labels.masked_select(exclude.logical_not()) : labels;
-    const at::Tensor counts_dev = at::bincount(eligible_labels, {}, labels.max().item<int64_t>() + 1);
-    const at::Tensor counts_cpu = counts_dev.cpu();
+    at::Tensor eligible_labels =
+        exclude.defined() ? labels.masked_select(exclude.logical_not()) : labels;
+    const at::Tensor counts_cpu =
+        at::bincount(eligible_labels, {}, labels.max().item<int64_t>() + 1).cpu();
     std::vector<int64_t> counts(counts_cpu.const_data_ptr<int64_t>(),
                                 counts_cpu.const_data_ptr<int64_t>() + counts_cpu.numel());
     quotas = largest_remainder_quotas(counts, k);
@@ -104,15 +80,17 @@ at::Tensor select_typed(const at::Tensor& scores_in, int64_t k, const at::Tensor
   std::vector<K> prefix(n_classes, 0);
   std::vector<int64_t> need = quotas;
   K mask = 0;
+  const auto host_keys = at::TensorOptions().dtype(key_dtype);
   at::Tensor prefix_dev = at::empty({n_classes}, opts.dtype(key_dtype));
   at::Tensor hist = at::empty({n_classes, kRadixBuckets}, opts.dtype(at::kLong));
   for (int shift = int(sizeof(K)) * 8 - kRadixBits; shift >= 0; shift -= kRadixBits) {
-    prefix_dev.copy_(at::from_blob(prefix.data(), {n_classes}, at::TensorOptions().dtype(key_dtype)));
+    prefix_dev.copy_(at::from_blob(prefix.data(), {n_classes}, host_keys));
     hist.zero_();
-    histogram_kernel<K><<<blocks_for(N), kBlock, 0, stream>>>(
-        keys_ptr, label_ptr, N, reinterpret_cast<const K*>(prefix_dev.const_data_ptr()), mask,
-        shift, reinterpret_cast<unsigned long long*>(hist.data_ptr<int64_t>()));
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    C10_CUDA_CHECK(L::histogram(keys_ptr, label_ptr, N,
+                                reinterpret_cast<const K*>(prefix_dev.const_data_ptr()), mask,
+                                shift,
+                                reinterpret_cast<unsigned long long*>(hist.data_ptr<int64_t>()),
+                                stream));
     const at::Tensor h = hist.cpu();
     for (int64_t c = 0; c < n_classes; ++c) {
       if (quotas[c] == 0) continue;
@@ -124,14 +102,13 @@ at::Tensor select_typed(const at::Tensor& scores_in, int64_t k, const at::Tensor
   // Classes with quota 0 take nothing: threshold above every key.
   for (int64_t c = 0; c < n_classes; ++c)
     if (quotas[c] == 0) prefix[c] = ~K(0), need[c] = 0;
-  prefix_dev.copy_(at::from_blob(prefix.data(), {n_classes}, at::TensorOptions().dtype(key_dtype)));
+  prefix_dev.copy_(at::from_blob(prefix.data(), {n_classes}, host_keys));
 
   at::Tensor above = at::empty({N}, opts.dtype(at::kBool));
   at::Tensor equal = at::empty({N}, opts.dtype(at::kBool));
-  classify_kernel<K><<<blocks_for(N), kBlock, 0, stream>>>(
-      keys_ptr, label_ptr, N, reinterpret_cast<const K*>(prefix_dev.const_data_ptr()),
-      above.data_ptr<bool>(), equal.data_ptr<bool>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  C10_CUDA_CHECK(L::classify(keys_ptr, label_ptr, N,
+                             reinterpret_cast<const K*>(prefix_dev.const_data_ptr()),
+                             above.data_ptr<bool>(), equal.data_ptr<bool>(), stream));
   // Keys equal to the threshold: the lowest indices of each class, up to need.
   const at::Tensor need_dev = at::tensor(need, opts.dtype(at::kLong));
   const at::Tensor tie_idx = equal.nonzero().select(1, 0);
@@ -150,7 +127,8 @@ at::Tensor select_typed(const at::Tensor& scores_in, int64_t k, const at::Tensor
   above.index_put_({tie_idx}, tie_rank.lt(need_dev.index_select(0, tie_class)));
   at::Tensor out = above.nonzero().select(1, 0).contiguous();
   if (sorted) {
-    const auto order = std::get<1>(at::sort(scores.index_select(0, out), /*stable=*/true, 0, true));
+    const auto order =
+        std::get<1>(at::sort(scores.index_select(0, out), /*stable=*/true, 0, true));
     out = out.index_select(0, order);
   }
   return out;
@@ -163,9 +141,9 @@ at::Tensor select_topk_cuda(const at::Tensor& scores, int64_t k,
   const c10::cuda::CUDAGuard guard(scores.device());
   const at::Tensor y = labels.value_or(at::Tensor());
   const at::Tensor ex = exclude.value_or(at::Tensor());
-  return AT_DISPATCH_FLOATING_TYPES(scores.scalar_type(), "select_topk", [&] {
-    return select_typed<scalar_t>(scores, k, y, balanced, ex, sorted);
-  });
+  if (scores.scalar_type() == at::kDouble)
+    return select_typed<double>(scores, k, y, balanced, ex, sorted);
+  return select_typed<float>(scores, k, y, balanced, ex, sorted);
 }
 
 at::Tensor normalize_cuda(const at::Tensor& scores) {

@@ -1,0 +1,56 @@
+// The boundary between host C++ and nvcc-compiled code. The .cu files export
+// only these noexcept launchers: they take raw pointers and sizes, enqueue
+// kernels on the given stream and return the launch's cudaError_t. Every
+// argument check, allocation and TORCH_CHECK lives in the host files
+// (*_ops.cpp) compiled by the C++ compiler, so no C++ exception is ever
+// thrown inside (or through) nvcc-compiled code. No ATen here.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+namespace unseen_fast::cuda {
+
+enum class Element : int { kFloat32, kBFloat16, kFloat16 };
+
+// score: up to kMaxScoreMethods method codes, 4 bits each (codes < 16).
+constexpr int kMaxScoreMethods = 16;
+
+struct ScoreLaunch {
+  const void* logits;
+  Element element;
+  int64_t rows, cols, row_stride, col_stride;  // in elements
+  const int64_t* labels;  // [rows] or nullptr; out-of-range labels give NaN
+  uint64_t methods;       // method j = (methods >> 4j) & 15
+  int num_methods;
+  float* out;             // [rows, num_methods], contiguous
+};
+
+cudaError_t launch_score(const ScoreLaunch& args, cudaStream_t stream) noexcept;
+
+// select_topk building blocks. Keys are the order-preserving integer images
+// of the scores (select_math.h); key 0 marks an excluded sample.
+cudaError_t launch_keys_f32(const float* scores, const bool* exclude, int64_t n,
+                            uint32_t* keys, cudaStream_t stream) noexcept;
+cudaError_t launch_keys_f64(const double* scores, const bool* exclude, int64_t n,
+                            uint64_t* keys, cudaStream_t stream) noexcept;
+
+// hist[class][digit] += number of candidates whose key matches their class's
+// prefix under mask, by digit (key >> shift) & 255. labels nullptr: one class.
+cudaError_t launch_histogram_u32(const uint32_t* keys, const int64_t* labels, int64_t n,
+                                 const uint32_t* prefix, uint32_t mask, int shift,
+                                 unsigned long long* hist, cudaStream_t stream) noexcept;
+cudaError_t launch_histogram_u64(const uint64_t* keys, const int64_t* labels, int64_t n,
+                                 const uint64_t* prefix, uint64_t mask, int shift,
+                                 unsigned long long* hist, cudaStream_t stream) noexcept;
+
+// above[i] = key > threshold[class], equal[i] = key == threshold[class].
+cudaError_t launch_classify_u32(const uint32_t* keys, const int64_t* labels, int64_t n,
+                                const uint32_t* threshold, bool* above, bool* equal,
+                                cudaStream_t stream) noexcept;
+cudaError_t launch_classify_u64(const uint64_t* keys, const int64_t* labels, int64_t n,
+                                const uint64_t* threshold, bool* above, bool* equal,
+                                cudaStream_t stream) noexcept;
+
+}  // namespace unseen_fast::cuda
