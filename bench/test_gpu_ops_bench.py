@@ -1,0 +1,148 @@
+"""The CUDA ops against the hardware and plain PyTorch, in one run (issue 15's
+targets). Skipped without a GPU.
+
+    python -m pytest bench/test_gpu_ops_bench.py --benchmark-only --benchmark-columns=median,iqr,rounds
+
+Each timed call enqueues REPS operations and synchronizes once, so launch
+and sync overheads do not dominate small shapes; the rates in the summary
+are per operation. A device copy of the same tensor is the bandwidth
+reference: its bytes count the read and the write, the score op's the one
+read of the logits, so "GB/s" compares like with like.
+UNSEEN_FAST_BENCH_DEVICE=cpu runs the same file on the CPU at 1/100 size
+(to check the file itself on a machine without a GPU; not a speed figure).
+"""
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from unseen_fast import ops
+from unseen_fast.fused_loss import cross_entropy_with_stats
+
+DEVICE = os.environ.get("UNSEEN_FAST_BENCH_DEVICE", "cuda")
+SCALE = 100 if DEVICE == "cpu" else 1
+REPS = 1 if DEVICE == "cpu" else 20
+ALL = list(ops.METHODS)
+
+pytestmark = pytest.mark.skipif(DEVICE == "cuda" and not torch.cuda.is_available(),
+                                reason="GPU benchmarks need a CUDA device")
+
+
+def sync():
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(benchmark, fn, nbytes=None, items=None, role=None, rounds=10):
+    """Benchmarks REPS calls of fn and one sync; rates per call."""
+    def run():
+        for _ in range(REPS):
+            fn()
+        sync()
+    run()  # warm-up: allocator, cuBLAS/cuDNN handles, torch.compile
+    if nbytes:
+        benchmark.extra_info["bytes"] = nbytes * REPS
+    if items:
+        benchmark.extra_info["items"] = items * REPS
+    if role:
+        benchmark.extra_info["role"] = role
+    benchmark.extra_info["reps_per_round"] = REPS
+    benchmark.pedantic(run, rounds=rounds, iterations=1)
+
+
+SCORE_CASES = {  # name: (N, C, dtype)
+    "200k x 1000 float32": (200_000, 1000, torch.float32),
+    "200k x 1000 bfloat16": (200_000, 1000, torch.bfloat16),
+    "1M x 10 float32": (1_000_000, 10, torch.float32),
+    "50k x 32000 bfloat16": (50_000, 32_000, torch.bfloat16),
+}
+
+
+@pytest.fixture(scope="module", params=list(SCORE_CASES))
+def score_case(request):
+    n, c, dtype = SCORE_CASES[request.param]
+    gen = torch.Generator(device=DEVICE).manual_seed(0)
+    logits = (torch.randn(n // SCALE, c, generator=gen, device=DEVICE) * 3).to(dtype)
+    labels = torch.randint(0, c, (n // SCALE,), generator=gen, device=DEVICE)
+    return request.param, logits, labels
+
+
+def plain_scores(logits, labels):
+    """The same outputs in float32 PyTorch ops (what a user would write)."""
+    z = logits.float()
+    logp = torch.log_softmax(z, 1)
+    p = logp.exp()
+    top2 = p.topk(2, 1).values
+    p_y = p.gather(1, labels[:, None]).squeeze(1)
+    onehot = F.one_hot(labels, z.shape[1]).float()
+    other = p.scatter(1, labels[:, None], float("-inf")).amax(1)
+    return torch.stack([-(p * logp).sum(1), -logp.gather(1, labels[:, None]).squeeze(1), 1 - top2[:, 0],
+                        1 - (top2[:, 0] - top2[:, 1]), (p - onehot).norm(dim=1), other - p_y,
+                        (p.argmax(1) == labels).float()], 1)
+
+
+SCORERS = {
+    "fused score, all methods (ours)": lambda z, y: ops.score(z, y, ALL, check_labels=False),
+    "fused score, entropy (ours)": lambda z, y: ops.score(z, None, ["entropy"]),
+    "plain PyTorch, all methods": plain_scores,
+    "device copy of the logits": lambda z, y: z.clone(),
+}
+
+
+@pytest.mark.parametrize("variant", list(SCORERS))
+def test_score_bandwidth(benchmark, score_case, variant):
+    name, logits, labels = score_case
+    benchmark.group = f"score {name} on {DEVICE}"
+    nbytes = logits.numel() * logits.element_size()
+    copy = "copy" in variant
+    timed(benchmark, lambda: SCORERS[variant](logits, labels), nbytes=2 * nbytes if copy else nbytes,
+          role="ours" if "ours" in variant else None)
+
+
+SELECT_SIZES = [50_000, 1_281_167, 10_000_000]
+
+
+@pytest.mark.parametrize("fraction", [0.3, 0.7])
+@pytest.mark.parametrize("n", SELECT_SIZES)
+@pytest.mark.parametrize("variant", ["select_topk (ours)", "torch.topk sorted=False"])
+def test_select(benchmark, n, fraction, variant):
+    scores = torch.rand(n // SCALE, generator=torch.Generator(device=DEVICE).manual_seed(0), device=DEVICE)
+    k = int(scores.numel() * fraction)
+    benchmark.group = f"select N={n} k={fraction:.0%} on {DEVICE}"
+    if "ours" in variant:
+        timed(benchmark, lambda: ops.select_topk(scores, k), items=scores.numel(), role="ours")
+    else:
+        timed(benchmark, lambda: torch.topk(scores, k, sorted=False), items=scores.numel())
+
+
+LOSS_SHAPES = [(4096, 1000), (65536, 10), (8192, 32000)]
+
+
+@pytest.mark.parametrize("shape", LOSS_SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("variant", ["loss with stats (ours)", "F.cross_entropy + separate score",
+                                     "F.cross_entropy alone"])
+def test_loss(benchmark, shape, variant):
+    n, c = shape
+    dtype = torch.bfloat16 if c > 10_000 else torch.float32
+    gen = torch.Generator(device=DEVICE).manual_seed(0)
+    logits = torch.randn(n // SCALE, c, generator=gen, device=DEVICE).to(dtype).requires_grad_()
+    labels = torch.randint(0, c, (n // SCALE,), generator=gen, device=DEVICE)
+    benchmark.group = f"loss forward+backward {n} x {c} {str(dtype)[6:]} on {DEVICE}"
+
+    def ours():
+        loss, stats = cross_entropy_with_stats(logits, labels, check_labels=False)
+        loss.mean().backward()
+
+    def separate():
+        loss = F.cross_entropy(logits, labels, reduction="none")
+        stats = ops.score(logits.detach(), labels, ["loss", "correct", "margin", "entropy"], check_labels=False)
+        loss.mean().backward()
+
+    def alone():
+        F.cross_entropy(logits, labels, reduction="none").mean().backward()
+
+    fn = {"loss with stats (ours)": ours, "F.cross_entropy + separate score": separate,
+          "F.cross_entropy alone": alone}[variant]
+    timed(benchmark, fn, nbytes=logits.numel() * logits.element_size(),
+          role="ours" if "ours" in variant else None)
