@@ -76,7 +76,7 @@ def test_unseen_scores_come_from_models_that_never_saw_the_sample(digits, tmp_pa
     jobs = [TrainJob(f"fold{k}", np.flatnonzero(fold == k), str(run / "models" / f"fold{k}")) for k in range(4)]
     models = [load_model(job.out_dir, 10) for job in jobs]
     per_model = score_samples(models, digits, np.arange(len(digits)), cfg.train, cfg.score,
-                              loader_kwargs=dict(cache_dir=run / "cache"))[0]
+                              loader_kwargs=dict(cache_dir=run / "cache")).scores
     expected = np.array([per_model[np.arange(4) != fold[i], i].mean() for i in range(len(digits))], dtype=np.float32)
     assert np.allclose(np.load(run / "scores_stage1.npy"), expected, rtol=1e-6)
     for k in range(4):  # and fold model k trained only on fold k

@@ -475,8 +475,12 @@ def test_the_scoring_pass_copies_to_the_host_once(monkeypatch):
         fold = np.arange(samples) % 4
         use = np.stack([fold != k for k in range(4)])
         with counting_host_transfers() as calls:
-            scores, correct = score_samples(models, digits, np.arange(samples), config, "entropy", use=use)
+            scored = score_samples(models, digits, np.arange(samples), config, "entropy", use=use)
         counts.append(calls["n"])
+        scores, correct = scored.scores, scored.correct
+        assert np.isfinite(scored.predicted[use]).all() and (scored.confidence[use] >= 0.1 - 1e-6).all()
+        assert np.array_equal(scored.predicted[use] == digits.labels[:samples][np.nonzero(use)[1]],
+                              correct[use] == 1.0)
         assert np.isnan(scores[fold, np.arange(samples)]).all() and np.isfinite(scores[use]).all()
         assert set(np.unique(correct[use])) <= {0.0, 1.0}
     assert counts[0] == counts[1] <= 2, counts

@@ -39,29 +39,51 @@ def model_classes(model: nn.Module) -> int:
     return classifier_head(model).out_features
 
 
+@dataclasses.dataclass
+class ScoringPass:
+    """What the scoring pass gives, each (models, samples) float32, NaN where
+    a model did not score a sample: the importance, correctness (1/0), and
+    the evidence for label issues: the model's top class (as a float),
+    its probability, and the probability of the given label."""
+    scores: np.ndarray
+    correct: np.ndarray
+    predicted: np.ndarray
+    confidence: np.ndarray
+    label_probability: np.ndarray
+
+    @classmethod
+    def empty(cls, models: int, samples: int) -> "ScoringPass":
+        return cls(*np.full((5, models, samples), np.nan, dtype=np.float32))
+
+    def as_arrays(self) -> dict:
+        return dataclasses.asdict(self)
+
+
 @torch.inference_mode()
 def score_samples(models: list[nn.Module], index: ImageIndex, ids, config, method: str, *, device="cpu",
-                  loader_kwargs: dict | None = None, use: np.ndarray | None = None):
+                  loader_kwargs: dict | None = None, use: np.ndarray | None = None) -> ScoringPass:
     """Score ``ids`` with every model, each image decoded once.
 
-    Returns two (len(models), len(ids)) float32 arrays: the importance
-    ``method`` (see ``ops.score``) and correctness (1.0 where the model's
-    top class is the label). Model k scores only the samples where
-    ``use[k]`` (default: all), NaN elsewhere, so no forward pass is spent on
-    a score that is dropped. The samples are grouped by which models score
-    them (under UNSEEN: by fold), so every batch goes whole through each of
-    its models (static shapes, no masks); results stay on the device until
-    one copy at the end.
+    Returns a ScoringPass of (len(models), len(ids)) arrays: the importance
+    ``method`` (see ``ops.score``), correctness, and the top class, its
+    probability and the given label's probability. Model k scores only the
+    samples where ``use[k]`` (default: all), NaN elsewhere, so no forward
+    pass is spent on a score that is dropped. The samples are grouped by
+    which models score them (under UNSEEN: by fold), so every batch goes
+    whole through each of its models (static shapes, no masks); results stay
+    on the device until one copy at the end.
     """
     device = torch.device(device)
     config = concrete_precision(config, device)
     ids = np.asarray(ids, dtype=np.int64)
     use = np.ones((len(models), len(ids)), dtype=bool) if use is None else np.asarray(use, dtype=bool)
-    out = torch.full((2, len(models), len(ids)), float("nan"), device=device)  # scores, correct
+    fields = len(dataclasses.fields(ScoringPass))
+    out = torch.full((fields, len(models), len(ids)), float("nan"), device=device)
     position = torch.empty(len(index), dtype=torch.int64)
     position[torch.from_numpy(ids)] = torch.arange(len(ids))
     position = position.to(device)
-    codes = ops.method_codes([method, "correct"])
+    # one read of the logits: the importance, correct, 1 - p_top, -log p_label
+    codes = ops.method_codes([method, "correct", "least_confidence", "loss"])
     dtype = amp_dtype(config.amp)
     patterns, group = np.unique(use.T, axis=0, return_inverse=True)
     for pattern_number, pattern in enumerate(patterns):
@@ -78,9 +100,10 @@ def score_samples(models: list[nn.Module], index: ImageIndex, ids, config, metho
                     logits = models[k](images)
                 # labels come from the validated index: no check, no host sync
                 scored = torch.ops.unseen_fast.score(logits, labels, codes, False)
-                out[:, k].index_copy_(1, rows, scored.T.float())
-    out = out.cpu().numpy()
-    return out[0], out[1]
+                top = logits.argmax(1).float()  # exact: class ids < 2^24
+                result = torch.stack([scored[:, 0], scored[:, 1], top, 1 - scored[:, 2], torch.exp(-scored[:, 3])])
+                out[:, k].index_copy_(1, rows, result.float())
+    return ScoringPass(*out.cpu().numpy())
 
 
 @torch.inference_mode()

@@ -61,6 +61,7 @@ def write_outputs(run: RunDir, index, config, sizes, added, fold, timings, image
         images_processed={**previous.get("images_processed", {}), **images},
         iterations_per_epoch=_iterations(n, batch, config, fold, sizes),
         **_model_reports(run, config, fold, added, sizes),
+        **_label_issue_report(run, config),
         versions=dict(unseen_fast=__version__, torch=torch.__version__),
     )
     write_json(summary_path, summary)
@@ -96,6 +97,17 @@ def _model_reports(run, config, fold, added, sizes) -> dict:
     log.info("kept share per fold (overall %.4f): stage 1 %s, coreset %s", share["overall"],
              " ".join(f"{x:.3f}" for x in share["stage1"]), " ".join(f"{x:.3f}" for x in share["coreset"]))
     return dict(scoring_models=models, kept_share_per_fold=share)
+
+
+def _label_issue_report(run, config) -> dict:
+    flagged = run.load_npy("label_issues.npy")
+    if flagged is None or not (run / "label_issues.csv").exists():
+        return {}
+    count = int(flagged.sum())
+    log.info("label issues: %d samples the models that never saw them put confidently in another class "
+             "(%s)%s", count, run / "label_issues.csv", ", not selected" if config.drop_label_issues else "")
+    return dict(label_issues=dict(found=count, share=count / len(flagged), report="label_issues.csv",
+                                  dropped=config.drop_label_issues))
 
 
 def _iterations(n: int, batch: int, config, fold: np.ndarray, sizes: list[int]) -> dict:

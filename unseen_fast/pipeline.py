@@ -17,14 +17,15 @@ from pathlib import Path
 import numpy as np
 
 from unseen_fast.baselines import DYNAMICS_SCORES, FEATURE_SCORES, BaselineParams
-from unseen_fast.constants import FRAMEWORKS, SCORES, resolve_amp
+from unseen_fast.constants import FRAMEWORKS, OUTPUT_SCORES, SCORES, resolve_amp
 from unseen_fast.data import ImageIndex, open_index, prepare_cache, release_resident
 from unseen_fast.errors import UserError
-from unseen_fast.evaluate import score_samples
+from unseen_fast.evaluate import ScoringPass, score_samples
 from unseen_fast.fold_scores import SCORE_NORMS, combine_scores
+from unseen_fast.label_issues import find_label_issues, label_issues_csv
 from unseen_fast.outputs import PruneResult, write_outputs
 from unseen_fast.parallel import TrainJob, train_many
-from unseen_fast.rundir import RunDir
+from unseen_fast.rundir import RunDir, write_text
 from unseen_fast.selection import SELECTIONS, random_scores, select, stage_sizes
 from unseen_fast.splits import fold_assignment
 from unseen_fast.stage1 import Stage1Store, score_stage1, scoring_mask
@@ -44,6 +45,7 @@ class PruneConfig:
     framework: str = "unseen"        # unseen: K-1 unseen models; fitting: one model on all; proxy: own fold
     selection: str = "global"        # global top-M, balanced (per class, proportional), or ccs (coverage)
     score_norm: str = "rank"         # fold models' scores made comparable before the mean: rank, zscore, none
+    drop_label_issues: bool = False  # never select the samples label_issues.csv reports (unseen, output scores)
     split: str = "random"            # fold split: random or stratified by class
     seed: int = 0                    # fold split, model seeds, data order, tie-breaking
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -63,6 +65,10 @@ class PruneConfig:
         if self.score in DYNAMICS_SCORES + FEATURE_SCORES and (self.framework != "fitting" or self.stages != 1):
             raise UserError(f"score {self.score!r} comes from one model trained on all samples: use framework "
                              f"'fitting' and 1 stage (got framework {self.framework!r}, {self.stages} stages)")
+        if self.drop_label_issues and not finds_label_issues(self):
+            raise UserError(f"--drop-label-issues needs framework 'unseen' and a score from the models' outputs "
+                            f"({', '.join(OUTPUT_SCORES)}): label issues come from the K-1 models that never saw "
+                            f"a sample (got framework {self.framework!r}, score {self.score!r})")
         if self.score_norm not in SCORE_NORMS:
             raise UserError(f"unknown score normalization {self.score_norm!r}; choose one of "
                              f"{', '.join(SCORE_NORMS)}")
@@ -84,6 +90,12 @@ class PruneConfig:
         if self.stage_size <= 0:
             raise UserError(f"stage size must be > 0, got {self.stage_size}")
         stage_sizes(n, self.prune_rate, self.stages, self.stage_size)
+
+
+def finds_label_issues(config: PruneConfig) -> bool:
+    """Label issues need out-of-fold predictions: the unseen framework with a
+    score computed from the models' outputs."""
+    return config.framework == "unseen" and config.score in OUTPUT_SCORES
 
 
 def _check_classes(index: ImageIndex) -> None:
@@ -138,11 +150,14 @@ def prune(data, *, out, config: PruneConfig, device="cpu", nproc: int | None = N
                                                  model_factory=model_factory), share_dir)
         fold = job.split()
         scores = job.stage1(fold)
+        dropped = job.label_issues(fold) & config.drop_label_issues  # (N,) never selected
         added = np.zeros(len(index), dtype=np.int64)  # stage in which each sample was added (0: pruned)
-        added[select(scores, job.sizes[0], index.labels, config, exclude=None, stage=1)] = 1
+        added[select(scores, job.sizes[0], index.labels, config, exclude=dropped if dropped.any() else None,
+                     stage=1)] = 1
         for stage in range(2, config.stages + 1):
-            scores = job.later_stage(stage, added)
-            added[select(scores, job.sizes[stage - 1], index.labels, config, exclude=added > 0, stage=stage)] = stage
+            scores = job.later_stage(stage, added, dropped)
+            added[select(scores, job.sizes[stage - 1], index.labels, config, exclude=(added > 0) | dropped,
+                         stage=stage)] = stage
         assert (added > 0).sum() == sum(job.sizes), ((added > 0).sum(), job.sizes)
         return write_outputs(run, index, config, job.sizes, added, fold, job.timings, job.images,
                              time.perf_counter() - start, device=where)
@@ -188,23 +203,51 @@ class _PruneJob:
         if scores is not None:
             return scores
         config, run, n = self.config, self.run, len(self.index)
-        per_model, correct = self.store.load_scores()
-        if per_model is None:
-            per_model, correct = self._train_and_score_stage1(fold)
-            self.store.save_scores(per_model, correct)
+        scored = self.store.load_scores()
+        if scored is None:
+            scored = self._train_and_score_stage1(fold)
+            self.store.save_scores(scored)
         else:
             log.info("stage-1 scores reused from %s", self.store.root)
             self.timings["stage1_reused_from"] = str(self.store.root)
+        per_model = scored.scores
         use = scoring_mask(config, fold, len(per_model))
         run.save_npy("scores_per_model_stage1.npy", per_model)
-        run.save_npy("correct_per_model_stage1.npy", correct)
+        run.save_npy("correct_per_model_stage1.npy", scored.correct)
+        run.save_npz("predictions_stage1.npz", dict(predicted=scored.predicted, confidence=scored.confidence,
+                                                    label_probability=scored.label_probability))
         run.save_npy("score_counts_stage1.npy", use.sum(0) if config.score != "random" else np.zeros(n, np.int64))
         run.save_npy("scores_stage1.npy", combine_scores(per_model, use, "none"))  # in the score's own units
         scores = combine_scores(per_model, use, config.score_norm)
         run.save_npy("selection_scores_stage1.npy", scores)  # written last: the phase is complete
         return scores
 
-    def _train_and_score_stage1(self, fold: np.ndarray):
+    def label_issues(self, fold: np.ndarray) -> np.ndarray:
+        """(N,) bool: the samples whose label the K-1 models that never saw
+        them confidently contradict (label_issues.csv); all False where the
+        framework or score gives no such models."""
+        flagged = self.run.load_npy("label_issues.npy")
+        if flagged is None:
+            flagged = np.zeros(len(self.index), dtype=bool)
+            if finds_label_issues(self.config):
+                index = self.index
+                evidence = ScoringPass(scores=self.run.load_npy("scores_per_model_stage1.npy"),
+                                       correct=self.run.load_npy("correct_per_model_stage1.npy"),
+                                       **self.run.load_npz("predictions_stage1.npz"))
+                issues = find_label_issues(evidence, scoring_mask(self.config, fold, len(evidence.scores)),
+                                           index.labels, index.num_classes)
+                write_text(self.run / "label_issues.csv",
+                           label_issues_csv(issues, index.paths, index.labels, index.classes))
+                flagged = issues.mask(len(index))
+            self.run.save_npy("label_issues.npy", flagged)
+        if self.config.drop_label_issues:
+            left, needed = len(self.index) - int(flagged.sum()), sum(self.sizes)
+            if left < needed:
+                raise UserError(f"dropping the {int(flagged.sum())} label issues leaves {left} samples, fewer than "
+                                f"the coreset's {needed}; raise --prune-rate or run without --drop-label-issues")
+        return flagged
+
+    def _train_and_score_stage1(self, fold: np.ndarray) -> ScoringPass:
         tick = time.perf_counter()
         jobs = self.store.jobs(fold)
         if jobs:
@@ -218,13 +261,14 @@ class _PruneJob:
         self.images["stage1_scoring"] = len(self.index)
         return result
 
-    def later_stage(self, stage: int, added: np.ndarray) -> np.ndarray:
+    def later_stage(self, stage: int, added: np.ndarray, dropped: np.ndarray) -> np.ndarray:
         """(N,) importance of the samples not yet selected (0 for the others):
         a model trained on the coreset so far scores the rest."""
         name = f"scores_stage{stage}.npy"
         scores = self.run.load_npy(name)
         if scores is None:
-            scores, correct = self._train_and_score_stage(stage, np.flatnonzero(added), np.flatnonzero(added == 0))
+            scores, correct = self._train_and_score_stage(stage, np.flatnonzero(added),
+                                                          np.flatnonzero((added == 0) & ~dropped))
             self.run.save_npy(f"correct_stage{stage}.npy", correct)
             self.run.save_npy(name, scores)
         return np.nan_to_num(scores, nan=0.0)
@@ -245,9 +289,9 @@ class _PruneJob:
         if trained:
             model = load_model(job.out_dir, self.index.num_classes, device=self.common["device"],
                                model_factory=self.common["model_factory"])
-            scored, right = score_samples([model], self.index, rest, config.train, config.score,
-                                          device=self.common["device"], loader_kwargs=self.loader_kwargs)
-            scores[rest], correct[rest] = scored[0], right[0]
+            scored = score_samples([model], self.index, rest, config.train, config.score,
+                                   device=self.common["device"], loader_kwargs=self.loader_kwargs)
+            scores[rest], correct[rest] = scored.scores[0], scored.correct[0]
         else:
             scores[rest] = random_scores(config.seed, stage, len(rest))
         self.timings[f"stage{stage}_scoring_s"] = time.perf_counter() - tick

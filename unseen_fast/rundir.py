@@ -89,6 +89,17 @@ class RunDir:
         path = self.root / name
         return np.load(path) if path.exists() else None
 
+    def save_npz(self, name: str, arrays: dict) -> None:
+        save_npz(self.root / name, **arrays)
+
+    def load_npz(self, name: str) -> dict | None:
+        """The arrays saved as ``name`` (a dict), or None when not yet written."""
+        path = self.root / name
+        if not path.exists():
+            return None
+        with np.load(path) as data:
+            return {key: data[key] for key in data.files}
+
     def claim(self, config: dict, *, resume: bool, prepare=None) -> bool:
         """Make this folder the run of ``config``: create it, or continue it
         with ``resume=True`` when it holds the same configuration. Refuses a

@@ -13,7 +13,7 @@ from unseen_fast.baselines import DYNAMICS_SCORES, FEATURE_SCORES, dynamics_impo
 from unseen_fast.data import ImageIndex
 from unseen_fast.dynamics import load_dynamics
 from unseen_fast.errors import UserError
-from unseen_fast.evaluate import penultimate_features, score_samples
+from unseen_fast.evaluate import ScoringPass, penultimate_features, score_samples
 from unseen_fast.parallel import TrainJob
 from unseen_fast.rundir import RunDir, fingerprint
 from unseen_fast.selection import random_scores
@@ -65,18 +65,16 @@ class Stage1Store:
         params = fingerprint(dataclasses.asdict(self.config.baseline))[:8]
         return f"per-model-{self.config.framework}-{self.config.score}-{params}"
 
-    def load_scores(self):
-        """(M, N) per-model scores and correctness saved by an earlier run, or (None, None)."""
+    def load_scores(self) -> ScoringPass | None:
+        """The stage-1 scoring pass saved by an earlier run, or None."""
         if not self.shared or self.config.score == "random":
-            return None, None
-        store = RunDir(self.root)
-        return store.load_npy(self._scores_name() + ".npy"), store.load_npy(self._scores_name() + "-correct.npy")
+            return None
+        arrays = RunDir(self.root).load_npz(self._scores_name() + ".npz")
+        return None if arrays is None else ScoringPass(**arrays)
 
-    def save_scores(self, per_model: np.ndarray, correct: np.ndarray) -> None:
+    def save_scores(self, scored: ScoringPass) -> None:
         if self.shared and self.config.score != "random":
-            store = RunDir(self.root)
-            store.save_npy(self._scores_name() + "-correct.npy", correct)
-            store.save_npy(self._scores_name() + ".npy", per_model)  # written last: its presence means complete
+            RunDir(self.root).save_npz(self._scores_name() + ".npz", scored.as_arrays())  # atomic
 
 
 def _check_disk_for_probabilities(root: Path, size: int) -> None:
@@ -93,25 +91,33 @@ def _check_disk_for_probabilities(root: Path, size: int) -> None:
 
 
 def score_stage1(config, index: ImageIndex, fold: np.ndarray, jobs: list[TrainJob], *, device,
-                 loader_kwargs: dict, model_factory=None):
-    """(M, N) scores of each stage-1 model (NaN where it did not score) and
-    (M, N) whether its prediction was right (NaN where unknown). Scores that
-    need no forward pass (random, dynamics, features) come as one row."""
+                 loader_kwargs: dict, model_factory=None) -> ScoringPass:
+    """The stage-1 scoring pass: (M, N) scores of each stage-1 model (NaN
+    where it did not score), correctness and the label-issue evidence.
+    Scores that need no forward pass (random, dynamics, features) come as
+    one row without predictions."""
     n = len(index)
-    no_predictions = np.full((1, n), np.nan, dtype=np.float32)
-    if config.score == "random":
-        return random_scores(config.seed, 1, n)[None], no_predictions
-    if config.score in DYNAMICS_SCORES:
-        dynamics = load_dynamics(Path(jobs[0].out_dir) / "dynamics")
-        return dynamics_importance(config.score, dynamics, config.baseline)[None].astype(np.float32), no_predictions
-    if config.score in FEATURE_SCORES:
-        model = load_model(jobs[0].out_dir, index.num_classes, device=device, model_factory=model_factory)
-        features = penultimate_features(model, index, config.train, device=device, loader_kwargs=loader_kwargs)
-        return moderate_importance(features, index.labels)[0][None].astype(np.float32), no_predictions
+    if config.score in ("random",) + DYNAMICS_SCORES + FEATURE_SCORES:
+        result = ScoringPass.empty(1, n)
+        result.scores[0] = _score_without_predictions(config, index, jobs, device=device,
+                                                      loader_kwargs=loader_kwargs, model_factory=model_factory)
+        return result
     models = [load_model(job.out_dir, index.num_classes, device=device, model_factory=model_factory) for job in jobs]
     return score_samples(models, index, np.arange(n), config.train, config.score, device=device,
                          loader_kwargs=loader_kwargs,
                          use=None if config.framework == "fitting" else scoring_mask(config, fold, len(jobs)))
+
+
+def _score_without_predictions(config, index: ImageIndex, jobs: list[TrainJob], *, device, loader_kwargs,
+                               model_factory) -> np.ndarray:
+    if config.score == "random":
+        return random_scores(config.seed, 1, len(index))
+    if config.score in DYNAMICS_SCORES:
+        dynamics = load_dynamics(Path(jobs[0].out_dir) / "dynamics")
+        return dynamics_importance(config.score, dynamics, config.baseline).astype(np.float32)
+    model = load_model(jobs[0].out_dir, index.num_classes, device=device, model_factory=model_factory)
+    features = penultimate_features(model, index, config.train, device=device, loader_kwargs=loader_kwargs)
+    return moderate_importance(features, index.labels)[0].astype(np.float32)
 
 
 def scoring_mask(config, fold: np.ndarray, models: int) -> np.ndarray:
