@@ -192,3 +192,11 @@ def test_unreadable_class_folder(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "scandir", scandir)
     with pytest.raises(DataError, match=r"cannot read folder .*d/b: Permission denied"):
         ImageIndex.from_folder(root)
+
+
+def test_labels_are_validated_when_the_index_is_built():
+    """Once here, so the GPU ops need no per-call label check."""
+    with pytest.raises(DataError, match=r"sample 'b.jpg' has label 2, outside \[0, 2\) for 2 classes"):
+        ImageIndex(root=None, paths=["a.jpg", "b.jpg"], labels=[1, 2], classes=["x", "y"], source="test")
+    with pytest.raises(DataError, match=r"sample 'a.jpg' has label -1"):
+        ImageIndex(root=None, paths=["a.jpg"], labels=[-1], classes=["x"], source="test")

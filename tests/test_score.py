@@ -144,7 +144,10 @@ def test_label_errors(device):
         ops.score(logits, None, ["entropy", "loss"])
     bad = torch.tensor([0, 1, 4, -1, 2], device=device)
     with pytest.raises(RuntimeError, match=r"label 4 at row 2 is outside \[0, C\) with C=4"):
-        ops.score(logits, bad, ["loss"])
+        ops.score(logits, bad, ["loss"], check_labels=True)
+    if device.type == "cpu":  # the default checks where it is free
+        with pytest.raises(RuntimeError, match=r"label 4 at row 2 is outside"):
+            ops.score(logits, bad, ["loss"])
     with pytest.raises(RuntimeError, match="shape"):
         ops.score(logits, torch.zeros(4, dtype=torch.long, device=device), ["loss"])
     with pytest.raises(RuntimeError, match="int64"):
@@ -155,6 +158,23 @@ def test_label_errors(device):
     got = ops.score(logits, bad, ["loss", "entropy"], check_labels=False).cpu()
     assert got[[2, 3], 0].isnan().all() and got[[0, 1, 4], 0].isfinite().all()
     assert got[:, 1].isfinite().all()
+
+
+@pytest.mark.cuda
+def test_default_cuda_score_never_waits_for_the_gpu():
+    """No label check by default on CUDA: no host sync; a bad label gives NaN."""
+    logits = torch.randn(300, 10, device="cuda")
+    labels = torch.randint(0, 10, (300,), device="cuda")
+    labels[7] = 10
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        got = ops.score(logits, labels, ALL)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    label_methods = [j for j, m in enumerate(ALL) if m not in ops.LABEL_FREE_METHODS]
+    assert got[7, label_methods].isnan().all().item()
+    assert got[torch.arange(300, device="cuda") != 7].isfinite().all().item()
 
 
 def test_labels_only_checked_when_a_method_uses_them(device):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from unseen_fast.ops import method_codes
+from unseen_fast.ops import method_codes, resolve_check_labels
 
 # Columns of the statistics, in order. Each is an importance like the score
 # op's (higher = harder), except p_true, correct and logit_margin (higher =
@@ -64,7 +64,7 @@ _cross_entropy_with_stats.register_autograd(_backward, setup_context=_setup_cont
 
 
 def cross_entropy_with_stats(logits: torch.Tensor, labels: torch.Tensor, *, label_smoothing: float = 0.0,
-                             check_labels: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                             check_labels: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample cross-entropy (with autograd) and per-sample statistics.
 
     Parameters
@@ -76,9 +76,10 @@ def cross_entropy_with_stats(logits: torch.Tensor, labels: torch.Tensor, *, labe
     label_smoothing : float
         In [0, 1): the target is (1 - eps) onehot + eps / C, as in
         ``F.cross_entropy(label_smoothing=eps)``.
-    check_labels : bool
-        Raise on a label outside [0, C) (on CUDA a host sync per call). The
-        trainer passes False: its labels come from a validated index.
+    check_labels : bool, optional
+        Raise on a label outside [0, C) (on CUDA a host sync per call).
+        Default: on the CPU only, as ``ops.score``; the trainer passes False:
+        its labels come from a validated index.
 
     Returns
     -------
@@ -94,5 +95,6 @@ def cross_entropy_with_stats(logits: torch.Tensor, labels: torch.Tensor, *, labe
         raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
     if labels.dtype != torch.int64:
         raise ValueError(f"labels must be int64, got {labels.dtype}")
-    loss, stats, _ = _cross_entropy_with_stats(logits, labels, float(label_smoothing), bool(check_labels))
+    loss, stats, _ = _cross_entropy_with_stats(logits, labels, float(label_smoothing),
+                                               resolve_check_labels(check_labels, logits))
     return loss, stats.detach()

@@ -40,7 +40,7 @@ def score(
     labels: Optional[torch.Tensor] = None,
     methods: Union[str, Sequence[str]] = ("entropy",),
     *,
-    check_labels: bool = True,
+    check_labels: Optional[bool] = None,
 ) -> torch.Tensor:
     """Softmax-based difficulty scores of every row, all from one read of ``logits``.
 
@@ -63,10 +63,13 @@ def score(
         - ``true_margin``: ``-(p_y - max_{k != y} p_k)``, in ``[-1, 1]``
           (for ``C = 1`` the other maximum counts as 0).
         - ``correct``: 1.0 where ``argmax z == y`` (first index on ties), else 0.0.
-    check_labels : bool
+    check_labels : bool, optional
         Raise on labels outside ``[0, C)``, naming the first bad row. On CUDA
         this costs one host synchronisation; with ``False`` there is none and
         a bad row gets NaN for the label methods (never an out-of-bounds read).
+        Default: check on the CPU (free), not on CUDA, so the default CUDA
+        call never waits for the GPU; labels from an ``ImageIndex`` were
+        validated when the index was built.
 
     Returns
     -------
@@ -74,7 +77,12 @@ def score(
         Column ``j`` holds ``methods[j]``. A row containing NaN or +inf, or only
         -inf, scores NaN in every column.
     """
-    return torch.ops.unseen_fast.score(logits, labels, method_codes(methods), check_labels)
+    return torch.ops.unseen_fast.score(logits, labels, method_codes(methods), resolve_check_labels(check_labels, logits))
+
+
+def resolve_check_labels(check_labels: Optional[bool], logits: torch.Tensor) -> bool:
+    """None: check where it is free (CPU), not where it costs a host sync (CUDA)."""
+    return logits.device.type == "cpu" if check_labels is None else bool(check_labels)
 
 
 def normalize(scores: torch.Tensor) -> torch.Tensor:

@@ -67,6 +67,11 @@ class ImageIndex:
             raise DataError(f"index has {len(self.paths)} paths but {len(self.labels)} labels")
         if images is not None and len(images) != len(self.paths):
             raise DataError(f"index has {len(self.paths)} paths but {len(images)} images")
+        # validated once here, so the ops on the GPU need no per-call label check (a host sync)
+        bad = np.flatnonzero((self.labels < 0) | (self.labels >= len(self.classes)))
+        if len(bad):
+            raise DataError(f"sample {self.paths[bad[0]]!r} has label {self.labels[bad[0]]}, outside "
+                            f"[0, {len(self.classes)}) for {len(self.classes)} classes")
         self._fingerprint = None
 
     # ----------------------------------------------------------- constructors
