@@ -39,6 +39,7 @@ def measure(index, config, share: float, seed: int, work: Path) -> dict:
     noisy, truth = flipped(index, share, seed)
     tick = time.perf_counter()
     prune(noisy, out=work / f"run{seed}", config=config)
+    np.save(work / f"run{seed}" / "flipped_ids.npy", truth)
     found = np.flatnonzero(np.load(work / f"run{seed}" / "label_issues.npy"))
     hits = np.intersect1d(found, truth).size
     return dict(seed=seed, flipped=len(truth), reported=len(found), correct=hits,
@@ -64,11 +65,12 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--images", type=int, default=10_000)
     parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--keep", type=Path, default=None, help="keep the runs here (default: a temporary folder)")
     args = parser.parse_args(argv)
     from unseen_fast import PruneConfig, TrainConfig
 
     with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
+        work = args.keep or Path(tmp)
         index = dataset(args.data, args.images, work)
         train = TrainConfig(image_size=8) if args.data == "digits" else TrainConfig(epochs=6, batch_size=128)
         if args.epochs:

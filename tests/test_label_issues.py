@@ -27,56 +27,63 @@ def evidence(predicted, confidence, label_probability):
                        label_probability=np.asarray(label_probability, dtype=np.float32))
 
 
-def test_rule_needs_every_unseen_model_to_agree_confidently():
-    labels = np.array([0, 0, 1, 1, 0, 1])
-    # 3 models; model k did not score sample k % 3 (its own fold)
+def test_rule_flags_labels_the_unseen_models_find_unlikely():
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    # 3 models; model k did not score sample i when i % 3 == k (its own fold)
     use = np.array([[i % 3 != k for i in range(6)] for k in range(3)])
-    predicted = [[0, 1, 1, 1, 1, 0],
-                 [1, 0, 1, 1, 1, 0],
-                 [1, 1, 0, 0, 1, 0]]
-    confidence = [[0.9, 0.9, 0.9, 0.8, 0.95, 0.5]] * 3
-    label_probability = [[0.9, 0.1, 0.9, 0.8, 0.05, 0.4]] * 3
+    label_probability = np.array([[0.90, 0.03, 0.90, 0.80, 0.60, 0.005],
+                                  [0.90, 0.90, 0.02, 0.80, 0.60, 0.005],
+                                  [0.03, 0.01, 0.90, 0.10, 0.60, 0.60]])
+    predicted = [[0, 2, 0, 1, 1, 0],
+                 [0, 0, 2, 1, 1, 2],
+                 [3, 2, 0, 0, 1, 1]]
+    confidence = [[0.9, 0.5, 0.9, 0.8, 0.6, 0.7],
+                  [0.9, 0.9, 0.6, 0.8, 0.6, 0.3],
+                  [0.8, 0.7, 0.9, 0.9, 0.6, 0.6]]
     ev = evidence(predicted, confidence, label_probability)
-    thresholds = class_thresholds(ev, use, labels, 2)
-    assert thresholds == pytest.approx([(0.9 + 0.1 + 0.05) / 3, (0.9 + 0.8 + 0.4) / 3])
-    issues = find_label_issues(ev, use, labels, 2)
-    # 0 (models 1, 2), 1 (models 0, 2), 4 (models 0, 2): label 0, both say 1 with p >= t1 = 0.7;
-    # 2: both say its label; 3: models 1 and 2 disagree; 5: label 1, both say 0 with p 0.5 >= t0 = 0.35
-    assert sorted(issues.ids.tolist()) == [0, 1, 4, 5]
-    assert issues.ids[0] == 4 and issues.confidence.tolist() == sorted(issues.confidence.tolist(), reverse=True)
-    disagree = [row[:] for row in predicted]
-    disagree[1][0] = 0  # sample 0: model 1 now says 0, model 2 says 1
-    assert 0 not in find_label_issues(evidence(disagree, confidence, label_probability), use, labels, 2).ids
-    strict = np.array(label_probability, dtype=np.float32)
-    strict[:, 1] = strict[:, 4] = 0.99  # class 0's threshold to 0.96: sample 5 (p 0.5 of class 0) is no issue
-    assert sorted(find_label_issues(evidence(predicted, confidence, strict), use, labels, 2).ids.tolist()) == [0, 1, 4]
+    # mean over the scoring models: 0.465, 0.02, 0.46 (class 0); 0.45, 0.6, 0.005 (class 1)
+    thresholds = class_thresholds(ev, use, labels, 4)
+    assert thresholds[:2] == pytest.approx([(0.465 + 0.02 + 0.46) / 3, (0.45 + 0.6 + 0.005) / 3])
+    assert np.isnan(thresholds[2:]).all()
+    issues = find_label_issues(ev, use, labels, 4)
+    # 0.02 <= 0.1 * 0.315 and 0.005 <= 0.1 * 0.352; the surest (lowest ratio) first
+    assert issues.ids.tolist() == [5, 1]
+    # sample 5: models 0, 1 say 0 and 2 -> a tie, the lower class; sample 1: models 0, 2 both say 2
+    assert issues.predicted.tolist() == [0, 2]
+    assert issues.confidence.tolist() == pytest.approx([0.7, (0.5 + 0.7) / 2])
+    assert issues.label_probability.tolist() == pytest.approx([0.005, 0.02])
+    assert find_label_issues(ev, use, labels, 4, factor=0.05).ids.tolist() == [5]
 
 
-def test_unscored_samples_are_never_issues():
+def test_unscored_samples_and_unscored_classes_are_never_issues():
     use = np.zeros((2, 3), dtype=bool)
-    use[0, 0] = use[1, 1] = True  # sample 2: no model scored it (and it would look like an issue)
-    ev = evidence([[1, 1, 1], [1, 1, 1]], [[1.0] * 3] * 2, [[0.5] * 3] * 2)
-    assert find_label_issues(ev, use, np.array([0, 1, 0]), 2).ids.tolist() == [0]
-    # a class no model scored has no threshold: nothing is moved into it
-    assert find_label_issues(ev, use, np.array([0, 0, 1]), 2).ids.tolist() == []
+    use[0, 0] = use[1, 1] = True  # sample 2: no model scored it
+    ev = evidence([[1, 1, 1], [1, 1, 1]], [[0.9] * 3] * 2, [[0.001, 0.9, 0.0]] * 2)
+    assert find_label_issues(ev, use, np.array([0, 0, 0]), 2).ids.tolist() == [0]
+    # class 1 has no scored sample, so no threshold: its samples are not judged
+    assert find_label_issues(ev, use, np.array([1, 0, 0]), 2).ids.tolist() == []
 
 
 def test_report_rows_quote_odd_paths():
     from unseen_fast.label_issues import LabelIssues
 
-    issues = LabelIssues(ids=np.array([1]), predicted=np.array([0]), confidence=np.array([0.875], np.float32))
+    issues = LabelIssues(ids=np.array([1, 0]), predicted=np.array([0, -1]),
+                         confidence=np.array([0.875, np.nan], np.float32),
+                         label_probability=np.array([0.01, 0.02], np.float32))
     text = label_issues_csv(issues, ["a.jpg", 'cats, "big"/b.jpg'], np.array([0, 1]), ["cat", "dog"])
     rows = list(csv.reader(text.splitlines()))
-    assert rows == [["path", "given_label", "given_class", "predicted_label", "predicted_class", "confidence"],
-                    ['cats, "big"/b.jpg', "1", "dog", "0", "cat", "0.8750"]]
+    assert rows == [["path", "given_label", "given_class", "predicted_label", "predicted_class", "confidence",
+                     "label_probability"],
+                    ['cats, "big"/b.jpg', "1", "dog", "0", "cat", "0.8750", "0.0100"],
+                    ["a.jpg", "0", "cat", "", "", "", "0.0200"]]
 
 
 FAST = dict(image_size=8, threads=1)
 
 
 def test_flipped_digits_labels_are_found_with_precision(tmp_path):
-    """10% of the digits labels flipped: measured precision 0.92-0.97, recall
-    0.31-0.36 over seeds 0-2 (scripts/label_issue_check.py digits)."""
+    """10% of the digits labels flipped (scripts/label_issue_check.py digits
+    measures precision and recall over seeds; docs/RESULTS.md)."""
     noisy, truth = label_issue_check.flipped(ImageIndex.digits(), 0.1, seed=0)
     config = PruneConfig(prune_rate=0.3, stages=2, drop_label_issues=True, train=TrainConfig(**FAST))
     result = prune(noisy, out=tmp_path / "run", config=config)
@@ -84,11 +91,11 @@ def test_flipped_digits_labels_are_found_with_precision(tmp_path):
     found = np.flatnonzero(flagged)
     precision = np.intersect1d(found, truth).size / len(found)
     recall = np.intersect1d(found, truth).size / len(truth)
-    assert precision >= 0.8 and recall >= 0.15, (precision, recall)
+    assert precision >= 0.8 and recall >= 0.08, (precision, recall)  # measured 0.96, 0.15 (seed 0)
     rows = list(csv.DictReader(open(tmp_path / "run" / "label_issues.csv")))
     assert sorted(noisy.paths.index(r["path"]) for r in rows) == found.tolist()
-    assert all(int(r["given_label"]) == noisy.labels[noisy.paths.index(r["path"])] != int(r["predicted_label"])
-               for r in rows)
+    assert all(int(r["given_label"]) == noisy.labels[noisy.paths.index(r["path"])] for r in rows)
+    assert all(r["predicted_label"] != r["given_label"] for r in rows)
     assert not np.intersect1d(result.coreset, found).size, "a dropped label issue was selected"
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["label_issues"] == dict(found=len(found), share=len(found) / len(noisy),

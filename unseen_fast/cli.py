@@ -171,7 +171,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
     config = PruneConfig(prune_rate=args.prune_rate, folds=args.folds, stages=args.stages,
                          stage_size=_stage_size(args.stage_size), score=args.score, framework=args.framework,
                          selection=args.selection, split=args.split, score_norm=args.score_norm, seed=args.seed,
-                         drop_label_issues=args.drop_label_issues, train=_train_config(args, index, device),
+                         drop_label_issues=args.drop_label_issues, label_issue_factor=args.label_issue_factor,
+                         train=_train_config(args, index, device),
                          baseline=BaselineParams(early_epochs=args.early_epochs, window=args.window,
                                                  tdds_decay=args.tdds_decay, ccs_beta=args.ccs_beta,
                                                  ccs_strata=args.ccs_strata, mix_alpha=args.mix_alpha))
@@ -309,8 +310,10 @@ def _add_prune_options(pr: argparse.ArgumentParser) -> None:
                          "scores as mid-ranks in (0, 1); zscore; none: the paper's raw mean)")
     pr.add_argument("--split", default="random", choices=["random", "stratified"])
     pr.add_argument("--drop-label-issues", action="store_true",
-                    help="never select the samples in label_issues.csv (every model that never saw a sample puts "
-                         "it confidently in the same other class; unseen framework, output scores)")
+                    help="never select the samples in label_issues.csv (unseen framework, output scores)")
+    pr.add_argument("--label-issue-factor", type=float, default=0.1,
+                    help="label_issues.csv lists a sample when the models that never saw it give its label at most "
+                         "this times the mean they give that class's samples (default 0.1; higher: more recall)")
     baselines = pr.add_argument_group("baseline parameters")
     baselines.add_argument("--ccs-beta", type=float, default=0.0, help="ccs: fraction removed as hardest first")
     baselines.add_argument("--ccs-strata", type=_count, default=50, help="ccs, mix: equal-width score strata")

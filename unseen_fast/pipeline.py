@@ -46,6 +46,7 @@ class PruneConfig:
     selection: str = "global"        # global top-M, balanced (per class, proportional), or ccs (coverage)
     score_norm: str = "rank"         # fold models' scores made comparable before the mean: rank, zscore, none
     drop_label_issues: bool = False  # never select the samples label_issues.csv reports (unseen, output scores)
+    label_issue_factor: float = 0.1  # an issue: the label's mean unseen probability <= factor x its class's mean
     split: str = "random"            # fold split: random or stratified by class
     seed: int = 0                    # fold split, model seeds, data order, tie-breaking
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -69,6 +70,8 @@ class PruneConfig:
             raise UserError(f"--drop-label-issues needs framework 'unseen' and a score from the models' outputs "
                             f"({', '.join(OUTPUT_SCORES)}): label issues come from the K-1 models that never saw "
                             f"a sample (got framework {self.framework!r}, score {self.score!r})")
+        if not 0 < self.label_issue_factor <= 1:
+            raise UserError(f"label issue factor must be in (0, 1], got {self.label_issue_factor}")
         if self.score_norm not in SCORE_NORMS:
             raise UserError(f"unknown score normalization {self.score_norm!r}; choose one of "
                              f"{', '.join(SCORE_NORMS)}")
@@ -235,7 +238,7 @@ class _PruneJob:
                                        correct=self.run.load_npy("correct_per_model_stage1.npy"),
                                        **self.run.load_npz("predictions_stage1.npz"))
                 issues = find_label_issues(evidence, scoring_mask(self.config, fold, len(evidence.scores)),
-                                           index.labels, index.num_classes)
+                                           index.labels, index.num_classes, self.config.label_issue_factor)
                 write_text(self.run / "label_issues.csv",
                            label_issues_csv(issues, index.paths, index.labels, index.classes))
                 flagged = issues.mask(len(index))
