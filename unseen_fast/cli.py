@@ -172,6 +172,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
                          stage_size=_stage_size(args.stage_size), score=args.score, framework=args.framework,
                          selection=args.selection, split=args.split, score_norm=args.score_norm, seed=args.seed,
                          drop_label_issues=args.drop_label_issues, label_issue_factor=args.label_issue_factor,
+                         auto_budget=args.auto_budget,
                          train=_train_config(args, index, device),
                          baseline=BaselineParams(early_epochs=args.early_epochs, window=args.window,
                                                  tdds_decay=args.tdds_decay, ccs_beta=args.ccs_beta,
@@ -304,7 +305,11 @@ def _add_prune_options(pr: argparse.ArgumentParser) -> None:
                          "proxy: each fold model scores its own fold")
     pr.add_argument("--selection", default="global", choices=list(SELECTIONS),
                     help="global: the hardest M (the paper); balanced: the hardest per class; easy: the easiest "
-                         "per class; ccs: coverage strata; mix: --mix-alpha of M hardest per class, the rest by strata")
+                         "per class; ccs: coverage strata; mix: --mix-alpha of M hardest per class, the rest by "
+                         "strata; auto: the one whose short proxy does best on a held-out split (random included)")
+    pr.add_argument("--auto-budget", type=float, default=0.25,
+                    help="selection auto: the proxies train on at most this share of the images the stage-1 "
+                         "models trained on (default 0.25)")
     pr.add_argument("--score-norm", default="rank", choices=list(SCORE_NORMS),
                     help="make the fold models' scores comparable before averaging them (rank: each model's "
                          "scores as mid-ranks in (0, 1); zscore; none: the paper's raw mean)")

@@ -16,7 +16,7 @@ DYNAMICS_SCORES = ("forgetting", "aum", "el2n_early", "dynunc", "tdds")   # from
 FEATURE_SCORES = ("moderate",)                                              # from penultimate features
 SCORES = OUTPUT_SCORES + ("random",) + DYNAMICS_SCORES + FEATURE_SCORES
 FRAMEWORKS = ("unseen", "fitting", "proxy")
-SELECTIONS = ("global", "balanced", "easy", "ccs", "mix")
+SELECTIONS = ("global", "balanced", "easy", "ccs", "mix", "auto")
 SCORE_NORMS = ("rank", "zscore", "none")
 BACKENDS = ("auto", "resident", "cache", "dali", "torchvision")
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from unseen_fast.auto_selection import choose_selection, validation_mask
 from unseen_fast.baselines import DYNAMICS_SCORES, FEATURE_SCORES, BaselineParams
 from unseen_fast.constants import FRAMEWORKS, OUTPUT_SCORES, SCORES, resolve_amp
 from unseen_fast.data import ImageIndex, open_index, prepare_cache, release_resident
@@ -47,6 +48,7 @@ class PruneConfig:
     score_norm: str = "rank"         # fold models' scores made comparable before the mean: rank, zscore, none
     drop_label_issues: bool = False  # never select the samples label_issues.csv reports (unseen, output scores)
     label_issue_factor: float = 0.1  # an issue: the label's mean unseen probability <= factor x its class's mean
+    auto_budget: float = 0.25        # selection auto: proxy training <= this x the stage-1 training images
     split: str = "random"            # fold split: random or stratified by class
     seed: int = 0                    # fold split, model seeds, data order, tie-breaking
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -70,6 +72,11 @@ class PruneConfig:
             raise UserError(f"--drop-label-issues needs framework 'unseen' and a score from the models' outputs "
                             f"({', '.join(OUTPUT_SCORES)}): label issues come from the K-1 models that never saw "
                             f"a sample (got framework {self.framework!r}, score {self.score!r})")
+        if self.selection == "auto" and self.score == "random":
+            raise UserError("--selection auto compares strategies over the scores; with --score random they "
+                            "are all random")
+        if not 0 < self.auto_budget <= 1:
+            raise UserError(f"auto budget must be in (0, 1], got {self.auto_budget}")
         if not 0 < self.label_issue_factor <= 1:
             raise UserError(f"label issue factor must be in (0, 1], got {self.label_issue_factor}")
         if self.score_norm not in SCORE_NORMS:
@@ -153,13 +160,18 @@ def prune(data, *, out, config: PruneConfig, device="cpu", nproc: int | None = N
                                                  model_factory=model_factory), share_dir)
         fold = job.split()
         scores = job.stage1(fold)
-        dropped = job.label_issues(fold) & config.drop_label_issues  # (N,) never selected
+        # never selected: dropped label issues and (selection auto) the validation split
+        excluded = job.label_issues(fold) & config.drop_label_issues
+        selecting = config
+        if config.selection == "auto":
+            selecting, excluded = job.choose_selection(scores, excluded, fold)
         added = np.zeros(len(index), dtype=np.int64)  # stage in which each sample was added (0: pruned)
-        added[select(scores, job.sizes[0], index.labels, config, exclude=dropped if dropped.any() else None,
+        added[select(scores, job.sizes[0], index.labels, selecting, exclude=excluded if excluded.any() else None,
                      stage=1)] = 1
         for stage in range(2, config.stages + 1):
-            scores = job.later_stage(stage, added, dropped)
-            added[select(scores, job.sizes[stage - 1], index.labels, config, exclude=(added > 0) | dropped,
+            # a random selection reads no scores: no stage model to train
+            scores = job.later_stage(stage, added, excluded) if selecting.selection != "random" else scores
+            added[select(scores, job.sizes[stage - 1], index.labels, selecting, exclude=(added > 0) | excluded,
                          stage=stage)] = stage
         assert (added > 0).sum() == sum(job.sizes), ((added > 0).sum(), job.sizes)
         return write_outputs(run, index, config, job.sizes, added, fold, job.timings, job.images,
@@ -249,6 +261,18 @@ class _PruneJob:
                 raise UserError(f"dropping the {int(flagged.sum())} label issues leaves {left} samples, fewer than "
                                 f"the coreset's {needed}; raise --prune-rate or run without --drop-label-issues")
         return flagged
+
+    def choose_selection(self, scores: np.ndarray, excluded: np.ndarray, fold: np.ndarray):
+        """selection auto: (the config with the strategy its proxies chose,
+        the samples never selected: ``excluded`` and the validation split)."""
+        validation = self.run.load_npy("validation.npy")
+        if validation is None:
+            validation = validation_mask(self.index.labels, sum(self.sizes), self.config.seed, excluded)
+            self.run.save_npy("validation.npy", validation)
+        stage1_images = self.config.train.epochs * sum(len(job.ids) for job in self.store.jobs(fold))
+        selecting, _ = choose_selection(self.run, self.config, self.index, scores, sum(self.sizes), excluded,
+                                        validation, stage1_images=stage1_images, common=self.common)
+        return selecting, excluded | validation
 
     def _train_and_score_stage1(self, fold: np.ndarray) -> ScoringPass:
         tick = time.perf_counter()

@@ -54,7 +54,9 @@ def select(scores: np.ndarray, k: int, labels: np.ndarray, config, *, exclude: n
     - ``ccs``: CCS strata after dropping the hardest ``ccs_beta`` (Zheng et
       al. 2023);
     - ``mix``: a share ``mix_alpha`` of k as the hardest per class, the rest
-      by CCS strata over the samples left.
+      by CCS strata over the samples left;
+    - ``random``: uniform over the eligible samples, ``scores`` unused (what
+      ``--selection auto`` falls back to when no strategy beats it).
 
     Ties between equal scores are broken by a permutation seeded by
     (seed, stage), not by sample id, which would favour the first classes of
@@ -68,6 +70,10 @@ def select(scores: np.ndarray, k: int, labels: np.ndarray, config, *, exclude: n
     exclude_p = np.zeros(n, dtype=bool) if exclude is None else np.asarray(exclude, dtype=bool)[perm]
     rng = np.random.Generator(np.random.PCG64([config.seed, 4, stage]))
     params = config.baseline
+    if config.selection == "auto":
+        raise ValueError("selection 'auto' is resolved to a strategy before select() (auto_selection.py)")
+    if config.selection == "random":
+        scores_p = random_scores(config.seed, stage, n)
     if config.selection == "ccs":
         picked = ccs_select(scores_p, k, beta=params.ccs_beta, strata=params.ccs_strata, rng=rng,
                             candidates=np.flatnonzero(~exclude_p))

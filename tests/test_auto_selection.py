@@ -1,0 +1,64 @@
+"""--selection auto: the validation split, the proxy budget, the choice and
+its report, and that the held-out samples are never selected."""
+import json
+
+import numpy as np
+import pytest
+
+from unseen_fast import ImageIndex, PruneConfig, TrainConfig, prune
+from unseen_fast.auto_selection import CANDIDATES, proxy_plan, validation_mask
+from unseen_fast.errors import UserError
+
+FAST = dict(image_size=8, threads=1)
+
+
+def test_validation_split_is_stratified_and_leaves_room():
+    labels = np.repeat(np.arange(4), [100, 300, 500, 100])
+    exclude = np.zeros(len(labels), dtype=bool)
+    exclude[:10] = True
+    mask = validation_mask(labels, coreset_size=600, seed=0, exclude=exclude)
+    assert mask.sum() == 100 and not (mask & exclude).any()  # 10% of 1,000 < (1,000 - 600 - 10) / 2
+    # in proportion to the eligible counts 90, 300, 500, 100 (largest remainders)
+    assert np.bincount(labels[mask], minlength=4).tolist() == [9, 30, 51, 10]
+    assert mask.sum() == validation_mask(labels, 600, 0, exclude).sum()
+    assert np.array_equal(mask, validation_mask(labels, 600, 0, exclude))  # seeded
+    assert validation_mask(labels, 900, 0, np.zeros_like(exclude)).sum() == 50  # half the 100 pruned
+    with pytest.raises(UserError, match="leaves room for 45, fewer than 50: raise --prune-rate"):
+        validation_mask(labels, 910, 0, np.zeros_like(exclude))
+
+
+def test_proxy_plan_stays_within_the_budget():
+    # stage 1: 10 epochs x 10,000 images; 5 candidates of 7,000 at budget 0.25
+    epochs, samples = proxy_plan(100_000, 7_000, 5, 0.25, epochs_cap=10)
+    assert (epochs, samples) == (1, 5_000) and 5 * epochs * samples <= 25_000
+    epochs, samples = proxy_plan(1_000_000, 3_000, 5, 0.25, epochs_cap=10)
+    assert (epochs, samples) == (10, 3_000)  # capped at the stage-1 epochs
+    epochs, samples = proxy_plan(1_000_000, 30_000, 5, 0.25, epochs_cap=10)
+    assert (epochs, samples) == (1, 30_000) and 5 * epochs * samples <= 250_000
+
+
+def test_auto_picks_the_best_proxy_and_never_selects_the_validation_split(tmp_path):
+    config = PruneConfig(prune_rate=0.3, selection="auto", train=TrainConfig(**FAST))
+    result = prune(ImageIndex.digits(), out=tmp_path / "run", config=config)
+    report = json.loads((tmp_path / "run" / "auto_selection.json").read_text())
+    assert [c["name"] for c in report["candidates"]] == [name for name, _, _ in CANDIDATES]
+    accuracy = [c["validation_accuracy"] for c in report["candidates"]]
+    assert report["chosen"] == report["candidates"][int(np.argmax(accuracy))]["name"]
+    assert all(0 <= a <= 1 for a in accuracy)
+    assert report["proxy_images"] <= 0.25 * report["stage1_training_images"]
+    assert report["proxy_cost_share"] == pytest.approx(report["proxy_images"] / report["stage1_training_images"])
+    validation = np.load(tmp_path / "run" / "validation.npy")
+    assert validation.sum() == report["validation_size"] == 180  # 10% of 1,797
+    assert not np.intersect1d(np.flatnonzero(validation), result.coreset).size
+    assert len(result.coreset) == result["coreset_size"] == 1257
+    assert result["auto_selection"] == report and (tmp_path / "run" / "auto_selection.png").exists()
+    # resumed: the report is read back, not measured again, and the coreset is the same
+    again = prune(ImageIndex.digits(), out=tmp_path / "run", config=config, resume=True)
+    assert np.array_equal(again.coreset, result.coreset)
+    assert again["auto_selection"]["seconds"] == report["seconds"]
+
+
+def test_auto_with_random_scores_is_refused(tmp_path):
+    config = PruneConfig(prune_rate=0.3, selection="auto", score="random", train=TrainConfig(**FAST))
+    with pytest.raises(UserError, match="--selection auto compares strategies over the scores"):
+        prune(ImageIndex.digits(), out=tmp_path / "run", config=config)
