@@ -200,3 +200,36 @@ def test_labels_are_validated_when_the_index_is_built():
         ImageIndex(root=None, paths=["a.jpg", "b.jpg"], labels=[1, 2], classes=["x", "y"], source="test")
     with pytest.raises(DataError, match=r"sample 'a.jpg' has label -1"):
         ImageIndex(root=None, paths=["a.jpg"], labels=[-1], classes=["x"], source="test")
+
+
+def test_directory_symlinks_are_followed_once(tmp_path):
+    root = make_tree(tmp_path / "data", {"a/1.jpg": b"x", "a/sub/2.jpg": b"x", "b/3.jpg": b"x",
+                                         "elsewhere/4.jpg": b"x"})
+    (root / "a" / "sub" / "loop").symlink_to(root / "a")              # a loop
+    (root / "b" / "twice").symlink_to(root / "b")                     # a second link to the class folder
+    (root / "b" / "linked").symlink_to(root / "elsewhere")            # a linked folder: followed
+    (root / "b" / "5.jpg").symlink_to(root / "elsewhere" / "4.jpg")   # a linked file: followed
+    index = ImageIndex.from_folder(root, workers=2)
+    assert index.classes == ["a", "b", "elsewhere"]
+    assert index.paths == ["a/1.jpg", "a/sub/2.jpg", "b/3.jpg", "b/5.jpg", "b/linked/4.jpg", "elsewhere/4.jpg"]
+    assert sorted(index.ignored) == ["a/sub/loop/ (folder already scanned: a symlink loop or a second link)",
+                                     "b/twice/ (folder already scanned: a symlink loop or a second link)"]
+
+
+@pytest.mark.parametrize("rel", ["b/new\nline.jpg", "b/ lead.jpg", "b/trailing /x.jpg", "#class/x.jpg"])
+def test_names_a_file_list_cannot_round_trip_are_refused(tmp_path, rel):
+    root = make_tree(tmp_path / "data", {"a/ok.jpg": b"x", "b/ok.jpg": b"x", rel: b"x"})
+    with pytest.raises(DataError, match=r"1 file name\(s\) under .* cannot be written to a text file list and "
+                                        r"read back .*; rename them"):
+        ImageIndex.from_folder(root)
+
+
+def test_names_with_inner_spaces_round_trip_through_the_file_list(tmp_path):
+    from unseen_fast.data.index import read_file_list
+
+    root = make_tree(tmp_path / "data", {"a class/x y 3.jpg": b"x", "b/z\tw.jpg": b"x"})
+    index = ImageIndex.from_folder(root)
+    text = "".join(f"{p} {l}\n" for p, l in zip(index.paths, index.labels.tolist()))  # coreset.txt's format
+    (tmp_path / "list.txt").write_text(text)
+    assert [(rel, label) for _, rel, label in read_file_list(tmp_path / "list.txt")] == \
+        list(zip(index.paths, index.labels.tolist()))

@@ -113,6 +113,7 @@ class ImageIndex:
             paths.extend(files)
             labels.extend([label] * len(files))
             ignored.extend(skipped)
+        _check_names_round_trip(root, paths)
         return cls(root=str(root_path), paths=paths, labels=labels, classes=classes,
                    source="folder", ignored=ignored)
 
@@ -319,14 +320,34 @@ def subset_ids(index: ImageIndex, path) -> np.ndarray:
     return as_id_array(ids, len(index))
 
 
+def _check_names_round_trip(root, paths: list[str]) -> None:
+    """Refuse names that a "path label" text list (coreset.txt, index.txt,
+    DALI's file_list) cannot give back: line breaks, leading or trailing
+    whitespace (lines are stripped), a leading "#" (a comment)."""
+    bad = [p for p in paths if "\n" in p or "\r" in p or p != p.strip() or p.startswith("#")
+           or any(part != part.strip() for part in p.split("/"))]
+    if bad:
+        shown = ", ".join(repr(p) for p in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise DataError(f"{len(bad)} file name(s) under {root} cannot be written to a text file list and read "
+                        f"back (a line break, or spaces at the start or end of a name): {shown}; rename them")
+
+
 def _scan_class(root: Path, name: str) -> tuple[list[str], list[str]]:
     """Image files (sorted relative paths) and ignored non-image files of one
-    class folder, recursing into sub-folders."""
+    class folder, recursing into sub-folders. Symlinked files and folders are
+    followed; a folder reached twice (a symlink loop, or two links to one
+    folder) is scanned once and the repeat listed as ignored."""
     images, ignored = [], []
     stack = [name]
+    seen = set()
     while stack:
         rel = stack.pop()
         try:
+            status = os.stat(root / rel)
+            if (status.st_dev, status.st_ino) in seen:
+                ignored.append(f"{rel}/ (folder already scanned: a symlink loop or a second link)")
+                continue
+            seen.add((status.st_dev, status.st_ino))
             with os.scandir(root / rel) as it:
                 entries = list(it)
         except OSError as err:
