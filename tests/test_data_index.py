@@ -233,3 +233,24 @@ def test_names_with_inner_spaces_round_trip_through_the_file_list(tmp_path):
     (tmp_path / "list.txt").write_text(text)
     assert [(rel, label) for _, rel, label in read_file_list(tmp_path / "list.txt")] == \
         list(zip(index.paths, index.labels.tolist()))
+
+
+def test_one_huge_image_does_not_change_the_training_size(tmp_path, small_folder, caplog):
+    """The first file used to decide: a 300-px first image switched a 32-px dataset to 224 px."""
+    import logging
+    import shutil
+
+    from PIL import Image
+
+    from unseen_fast.models import default_image_size
+
+    root = tmp_path / "data"
+    shutil.copytree(small_folder, root)
+    first = sorted((root / sorted(os.listdir(root))[0]).iterdir())[0]
+    Image.new("RGB", (300, 200)).save(first)
+    index = ImageIndex.from_folder(root)
+    assert index.image_sizes([0]).tolist() == [[200, 300]]
+    assert index.native_size() == (32, 32)
+    with caplog.at_level(logging.INFO, logger="unseen_fast.models"):
+        assert default_image_size(index) == 32
+    assert "image size 32 px: the median native size of the sampled images is 32x32" in caplog.text

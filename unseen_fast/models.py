@@ -2,6 +2,8 @@
 max-pool for small images) and a small fast CNN for CPU runs."""
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import nn
 
@@ -73,6 +75,11 @@ def build_model(arch: str, num_classes: int, *, image_size: int, small_input: bo
 
 
 def default_image_size(index) -> int:
-    """Training size: the native size for small images (CIFAR, digits), else 224."""
+    """Training size: the native size for small images (CIFAR, digits), else
+    224; native = the median size of a sample of the files (logged)."""
     height, width = index.native_size()
-    return max(height, width) if max(height, width) <= SMALL_IMAGE_MAX else 224
+    size = max(height, width) if max(height, width) <= SMALL_IMAGE_MAX else 224
+    logging.getLogger("unseen_fast.models").info(
+        "image size %d px: the median native size of the sampled images is %dx%d (--image-size to change)",
+        size, height, width)
+    return size

@@ -200,16 +200,26 @@ class ImageIndex:
             return self.paths[sample_id]
         return os.path.join(self.root, self.paths[sample_id])
 
-    def native_size(self) -> tuple[int, int]:
-        """(height, width) of the first image, read from its file header."""
+    def native_size(self, samples: int = 256) -> tuple[int, int]:
+        """Median (height, width) over up to ``samples`` evenly spaced files,
+        read from their headers: one odd image does not change it."""
         if self.images is not None:
             return tuple(self.images.shape[1:3])
+        sizes = self.image_sizes(np.unique(np.linspace(0, len(self) - 1, min(samples, len(self))).astype(int)))
+        height, width = np.median(sizes, axis=0)
+        return int(height), int(width)
+
+    def image_sizes(self, ids) -> np.ndarray:
+        """(len(ids), 2) (height, width) of the given samples, from their file headers."""
         from unseen_fast.data.decode import image_size
 
-        try:
-            return image_size(self.file(0))
-        except Exception as err:  # Pillow raises several types for unreadable headers
-            raise DataError(f"cannot read the size of {self.file(0)}: {err}") from None
+        sizes = []
+        for i in ids:
+            try:
+                sizes.append(image_size(self.file(int(i))))
+            except Exception as err:  # Pillow raises several types for unreadable headers
+                raise DataError(f"cannot read the size of {self.file(int(i))}: {err}") from None
+        return np.array(sizes, dtype=np.int64).reshape(-1, 2)
 
     def class_counts(self) -> np.ndarray:
         """(C,) int64 number of samples per class."""
