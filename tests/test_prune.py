@@ -345,3 +345,26 @@ def test_easy_and_mix_run_end_to_end(digits, tmp_path, selection):
     cfg = config(selection=selection)
     summary = prune(digits, out=tmp_path / "run", config=cfg)
     check_invariants(tmp_path / "run", digits, cfg, summary)
+
+
+def test_shared_models_and_cache_follow_the_images_contents(tmp_path, small_folder):
+    """--share-models used to key on names and labels only: a replaced image
+    (same name, same label) reused stale stage-1 scores and pixels."""
+    import os
+    import shutil
+
+    from PIL import Image
+
+    root = tmp_path / "data"
+    shutil.copytree(small_folder, root)
+    cfg = config(prune_rate=0.5, folds=2, stages=1, train=dict(image_size=32, batch_size=32, epochs=1))
+    share = tmp_path / "share"
+    first = prune(ImageIndex.from_folder(root), out=tmp_path / "one", config=cfg, share_dir=share)
+    again = prune(ImageIndex.from_folder(root), out=tmp_path / "two", config=cfg, share_dir=share)
+    assert "stage1_reused_from" not in first["wall_time_s"] and "stage1_reused_from" in again["wall_time_s"]
+    image = root / ImageIndex.from_folder(root).paths[0]
+    Image.new("RGB", (32, 32), (255, 0, 0)).save(image, format="JPEG")
+    os.utime(image, ns=(1, 1))  # a different modification time, whatever the clock
+    changed = prune(ImageIndex.from_folder(root), out=tmp_path / "three", config=cfg, share_dir=share)
+    assert "stage1_reused_from" not in changed["wall_time_s"]
+    assert len(list(share.glob("cache/decoded-*.u8"))) == 2  # the pixels were decoded again

@@ -45,7 +45,8 @@ class Stage1Store:
         else:
             kind = dict(kind="fitting", seed=config.seed) if config.framework == "fitting" else \
                 dict(kind="folds", folds=config.folds, split=config.split, seed=config.seed)
-            key = fingerprint(dict(data=index.fingerprint, train=dataclasses.asdict(train_config), **kind))
+            # the data's contents, not only its names and labels: a replaced image retrains
+            key = fingerprint(dict(data=index.content_fingerprint, train=dataclasses.asdict(train_config), **kind))
             share = Path(share_dir)
             self.root, self.cache_dir, self.shared = share / f"stage1-{kind['kind']}-{key}", share / "cache", True
             self.root.mkdir(parents=True, exist_ok=True)

@@ -42,18 +42,20 @@ class DecodedCache:
     def open_or_build(cls, index: ImageIndex, aug: Augment, cache_dir=None, *,
                       workers: int | None = None, progress: bool = False) -> "DecodedCache":
         """Open the cache for (index, side) under ``cache_dir``, building it
-        first if missing. Files are keyed by the index fingerprint, written
+        first if missing. Files are keyed by the index's content fingerprint
+        (listing, sizes, modification times), written
         under a temporary name and renamed when complete, so an interrupted
         build never leaves a half-filled cache that looks finished."""
         if index.in_memory:
             return cls(_in_memory_pixels(index, aug), {}, None)
         cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-        stem = f"decoded-{index.fingerprint[:16]}-{'small' if aug.small else 'large'}{aug.side}"
+        key = index.content_fingerprint
+        stem = f"decoded-{key[:16]}-{'small' if aug.small else 'large'}{aug.side}"
         data_path, meta_path = cache_dir / f"{stem}.u8", cache_dir / f"{stem}.json"
         shape = (len(index), aug.side, aug.side, 3)
         if meta_path.exists() and data_path.exists():
             meta = json.loads(meta_path.read_text())
-            if meta.get("fingerprint") == index.fingerprint and tuple(meta.get("shape", ())) == shape:
+            if meta.get("fingerprint") == key and tuple(meta.get("shape", ())) == shape:
                 pixels = np.memmap(data_path, dtype=np.uint8, mode="r", shape=shape)
                 return cls(pixels, {int(k): v for k, v in meta["bad"].items()}, data_path)
         cache_dir.mkdir(parents=True, exist_ok=True)
@@ -62,7 +64,7 @@ class DecodedCache:
             bad = _decode_all(index, aug, pixels, workers=workers, progress=progress)
             pixels.flush()
             del pixels
-        write_json(meta_path, dict(fingerprint=index.fingerprint, shape=shape, root=index.root,
+        write_json(meta_path, dict(fingerprint=key, shape=shape, root=index.root,
                                    bad={str(k): v for k, v in bad.items()}))
         log.info("decoded cache %s: %d images, %.1f MB, %d unreadable",
                  data_path, len(index), data_path.stat().st_size / 1e6, len(bad))

@@ -73,6 +73,7 @@ class ImageIndex:
             raise DataError(f"sample {self.paths[bad[0]]!r} has label {self.labels[bad[0]]}, outside "
                             f"[0, {len(self.classes)}) for {len(self.classes)} classes")
         self._fingerprint = None
+        self._content_fingerprint = None
 
     # ----------------------------------------------------------- constructors
     @classmethod
@@ -237,6 +238,32 @@ class ImageIndex:
                 digest.update(self.images.tobytes())
             self._fingerprint = digest.hexdigest()
         return self._fingerprint
+
+    @property
+    def content_fingerprint(self) -> str:
+        """The listing's fingerprint plus every file's size and modification
+        time: it changes when an image is replaced under the same name, so
+        what is derived from the pixels (the decoded cache, shared stage-1
+        models and scores) is keyed by it. One stat per file, on threads."""
+        if self._content_fingerprint is None:
+            digest = hashlib.sha256(self.fingerprint.encode())
+            if self.root is not None:  # in-memory data: the fingerprint holds the pixels
+                chunks = [range(start, min(start + 4096, len(self))) for start in range(0, len(self), 4096)]
+                with ThreadPoolExecutor(16) as pool:
+                    for packed in pool.map(self._stat_chunk, chunks):
+                        digest.update(packed)
+            self._content_fingerprint = digest.hexdigest()
+        return self._content_fingerprint
+
+    def _stat_chunk(self, ids: range) -> bytes:
+        values = []
+        for i in ids:
+            try:
+                status = os.stat(self.file(i))
+            except OSError as err:
+                raise DataError(f"cannot read {self.file(i)}: {err.strerror}") from None
+            values.extend((status.st_size, status.st_mtime_ns))
+        return np.array(values, dtype=np.int64).tobytes()
 
     # ------------------------------------------------------- run directory
     def save(self, run_dir) -> None:

@@ -32,7 +32,8 @@ def resident_pixels(index: ImageIndex, cache: DecodedCache, device) -> torch.Ten
     the first call for this dataset and device and shared afterwards. One
     dataset per device is kept: asking for another replaces it."""
     device = torch.device(device)
-    key = (index.fingerprint, tuple(cache.pixels.shape))
+    # the cache file's name holds the contents' fingerprint: replaced images mean another upload
+    key = (index.fingerprint, str(cache.path), tuple(cache.pixels.shape))
     with _lock:
         held = _uploaded.get(str(device))
         if held is not None and held[0] == key:
