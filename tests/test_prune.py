@@ -368,3 +368,28 @@ def test_shared_models_and_cache_follow_the_images_contents(tmp_path, small_fold
     changed = prune(ImageIndex.from_folder(root), out=tmp_path / "three", config=cfg, share_dir=share)
     assert "stage1_reused_from" not in changed["wall_time_s"]
     assert len(list(share.glob("cache/decoded-*.u8"))) == 2  # the pixels were decoded again
+
+
+def test_unreadable_images_stop_the_run_before_anything_is_written_or_are_skipped(tmp_path, small_folder):
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(small_folder, root)
+    paths = ImageIndex.from_folder(root).paths
+    (root / paths[3]).write_bytes(b"")                      # empty
+    (root / paths[40]).write_bytes(b"this is not a jpeg")   # not an image
+    cfg = config(prune_rate=0.5, folds=2, stages=1, train=dict(image_size=32, batch_size=32, epochs=1))
+    with pytest.raises(UserError, match=r"2 unreadable image\(s\): .*" + paths[3].replace("/", ".") +
+                                        r".*pass --skip-bad to leave them out"):
+        prune(ImageIndex.from_folder(root), out=tmp_path / "run", config=cfg)
+    assert not (tmp_path / "run").exists()
+    result = prune(ImageIndex.from_folder(root), out=tmp_path / "run", config=cfg, skip_bad=True)
+    skipped = (tmp_path / "run" / "skipped_images.txt").read_text().splitlines()
+    assert [line.split("\t")[0] for line in skipped] == [paths[3], paths[40]]
+    assert result["num_samples"] == len(paths) - 2 and result["skipped_unreadable_images"] == 2
+    assert not {paths[3], paths[40]} & set(line.split()[0] for line in result.file_list.read_text().splitlines())
+    # the user deletes the bad files: the same run resumes (its index never held them)
+    (root / paths[3]).unlink()
+    (root / paths[40]).unlink()
+    again = prune(ImageIndex.from_folder(root), out=tmp_path / "run", config=cfg, resume=True, skip_bad=True)
+    assert np.array_equal(again.coreset, result.coreset)

@@ -178,7 +178,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
                                                  tdds_decay=args.tdds_decay, ccs_beta=args.ccs_beta,
                                                  ccs_strata=args.ccs_strata, mix_alpha=args.mix_alpha))
     summary = prune(index, out=args.out, config=config, device=device, nproc=args.nproc, gpus=args.gpus,
-                    resume=args.resume, progress=not args.quiet, share_dir=args.share_models)
+                    resume=args.resume, progress=not args.quiet, share_dir=args.share_models,
+                    skip_bad=args.skip_bad)
     out = Path(args.out)
     print(f"kept {summary['coreset_size']} of {summary['num_samples']} samples "
           f"(prune rate {args.prune_rate}, stages {summary['stage_sizes']})")
@@ -314,6 +315,9 @@ def _add_prune_options(pr: argparse.ArgumentParser) -> None:
                     help="make the fold models' scores comparable before averaging them (rank: each model's "
                          "scores as mid-ranks in (0, 1); zscore; none: the paper's raw mean)")
     pr.add_argument("--split", default="random", choices=["random", "stratified"])
+    pr.add_argument("--skip-bad", action="store_true",
+                    help="leave out files whose header does not open as an image (listed in skipped_images.txt); "
+                         "without it they stop the run before anything is written")
     pr.add_argument("--drop-label-issues", action="store_true",
                     help="never select the samples in label_issues.csv (unseen framework, output scores)")
     pr.add_argument("--label-issue-factor", type=float, default=0.1,

@@ -62,6 +62,8 @@ def write_outputs(run: RunDir, index, config, sizes, added, fold, timings, image
         iterations_per_epoch=_iterations(n, batch, config, fold, sizes),
         **_model_reports(run, config, fold, added, sizes),
         **_label_issue_report(run, config),
+        **({"skipped_unreadable_images": len((run / "skipped_images.txt").read_text().splitlines())}
+           if (run / "skipped_images.txt").exists() else {}),
         **({"auto_selection": read_json(run / "auto_selection.json")} if (run / "auto_selection.json").exists()
            else {}),
         versions=dict(unseen_fast=__version__, torch=torch.__version__),

@@ -20,6 +20,7 @@ from unseen_fast.auto_selection import choose_selection, validation_mask
 from unseen_fast.baselines import DYNAMICS_SCORES, FEATURE_SCORES, BaselineParams
 from unseen_fast.constants import FRAMEWORKS, OUTPUT_SCORES, SCORES, resolve_amp
 from unseen_fast.data import ImageIndex, open_index, prepare_cache, release_resident
+from unseen_fast.data.decode import unreadable_headers
 from unseen_fast.errors import UserError
 from unseen_fast.evaluate import ScoringPass, score_samples
 from unseen_fast.fold_scores import SCORE_NORMS, combine_scores
@@ -125,7 +126,8 @@ def _check_classes(index: ImageIndex) -> None:
 
 
 def prune(data, *, out, config: PruneConfig, device="cpu", nproc: int | None = None, gpus: int | None = None,
-          resume: bool = False, progress: bool = False, model_factory=None, share_dir=None) -> PruneResult:
+          resume: bool = False, progress: bool = False, model_factory=None, share_dir=None,
+          skip_bad: bool = False) -> PruneResult:
     """Run UNSEEN pruning; returns a PruneResult: the summary (also in
     ``out/summary.json``, a dict) with ``.coreset`` ids, ``.file_list`` and ``.run_dir``.
 
@@ -145,9 +147,14 @@ def prune(data, *, out, config: PruneConfig, device="cpu", nproc: int | None = N
         prune rate, stages, selection or score reuse them (the fold models
         serve unseen and proxy; the full-data model fitting and every
         dynamics score). Without it they live in the run directory.
+    skip_bad : bool
+        Every file's header is checked before anything is written. Without
+        this an unreadable file stops the run, naming it; with it such files
+        are left out (listed in ``skipped_images.txt``).
     """
     start = time.perf_counter()
     index = data if isinstance(data, ImageIndex) else open_index(data)
+    index, skipped = _readable(index, skip_bad)
     config.validate(index)
     where = "cuda" if gpus else str(device)
     # the run records the precision it trains in, not "auto"
@@ -155,6 +162,8 @@ def prune(data, *, out, config: PruneConfig, device="cpu", nproc: int | None = N
                                                                    amp=resolve_amp(config.train.amp, where)))
     log.info("pruning %d samples on %s, precision %s", len(index), where, config.train.amp)
     run = _claim(RunDir(out), config, index, resume)
+    if skipped:
+        write_text(run / "skipped_images.txt", "".join(f"{path}\t{reason}\n" for path, reason in skipped.items()))
     try:
         job = _PruneJob(run, config, index, dict(device=device, nproc=nproc, gpus=gpus, progress=progress,
                                                  model_factory=model_factory), share_dir)
@@ -179,6 +188,23 @@ def prune(data, *, out, config: PruneConfig, device="cpu", nproc: int | None = N
     finally:
         run.unlock()
         release_resident()  # the device memory the shared dataset held
+
+
+def _readable(index: ImageIndex, skip_bad: bool) -> tuple[ImageIndex, dict[str, str]]:
+    """The index without files whose header does not open (only with
+    ``skip_bad``; else they stop the run before anything is written) and
+    {path: reason} of those left out."""
+    bad = unreadable_headers(index)
+    if not bad:
+        return index, {}
+    listed = "; ".join(f"{index.file(i)} ({reason})" for i, reason in list(bad.items())[:10])
+    more = f"; and {len(bad) - 10} more" if len(bad) > 10 else ""
+    if not skip_bad:
+        raise UserError(f"{len(bad)} unreadable image(s): {listed}{more}. Fix or remove them, or pass --skip-bad "
+                        f"to leave them out")
+    log.warning("leaving out %d unreadable image(s) (--skip-bad): %s%s", len(bad), listed, more)
+    keep = np.setdiff1d(np.arange(len(index)), np.fromiter(bad, dtype=np.int64))
+    return index.subset(keep), {index.paths[i]: reason for i, reason in bad.items()}
 
 
 def _claim(run: RunDir, config: PruneConfig, index: ImageIndex, resume: bool) -> RunDir:

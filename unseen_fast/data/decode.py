@@ -46,6 +46,28 @@ def image_size(path: str) -> tuple[int, int]:
         return img.height, img.width
 
 
+def unreadable_headers(index, *, workers: int | None = None, chunk: int = 1024) -> dict[int, str]:
+    """{sample id: reason} of every file whose header does not open as an
+    image (empty, not an image, unknown format, unreadable): a cheap pass
+    (no pixels decoded, threads) run before any training. A file cut short
+    after a valid header is found later, when it is decoded."""
+    if index.in_memory:
+        return {}
+
+    def check(first: int) -> list[tuple[int, str]]:
+        failed = []
+        for sample_id in range(first, min(first + chunk, len(index))):
+            try:
+                image_size(index.file(sample_id))
+            except Exception as err:  # Pillow raises several types for unreadable headers
+                failed.append((sample_id, _first_line(err)))
+        return failed
+
+    workers = max(1, min(32, 4 * (os.cpu_count() or 2)) if workers is None else workers)  # I/O bound
+    with ThreadPoolExecutor(workers, thread_name_prefix="unseen-fast-headers") as pool:
+        return dict(item for failed in pool.map(check, range(0, len(index), chunk)) for item in failed)
+
+
 def _decode_with_pillow(path: str) -> torch.Tensor:
     import numpy as np
     from PIL import Image
