@@ -393,3 +393,35 @@ def test_unreadable_images_stop_the_run_before_anything_is_written_or_are_skippe
     (root / paths[40]).unlink()
     again = prune(ImageIndex.from_folder(root), out=tmp_path / "run", config=cfg, resume=True, skip_bad=True)
     assert np.array_equal(again.coreset, result.coreset)
+
+
+def test_sigkill_at_a_dozen_random_moments_then_resume(tmp_path):
+    """kill -9 at 12 seeded random moments (import, split, fold training,
+    checkpoint writes, scoring, stage 2, outputs: wherever it lands), then
+    --resume to the end: the coreset of an uninterrupted run."""
+    import random
+    import signal
+    import time
+
+    cli = [sys.executable, "-m", "unseen_fast.cli"]
+    args = ["prune", "--data", "builtin:digits", "--prune-rate", "0.3", "--epochs", "12", "--quiet", "--seed", "5"]
+    out = tmp_path / "killed"
+    rng = random.Random(20261123)
+    kills = 0
+    for _ in range(12):
+        process = subprocess.Popen(cli + args + ["--out", str(out), "--resume"], stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.PIPE)
+        time.sleep(rng.uniform(0.5, 3.5))
+        if process.poll() is not None:  # it finished: nothing left to interrupt
+            assert process.returncode == 0, process.stderr.read().decode()[-2000:]
+            break
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        kills += 1
+    assert kills >= 10, f"only {kills} kills landed before the run finished"
+    finish = subprocess.run(cli + args + ["--out", str(out), "--resume"], capture_output=True, text=True)
+    assert finish.returncode == 0, finish.stderr[-2000:]
+    straight = subprocess.run(cli + args + ["--out", str(tmp_path / "straight")], capture_output=True, text=True)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    assert np.array_equal(np.load(out / "coreset.npy"), np.load(tmp_path / "straight" / "coreset.npy"))
+    assert (out / "coreset.txt").read_bytes() == (tmp_path / "straight" / "coreset.txt").read_bytes()
