@@ -206,12 +206,16 @@ class ImageIndex:
         read from their headers: one odd image does not change it."""
         if self.images is not None:
             return tuple(self.images.shape[1:3])
-        sizes = self.image_sizes(np.unique(np.linspace(0, len(self) - 1, min(samples, len(self))).astype(int)))
+        ids = np.unique(np.linspace(0, len(self) - 1, min(samples, len(self))).astype(int))
+        sizes = self.image_sizes(ids, skip_unreadable=True)  # unreadable files are reported by the header pass
+        if not len(sizes):
+            raise DataError(f"none of {len(ids)} sampled images under {self.root} can be read, e.g. "
+                            f"{self.file(int(ids[0]))}")
         height, width = np.median(sizes, axis=0)
         return int(height), int(width)
 
-    def image_sizes(self, ids) -> np.ndarray:
-        """(len(ids), 2) (height, width) of the given samples, from their file headers."""
+    def image_sizes(self, ids, *, skip_unreadable: bool = False) -> np.ndarray:
+        """(n, 2) (height, width) of the given samples, from their file headers."""
         from unseen_fast.data.decode import image_size
 
         sizes = []
@@ -219,7 +223,8 @@ class ImageIndex:
             try:
                 sizes.append(image_size(self.file(int(i))))
             except Exception as err:  # Pillow raises several types for unreadable headers
-                raise DataError(f"cannot read the size of {self.file(int(i))}: {err}") from None
+                if not skip_unreadable:
+                    raise DataError(f"cannot read the size of {self.file(int(i))}: {err}") from None
         return np.array(sizes, dtype=np.int64).reshape(-1, 2)
 
     def class_counts(self) -> np.ndarray:
