@@ -315,11 +315,8 @@ def _add_prune_options(pr: argparse.ArgumentParser) -> None:
                     help="make the fold models' scores comparable before averaging them (rank: each model's "
                          "scores as mid-ranks in (0, 1); zscore; none: the paper's raw mean)")
     pr.add_argument("--split", default="random", choices=["random", "stratified"])
-    pr.add_argument("--skip-bad", action="store_true",
-                    help="leave out files whose header does not open as an image (listed in skipped_images.txt); "
-                         "without it they stop the run before anything is written")
-    pr.add_argument("--drop-label-issues", action="store_true",
-                    help="never select the samples in label_issues.csv (unseen framework, output scores)")
+    pr.add_argument("--skip-bad", action="store_true", help="leave out unreadable images (skipped_images.txt)")
+    pr.add_argument("--drop-label-issues", action="store_true", help="never select what label_issues.csv lists")
     pr.add_argument("--label-issue-factor", type=float, default=0.1,
                     help="label_issues.csv lists a sample when the models that never saw it give its label at most "
                          "this times the mean they give that class's samples (default 0.1; higher: more recall)")

@@ -168,21 +168,7 @@ def prune(data, *, out, config: PruneConfig, device="cpu", nproc: int | None = N
         job = _PruneJob(run, config, index, dict(device=device, nproc=nproc, gpus=gpus, progress=progress,
                                                  model_factory=model_factory), share_dir)
         fold = job.split()
-        scores = job.stage1(fold)
-        # never selected: dropped label issues and (selection auto) the validation split
-        excluded = job.label_issues(fold) & config.drop_label_issues
-        selecting = config
-        if config.selection == "auto":
-            selecting, excluded = job.choose_selection(scores, excluded, fold)
-        added = np.zeros(len(index), dtype=np.int64)  # stage in which each sample was added (0: pruned)
-        added[select(scores, job.sizes[0], index.labels, selecting, exclude=excluded if excluded.any() else None,
-                     stage=1)] = 1
-        for stage in range(2, config.stages + 1):
-            # a random selection reads no scores: no stage model to train
-            scores = job.later_stage(stage, added, excluded) if selecting.selection != "random" else scores
-            added[select(scores, job.sizes[stage - 1], index.labels, selecting, exclude=(added > 0) | excluded,
-                         stage=stage)] = stage
-        assert (added > 0).sum() == sum(job.sizes), ((added > 0).sum(), job.sizes)
+        added = job.select_stages(fold)
         return write_outputs(run, index, config, job.sizes, added, fold, job.timings, job.images,
                              time.perf_counter() - start, device=where)
     finally:
@@ -262,6 +248,26 @@ class _PruneJob:
         scores = combine_scores(per_model, use, config.score_norm)
         run.save_npy("selection_scores_stage1.npy", scores)  # written last: the phase is complete
         return scores
+
+    def select_stages(self, fold: np.ndarray) -> np.ndarray:
+        """(N,) the stage in which each sample was added (0: pruned): stage-1
+        scores, then each later stage's model scoring what is left."""
+        config, labels, sizes = self.config, self.index.labels, self.sizes
+        scores = self.stage1(fold)
+        # never selected: dropped label issues and (selection auto) the validation split
+        excluded = self.label_issues(fold) & config.drop_label_issues
+        selecting = config
+        if config.selection == "auto":
+            selecting, excluded = self.choose_selection(scores, excluded, fold)
+        added = np.zeros(len(labels), dtype=np.int64)
+        added[select(scores, sizes[0], labels, selecting, exclude=excluded if excluded.any() else None, stage=1)] = 1
+        for stage in range(2, config.stages + 1):
+            # a random selection reads no scores: no stage model to train
+            scores = self.later_stage(stage, added, excluded) if selecting.selection != "random" else scores
+            added[select(scores, sizes[stage - 1], labels, selecting, exclude=(added > 0) | excluded,
+                         stage=stage)] = stage
+        assert (added > 0).sum() == sum(sizes), ((added > 0).sum(), sizes)
+        return added
 
     def label_issues(self, fold: np.ndarray) -> np.ndarray:
         """(N,) bool: the samples whose label the K-1 models that never saw

@@ -12,9 +12,9 @@ import numpy as np
 
 from unseen_fast.data.errors import DataError
 from unseen_fast.data.order import as_id_array
+from unseen_fast.data.scan import IMAGE_EXTENSIONS, scan_folder
 from unseen_fast.rundir import write_text
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 INDEX_LIST = "index.txt"  # "relative/path label" lines: DALI's file_list format
 INDEX_META = "index.json"
 
@@ -85,36 +85,7 @@ class ImageIndex:
         folders are scanned in parallel (``workers`` threads).
         """
         root_path = Path(root)
-        if not root_path.exists():
-            raise DataError(f"dataset folder {root} does not exist")
-        if not root_path.is_dir():
-            raise DataError(f"dataset path {root} is not a folder")
-        try:
-            entries = sorted(os.scandir(root_path), key=lambda e: e.name)
-        except OSError as err:
-            raise DataError(f"cannot read dataset folder {root}: {err.strerror}") from None
-        classes = [e.name for e in entries if e.is_dir(follow_symlinks=True) and not e.name.startswith(".")]
-        if not classes:
-            loose = sum(1 for e in entries if e.is_file())
-            raise DataError(
-                f"no class folders in {root}: expected the ImageFolder layout "
-                f"{root}/<class>/<image> (found {loose} files and no sub-folders)")
-        workers = workers or min(32, len(classes))
-        with ThreadPoolExecutor(workers) as pool:
-            scanned = list(pool.map(lambda name: _scan_class(root_path, name), classes))
-        empty = [name for name, (files, _) in zip(classes, scanned) if not files]
-        if empty:
-            shown = ", ".join(repr(name) for name in empty[:20])
-            more = f" and {len(empty) - 20} more" if len(empty) > 20 else ""
-            raise DataError(
-                f"{len(empty)} class folder(s) under {root} contain no images "
-                f"({', '.join(IMAGE_EXTENSIONS)}): {shown}{more}")
-        paths, labels, ignored = [], [], []
-        for label, (files, skipped) in enumerate(scanned):
-            paths.extend(files)
-            labels.extend([label] * len(files))
-            ignored.extend(skipped)
-        _check_names_round_trip(root, paths)
+        classes, paths, labels, ignored = scan_folder(root_path, workers=workers)
         return cls(root=str(root_path), paths=paths, labels=labels, classes=classes,
                    source="folder", ignored=ignored)
 
@@ -360,50 +331,3 @@ def subset_ids(index: ImageIndex, path) -> np.ndarray:
             raise DataError(f"{path}:{lineno}: {rel!r} is not a sample of {index.root}")
         ids.append(position[rel])
     return as_id_array(ids, len(index))
-
-
-def _check_names_round_trip(root, paths: list[str]) -> None:
-    """Refuse names that a "path label" text list (coreset.txt, index.txt,
-    DALI's file_list) cannot give back: line breaks, leading or trailing
-    whitespace (lines are stripped), a leading "#" (a comment)."""
-    bad = [p for p in paths if "\n" in p or "\r" in p or p != p.strip() or p.startswith("#")
-           or any(part != part.strip() for part in p.split("/"))]
-    if bad:
-        shown = ", ".join(repr(p) for p in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
-        raise DataError(f"{len(bad)} file name(s) under {root} cannot be written to a text file list and read "
-                        f"back (a line break, or spaces at the start or end of a name): {shown}; rename them")
-
-
-def _scan_class(root: Path, name: str) -> tuple[list[str], list[str]]:
-    """Image files (sorted relative paths) and ignored non-image files of one
-    class folder, recursing into sub-folders. Symlinked files and folders are
-    followed; a folder reached twice (a symlink loop, or two links to one
-    folder) is scanned once and the repeat listed as ignored."""
-    images, ignored = [], []
-    stack = [name]
-    seen = set()
-    while stack:
-        rel = stack.pop()
-        try:
-            status = os.stat(root / rel)
-            if (status.st_dev, status.st_ino) in seen:
-                ignored.append(f"{rel}/ (folder already scanned: a symlink loop or a second link)")
-                continue
-            seen.add((status.st_dev, status.st_ino))
-            with os.scandir(root / rel) as it:
-                entries = list(it)
-        except OSError as err:
-            raise DataError(f"cannot read folder {root / rel}: {err.strerror}") from None
-        for entry in entries:
-            child = f"{rel}/{entry.name}"
-            if entry.is_dir(follow_symlinks=True):
-                stack.append(child)
-            elif entry.name.lower().endswith(IMAGE_EXTENSIONS):
-                images.append(child)
-            else:
-                ignored.append(child)
-    images.sort()
-    ignored.sort()
-    return images, ignored
-
-

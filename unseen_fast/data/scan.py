@@ -1,0 +1,95 @@
+"""The ImageFolder walk: class folders, image files, what is ignored, and
+the names a text file list could not give back."""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from unseen_fast.data.errors import DataError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def scan_folder(root: Path, *, workers: int | None = None):
+    """(classes, paths, labels, ignored) of ``root/<class>/**/<image>``:
+    classes are the sorted sub-folder names, files sorted within each class,
+    only image extensions count (case-insensitive); class folders are
+    scanned in parallel (``workers`` threads)."""
+    if not root.exists():
+        raise DataError(f"dataset folder {root} does not exist")
+    if not root.is_dir():
+        raise DataError(f"dataset path {root} is not a folder")
+    try:
+        entries = sorted(os.scandir(root), key=lambda e: e.name)
+    except OSError as err:
+        raise DataError(f"cannot read dataset folder {root}: {err.strerror}") from None
+    classes = [e.name for e in entries if e.is_dir(follow_symlinks=True) and not e.name.startswith(".")]
+    if not classes:
+        loose = sum(1 for e in entries if e.is_file())
+        raise DataError(
+            f"no class folders in {root}: expected the ImageFolder layout "
+            f"{root}/<class>/<image> (found {loose} files and no sub-folders)")
+    with ThreadPoolExecutor(workers or min(32, len(classes))) as pool:
+        scanned = list(pool.map(lambda name: _scan_class(root, name), classes))
+    empty = [name for name, (files, _) in zip(classes, scanned) if not files]
+    if empty:
+        shown = ", ".join(repr(name) for name in empty[:20])
+        more = f" and {len(empty) - 20} more" if len(empty) > 20 else ""
+        raise DataError(
+            f"{len(empty)} class folder(s) under {root} contain no images "
+            f"({', '.join(IMAGE_EXTENSIONS)}): {shown}{more}")
+    paths, labels, ignored = [], [], []
+    for label, (files, skipped) in enumerate(scanned):
+        paths.extend(files)
+        labels.extend([label] * len(files))
+        ignored.extend(skipped)
+    _check_names_round_trip(root, paths)
+    return classes, paths, labels, ignored
+
+
+def _check_names_round_trip(root, paths: list[str]) -> None:
+    """Refuse names that a "path label" text list (coreset.txt, index.txt,
+    DALI's file_list) cannot give back: line breaks, leading or trailing
+    whitespace (lines are stripped), a leading "#" (a comment)."""
+    bad = [p for p in paths if "\n" in p or "\r" in p or p != p.strip() or p.startswith("#")
+           or any(part != part.strip() for part in p.split("/"))]
+    if bad:
+        shown = ", ".join(repr(p) for p in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise DataError(f"{len(bad)} file name(s) under {root} cannot be written to a text file list and read "
+                        f"back (a line break, or spaces at the start or end of a name): {shown}; rename them")
+
+
+def _scan_class(root: Path, name: str) -> tuple[list[str], list[str]]:
+    """Image files (sorted relative paths) and ignored non-image files of one
+    class folder, recursing into sub-folders. Symlinked files and folders are
+    followed; a folder reached twice (a symlink loop, or two links to one
+    folder) is scanned once and the repeat listed as ignored."""
+    images, ignored = [], []
+    stack = [name]
+    seen = set()
+    while stack:
+        rel = stack.pop()
+        try:
+            status = os.stat(root / rel)
+            if (status.st_dev, status.st_ino) in seen:
+                ignored.append(f"{rel}/ (folder already scanned: a symlink loop or a second link)")
+                continue
+            seen.add((status.st_dev, status.st_ino))
+            with os.scandir(root / rel) as it:
+                entries = list(it)
+        except OSError as err:
+            raise DataError(f"cannot read folder {root / rel}: {err.strerror}") from None
+        for entry in entries:
+            child = f"{rel}/{entry.name}"
+            if entry.is_dir(follow_symlinks=True):
+                stack.append(child)
+            elif entry.name.lower().endswith(IMAGE_EXTENSIONS):
+                images.append(child)
+            else:
+                ignored.append(child)
+    images.sort()
+    ignored.sort()
+    return images, ignored
+
+
