@@ -254,3 +254,10 @@ def test_one_huge_image_does_not_change_the_training_size(tmp_path, small_folder
     with caplog.at_level(logging.INFO, logger="unseen_fast.models"):
         assert default_image_size(index) == 32
     assert "image size 32 px: the median native size of the sampled images is 32x32" in caplog.text
+
+
+def test_a_file_list_label_beyond_the_images_is_refused_not_allocated(tmp_path):
+    root = make_tree(tmp_path / "data", {"a.jpg": b"x", "b.jpg": b"x"})
+    (root / "list.txt").write_text("a.jpg 0\nb.jpg 1000000000\n")
+    with pytest.raises(DataError, match=r"list.txt:2: label 1000000000 is beyond 16777215: labels must be class ids"):
+        ImageIndex.from_file_list(root / "list.txt")

@@ -20,6 +20,7 @@ INDEX_META = "index.json"
 
 
 BUILTIN_DATASETS = ("builtin:digits",)
+MAX_CLASSES = 2**24  # class ids stay exact in float32 (the scoring pass stores predicted classes so)
 
 
 def open_index(data, *, file_list=None) -> "ImageIndex":
@@ -113,6 +114,10 @@ class ImageIndex:
         if not paths:
             raise DataError(f"file list {list_file} lists no images")
         num_classes = max(labels) + 1
+        if num_classes > MAX_CLASSES:  # label 1e9 would allocate 1e9 class names
+            line = next(n for n, _, label in read_file_list(list_path) if label == num_classes - 1)
+            raise DataError(f"{list_file}:{line}: label {num_classes - 1} is beyond {MAX_CLASSES - 1}: labels must "
+                            f"be class ids 0..C-1")
         if classes is None:
             classes = [str(c) for c in range(num_classes)]
         elif len(classes) < num_classes:
