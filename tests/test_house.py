@@ -50,6 +50,22 @@ def test_bad_grid_files_are_user_errors(tmp_path, capsys):
     assert "cannot read the grid" in capsys.readouterr().err
 
 
+def test_a_full_disk_is_one_line_naming_the_file_and_the_space(tmp_path, monkeypatch):
+    import errno
+
+    save_npy(tmp_path / "a.npy", np.arange(3))
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np, "save", full)
+    with pytest.raises(UserError, match=r"cannot write .*a.npy \(80 bytes\): No space left on device; [\d,]+ bytes "
+                                        r"free there; the previous version, if any, is kept"):
+        save_npy(tmp_path / "a.npy", np.arange(10))
+    monkeypatch.undo()
+    assert np.load(tmp_path / "a.npy").tolist() == [0, 1, 2] and len(list(tmp_path.iterdir())) == 1
+
+
 def test_atomic_files_keep_the_old_version_on_failure(tmp_path):
     path = tmp_path / "a.json"
     write_json(path, {"v": 1})

@@ -11,10 +11,12 @@ file exists).
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -22,22 +24,39 @@ import numpy as np
 from unseen_fast.errors import UserError
 
 
+# a full disk, a quota, a read-only or forbidden folder: the user's to fix, said in one line
+_STORAGE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
 @contextlib.contextmanager
-def atomic_path(path):
+def atomic_path(path, size: int | None = None):
     """Yield a temporary path next to ``path``; on success rename it onto
-    ``path``, on an exception remove it and re-raise."""
+    ``path``, on an exception remove it and re-raise, so the previous
+    version stays whole. A storage error becomes a UserError naming the
+    path, the bytes needed (``size``, when known) and the bytes free."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}{path.suffix}")
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as err:
+        if err.errno not in _STORAGE_ERRORS:
+            raise
+        needed = f" ({size:,} bytes)" if size is not None else ""
+        try:
+            free = f"; {shutil.disk_usage(path.parent).free:,} bytes free there"
+        except OSError:
+            free = ""
+        raise UserError(f"cannot write {path}{needed}: {err.strerror}{free}; the previous version, if any, "
+                        f"is kept") from None
     finally:
         tmp.unlink(missing_ok=True)
 
 
 def write_text(path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+    data = text.encode("utf-8")
+    with atomic_path(path, size=len(data)) as tmp:
+        tmp.write_bytes(data)
 
 
 def write_json(path, data) -> None:
@@ -49,12 +68,12 @@ def read_json(path) -> dict:
 
 
 def save_npy(path, array: np.ndarray) -> None:
-    with atomic_path(path) as tmp:
+    with atomic_path(path, size=array.nbytes) as tmp:
         np.save(tmp, array)
 
 
 def save_npz(path, **arrays: np.ndarray) -> None:
-    with atomic_path(path) as tmp:
+    with atomic_path(path, size=sum(a.nbytes for a in arrays.values())) as tmp:
         np.savez(tmp, **arrays)
 
 
