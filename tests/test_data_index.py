@@ -202,14 +202,18 @@ def test_labels_are_validated_when_the_index_is_built():
         ImageIndex(root=None, paths=["a.jpg"], labels=[-1], classes=["x"], source="test")
 
 
-def test_directory_symlinks_are_followed_once(tmp_path):
+def test_directory_symlinks_are_followed_once(tmp_path, caplog):
+    import logging
+
     root = make_tree(tmp_path / "data", {"a/1.jpg": b"x", "a/sub/2.jpg": b"x", "b/3.jpg": b"x",
                                          "elsewhere/4.jpg": b"x"})
     (root / "a" / "sub" / "loop").symlink_to(root / "a")              # a loop
     (root / "b" / "twice").symlink_to(root / "b")                     # a second link to the class folder
     (root / "b" / "linked").symlink_to(root / "elsewhere")            # a linked folder: followed
     (root / "b" / "5.jpg").symlink_to(root / "elsewhere" / "4.jpg")   # a linked file: followed
-    index = ImageIndex.from_folder(root, workers=2)
+    with caplog.at_level(logging.WARNING, logger="unseen_fast.data"):
+        index = ImageIndex.from_folder(root, workers=2)
+    assert "reached from class 'b' (as b/linked) and class 'elsewhere' (as elsewhere)" in caplog.text
     assert index.classes == ["a", "b", "elsewhere"]
     assert index.paths == ["a/1.jpg", "a/sub/2.jpg", "b/3.jpg", "b/5.jpg", "b/linked/4.jpg", "elsewhere/4.jpg"]
     assert sorted(index.ignored) == ["a/sub/loop/ (folder already scanned: a symlink loop or a second link)",

@@ -2,11 +2,14 @@
 the names a text file list could not give back."""
 from __future__ import annotations
 
+import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from unseen_fast.data.errors import DataError
+
+log = logging.getLogger("unseen_fast.data")
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -31,7 +34,9 @@ def scan_folder(root: Path, *, workers: int | None = None):
             f"no class folders in {root}: expected the ImageFolder layout "
             f"{root}/<class>/<image> (found {loose} files and no sub-folders)")
     with ThreadPoolExecutor(workers or min(32, len(classes))) as pool:
-        scanned = list(pool.map(lambda name: _scan_class(root, name), classes))
+        walked = list(pool.map(lambda name: _scan_class(root, name), classes))
+    _report_shared_folders(root, classes, [folders for _, _, folders in walked])
+    scanned = [(files, skipped) for files, skipped, _ in walked]
     empty = [name for name, (files, _) in zip(classes, scanned) if not files]
     if empty:
         shown = ", ".join(repr(name) for name in empty[:20])
@@ -60,14 +65,28 @@ def _check_names_round_trip(root, paths: list[str]) -> None:
                         f"back (a line break, or spaces at the start or end of a name): {shown}; rename them")
 
 
-def _scan_class(root: Path, name: str) -> tuple[list[str], list[str]]:
-    """Image files (sorted relative paths) and ignored non-image files of one
-    class folder, recursing into sub-folders. Symlinked files and folders are
-    followed; a folder reached twice (a symlink loop, or two links to one
-    folder) is scanned once and the repeat listed as ignored."""
+def _report_shared_folders(root: Path, classes: list[str], folders: list[dict]) -> None:
+    """Warn about a folder reached from two classes (a directory link): its
+    images are listed under both labels."""
+    owner = {}
+    for name, seen in zip(classes, folders):
+        for key, rel in seen.items():
+            if key in owner:
+                log.warning("folder %s is reached from class %r (as %s) and class %r (as %s): its images are "
+                            "listed under both labels", root / rel, owner[key][0], owner[key][1], name, rel)
+            else:
+                owner[key] = (name, rel)
+
+
+def _scan_class(root: Path, name: str) -> tuple[list[str], list[str], dict]:
+    """Image files (sorted relative paths), ignored non-image files and the
+    folders walked ({(device, inode): relative path}) of one class folder,
+    recursing into sub-folders. Symlinked files and folders are followed; a
+    folder reached twice (a symlink loop, or two links to one folder) is
+    scanned once and the repeat listed as ignored."""
     images, ignored = [], []
     stack = [name]
-    seen = set()
+    seen = {}
     while stack:
         rel = stack.pop()
         try:
@@ -75,7 +94,7 @@ def _scan_class(root: Path, name: str) -> tuple[list[str], list[str]]:
             if (status.st_dev, status.st_ino) in seen:
                 ignored.append(f"{rel}/ (folder already scanned: a symlink loop or a second link)")
                 continue
-            seen.add((status.st_dev, status.st_ino))
+            seen[(status.st_dev, status.st_ino)] = rel
             with os.scandir(root / rel) as it:
                 entries = list(it)
         except OSError as err:
@@ -90,6 +109,6 @@ def _scan_class(root: Path, name: str) -> tuple[list[str], list[str]]:
                 ignored.append(child)
     images.sort()
     ignored.sort()
-    return images, ignored
+    return images, ignored, seen
 
 
