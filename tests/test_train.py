@@ -1,6 +1,7 @@
 """Training engine: fused loss vs float64 autograd, models, learning,
 resume equivalence, train_many across processes, dynamics, the train CLI."""
 import contextlib
+import dataclasses
 import json
 
 import numpy as np
@@ -11,6 +12,7 @@ import torch.nn.functional as F
 from unseen_fast import ops
 from unseen_fast.data import ImageIndex
 from unseen_fast.dynamics import DynamicsRecorder, load_dynamics
+from unseen_fast.errors import UserError
 from unseen_fast.fused_loss import STATS, cross_entropy_with_stats
 from unseen_fast.models import ARCHS, build_model
 from unseen_fast.parallel import TrainJob, train_many
@@ -207,6 +209,85 @@ def test_resume_gives_the_same_weights(tmp_path, monkeypatch):
     assert all(np.array_equal(a[k], b[k], equal_nan=True) for k in a)
     with pytest.raises(ValueError, match="different training config.*'lr': \\(0.05, 0.1\\)"):
         train(digits_config(lr=0.1, record_dynamics=True), digits, ids, tmp_path / "resumed")
+
+
+def test_checkpoint_every_n_epochs_resumes_from_the_last_one(tmp_path, monkeypatch):
+    """Every 2 epochs and after the last; a crash in epoch 4 resumes after
+    epoch 2 (a new --checkpoint-every is fine) with the same final weights."""
+    digits = ImageIndex.digits()
+    ids = np.arange(0, 1797, 2)
+    config = digits_config(epochs=5, checkpoint_every=2)
+    from unseen_fast import train as train_module
+
+    saved = []
+    real_save = train_module._save_checkpoint
+
+    def record(writer, config, model, opt, epochs_done):
+        saved.append(epochs_done)
+        real_save(writer, config, model, opt, epochs_done)
+
+    monkeypatch.setattr(train_module, "_save_checkpoint", record)
+    train(config, digits, ids, tmp_path / "straight")
+    assert saved == [2, 4, 5]
+    real_epoch = train_module._train_epoch
+    calls = {"n": 0}
+
+    def crash_in_epoch_4(*args):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt("simulated crash")
+        return real_epoch(*args)
+
+    monkeypatch.setattr(train_module, "_train_epoch", crash_in_epoch_4)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, digits, ids, tmp_path / "resumed")
+    monkeypatch.undo()
+    assert torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=False)["epochs_done"] == 2
+    train(dataclasses.replace(config, checkpoint_every=1), digits, ids, tmp_path / "resumed")
+    assert same_weights(state(tmp_path / "straight"), state(tmp_path / "resumed"))
+
+
+def test_a_failed_checkpoint_write_stops_the_training(tmp_path, monkeypatch):
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(UserError, match=r"cannot write .*checkpoint.pt: No space left on device"):
+        train(digits_config(epochs=2), ImageIndex.digits(), np.arange(0, 600), tmp_path / "run")
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_sigterm_checkpoints_after_the_epoch_and_resume_finishes_the_run(tmp_path):
+    """A scheduler's SIGTERM (sent here in epoch 2 of the first fold model):
+    one line, exit 2, the epoch's checkpoint kept; --resume gives the
+    coreset of an uninterrupted run."""
+    import subprocess
+    import sys
+
+    args = ["prune", "--data", "builtin:digits", "--prune-rate", "0.3", "--epochs", "4", "--checkpoint-every", "3",
+            "--quiet", "--seed", "2"]
+    out = tmp_path / "run"
+    code = ("import os, signal, sys\n"
+            "from unseen_fast import train as t\n"
+            "real = t._train_epoch\n"
+            "calls = []\n"
+            "def epoch(*a):\n"
+            "    calls.append(1)\n"
+            "    if len(calls) == 2: os.kill(os.getpid(), signal.SIGTERM)\n"
+            "    return real(*a)\n"
+            "t._train_epoch = epoch\n"
+            "from unseen_fast.cli import main\n"
+            f"sys.exit(main({args + ['--out', str(out)]!r}))\n")
+    stopped = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert stopped.returncode == 2, stopped.stderr[-2000:]
+    errors = [line for line in stopped.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "stopped by SIGTERM after epoch 2/4 (checkpoint saved)" in errors[0], stopped.stderr
+    assert torch.load(out / "models" / "fold0" / "checkpoint.pt", weights_only=False)["epochs_done"] == 2
+    cli = [sys.executable, "-m", "unseen_fast.cli"]
+    assert subprocess.run(cli + args + ["--out", str(out), "--resume"], capture_output=True).returncode == 0
+    straight = subprocess.run(cli + args + ["--out", str(tmp_path / "straight")], capture_output=True)
+    assert straight.returncode == 0
+    assert np.array_equal(np.load(out / "coreset.npy"), np.load(tmp_path / "straight" / "coreset.npy"))
 
 
 def test_recalibrated_batchnorm_holds_the_mean_over_equal_batches():

@@ -31,7 +31,7 @@ from unseen_fast.rundir import RunDir, write_text
 from unseen_fast.selection import SELECTIONS, random_scores, select, stage_sizes
 from unseen_fast.splits import fold_assignment
 from unseen_fast.stage1 import Stage1Store, score_stage1, scoring_mask
-from unseen_fast.train import TrainConfig, load_model
+from unseen_fast.train import TrainConfig, config_identity, load_model
 
 log = logging.getLogger("unseen_fast.pipeline")
 
@@ -195,7 +195,8 @@ def _readable(index: ImageIndex, skip_bad: bool) -> tuple[ImageIndex, dict[str, 
 
 def _claim(run: RunDir, config: PruneConfig, index: ImageIndex, resume: bool) -> RunDir:
     """Refuse to reuse a run folder for another configuration or dataset."""
-    if run.claim(dataclasses.asdict(config), resume=resume, prepare=index.save):
+    identity = dict(dataclasses.asdict(config), train=config_identity(config.train))  # not run settings
+    if run.claim(identity, resume=resume, prepare=index.save):
         ImageIndex.load(run.root).assert_same_listing(index)
         log.info("resuming %s", run.root)
     return run

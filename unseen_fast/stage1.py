@@ -17,7 +17,7 @@ from unseen_fast.evaluate import ScoringPass, penultimate_features, score_sample
 from unseen_fast.parallel import TrainJob
 from unseen_fast.rundir import RunDir, fingerprint
 from unseen_fast.selection import random_scores
-from unseen_fast.train import load_model
+from unseen_fast.train import config_identity, load_model
 
 # The full-data model keeps its softmax trajectory (for TDDS) while it fits in this many bytes.
 PROBABILITY_RECORD_LIMIT = 1 << 30
@@ -46,7 +46,7 @@ class Stage1Store:
             kind = dict(kind="fitting", seed=config.seed) if config.framework == "fitting" else \
                 dict(kind="folds", folds=config.folds, split=config.split, seed=config.seed)
             # the data's contents, not only its names and labels: a replaced image retrains
-            key = fingerprint(dict(data=index.content_fingerprint, train=dataclasses.asdict(train_config), **kind))
+            key = fingerprint(dict(data=index.content_fingerprint, train=config_identity(train_config), **kind))
             share = Path(share_dir)
             self.root, self.cache_dir, self.shared = share / f"stage1-{kind['kind']}-{key}", share / "cache", True
             self.root.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from unseen_fast.checkpoint import CheckpointWriter, config_identity, stop_on_sigterm, to_cpu_copy
 from unseen_fast.constants import AMP_MODES, amp_dtype, can_draw_bars, input_dtype, resolve_amp
 from unseen_fast.data import ImageIndex, make_loader
 from unseen_fast.dynamics import DynamicsRecorder
@@ -54,6 +55,9 @@ class TrainConfig:
     # many (augmented) training samples; 0 keeps the momentum averages, which on a small fold (few steps)
     # still sit near their initial values and make eval-mode outputs garbage.
     bn_recalibration_samples: int = 50_000
+    # Checkpoint after every this many epochs (and after the last one, and on SIGTERM). A run setting:
+    # not part of what a checkpoint or a shared model is (config_identity), so it may change on --resume.
+    checkpoint_every: int = 1
 
     def __post_init__(self):
         if self.schedule not in ("onecycle", "cosine"):
@@ -62,6 +66,8 @@ class TrainConfig:
             raise UserError(f"amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
         if self.epochs < 1 or self.batch_size < 1:
             raise UserError(f"need epochs >= 1 and batch_size >= 1, got {self.epochs}, {self.batch_size}")
+        if self.checkpoint_every < 1:
+            raise UserError(f"checkpoint_every must be >= 1 epoch, got {self.checkpoint_every}")
         if self.bn_recalibration_samples < 0:
             raise UserError(f"bn_recalibration_samples must be >= 0, got {self.bn_recalibration_samples}")
 
@@ -108,6 +114,9 @@ def train(config: TrainConfig, index: ImageIndex, ids, out_dir, *, device="cpu",
     if config.threads:
         torch.set_num_threads(config.threads)
     ids = np.asarray(ids, dtype=np.int64)
+    if device.type == "cuda":  # static shapes: let cuDNN pick the fastest of its deterministic algorithms
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.deterministic = True
     group_rank, group_size = _group_position(ddp_group)
     loader_kwargs = dict(loader_kwargs or {}, **({"rank": group_rank, "world_size": group_size} if ddp_group else {}))
 
@@ -124,26 +133,62 @@ def train(config: TrainConfig, index: ImageIndex, ids, out_dir, *, device="cpu",
         step_model = nn.parallel.DistributedDataParallel(
             step_model, process_group=ddp_group, device_ids=[device.index] if device.type == "cuda" else None)
 
-    for epoch in range(start_epoch, config.epochs):
-        model.train()
-        loader = make_loader(index, ids, train=True, batch_size=rank_batch, image_size=config.image_size,
-                             backend=config.backend, device=device, seed=config.seed, epoch=epoch,
-                             dtype=input_dtype(config.amp), drop_last=opt.drop_last, **loader_kwargs)
-        if epoch == start_epoch:
-            log.info("training on %d samples with the %s data backend", len(ids), loader.backend)
-        batches = _progress(loader, progress, f"epoch {epoch + 1}/{config.epochs}")
-        start = time.perf_counter()
-        sums = _train_epoch(config, step_model, opt, batches, recorder, epoch, device)
-        _report_epoch(config, out_dir.name, epoch, *sums, start)
-        if group_rank == 0 and epoch + 1 == config.epochs:
-            # every id on this one rank, whatever torch.distributed's world is
-            eval_kwargs = dict(loader_kwargs, rank=0, world_size=1)
-            recalibrate_batchnorm(model, index, ids, config, device=device, loader_kwargs=eval_kwargs)
-        if group_rank == 0:
-            _save_checkpoint(out_dir, config, model, opt, epoch + 1)
-        if ddp_group is not None:
-            torch.distributed.barrier(ddp_group)  # nobody runs ahead of a checkpoint
+    context = _EpochContext(config, index, ids, model, step_model, opt, recorder, device, loader_kwargs,
+                            rank_batch, progress, out_dir, group_rank)
+    writer = CheckpointWriter(out_dir / CHECKPOINT) if group_rank == 0 else None
+    try:
+        with stop_on_sigterm() as stop:
+            for epoch in range(start_epoch, config.epochs):
+                context.run(epoch, first=epoch == start_epoch)
+                last = epoch + 1 == config.epochs
+                if writer is not None and (last or stop.requested or (epoch + 1) % config.checkpoint_every == 0):
+                    _save_checkpoint(writer, config, model, opt, epoch + 1)
+                if ddp_group is not None:
+                    torch.distributed.barrier(ddp_group)  # nobody runs ahead of a checkpoint
+                if stop.requested and not last:
+                    raise UserError(f"training {out_dir.name} stopped by SIGTERM after epoch {epoch + 1}/"
+                                    f"{config.epochs} (checkpoint saved); --resume continues from there")
+    finally:
+        if writer is not None:
+            writer.wait()  # the last checkpoint is on disk before train returns or raises
     return model
+
+
+@dataclass
+class _EpochContext:
+    """What every epoch of one train() call uses."""
+    config: TrainConfig
+    index: ImageIndex
+    ids: np.ndarray
+    model: nn.Module
+    step_model: nn.Module
+    opt: "_Optimization"
+    recorder: DynamicsRecorder | None
+    device: torch.device
+    loader_kwargs: dict
+    rank_batch: int
+    progress: bool
+    out_dir: Path
+    group_rank: int
+
+    def run(self, epoch: int, *, first: bool) -> None:
+        config = self.config
+        self.model.train()
+        loader = make_loader(self.index, self.ids, train=True, batch_size=self.rank_batch,
+                             image_size=config.image_size, backend=config.backend, device=self.device,
+                             seed=config.seed, epoch=epoch, dtype=input_dtype(config.amp),
+                             drop_last=self.opt.drop_last, **self.loader_kwargs)
+        if first:
+            log.info("training on %d samples with the %s data backend", len(self.ids), loader.backend)
+        batches = _progress(loader, self.progress, f"epoch {epoch + 1}/{config.epochs}")
+        start = time.perf_counter()
+        sums = _train_epoch(config, self.step_model, self.opt, batches, self.recorder, epoch, self.device)
+        _report_epoch(config, self.out_dir.name, epoch, *sums, start)
+        if self.group_rank == 0 and epoch + 1 == config.epochs:
+            # every id on this one rank, whatever torch.distributed's world is
+            eval_kwargs = dict(self.loader_kwargs, rank=0, world_size=1)
+            recalibrate_batchnorm(self.model, self.index, self.ids, config, device=self.device,
+                                  loader_kwargs=eval_kwargs)
 
 
 @dataclass
@@ -299,12 +344,13 @@ def logged_progress(loader, desc: str, every_s: float):
             last = now
 
 
-def _save_checkpoint(out_dir: Path, config, model, opt: _Optimization, epochs_done: int) -> None:
+def _save_checkpoint(writer: CheckpointWriter, config, model, opt: _Optimization, epochs_done: int) -> None:
+    """Snapshot the training state (a copy on the CPU) and hand it to the
+    writer thread: the file is serialized and written while training goes on."""
     state = dict(config=dataclasses.asdict(config), epochs_done=epochs_done, model=model.state_dict(),
                  optimizer=opt.optimizer.state_dict(), scheduler=opt.scheduler.state_dict(),
                  scaler=opt.scaler.state_dict(), torch_rng=torch.get_rng_state(), numpy_rng=np.random.get_state())
-    with atomic_path(out_dir / CHECKPOINT) as tmp:  # a crash mid-write keeps the previous checkpoint
-        torch.save(state, tmp)
+    writer.save(to_cpu_copy(state))
 
 
 def _resume(out_dir: Path, config, model, opt: _Optimization) -> int:
@@ -312,9 +358,9 @@ def _resume(out_dir: Path, config, model, opt: _Optimization) -> int:
     if not path.exists():
         return 0
     state = torch.load(path, map_location="cpu", weights_only=False)
-    saved = state["config"]
-    if saved != dataclasses.asdict(config):
-        diff = {k: (saved.get(k), v) for k, v in dataclasses.asdict(config).items() if saved.get(k) != v}
+    saved = config_identity(state["config"])
+    if saved != config_identity(config):
+        diff = {k: (saved.get(k), v) for k, v in config_identity(config).items() if saved.get(k) != v}
         raise UserError(f"{path} was written with a different training config (saved, now): {diff}; "
                          f"use another output folder or the same settings")
     model.load_state_dict(state["model"])

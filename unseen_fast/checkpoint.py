@@ -1,0 +1,94 @@
+"""Checkpoint plumbing of the training loop: what identifies a training
+config, a background writer (the file is serialized and written while
+training goes on), and SIGTERM as a request to checkpoint and stop."""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import signal
+import threading
+from pathlib import Path
+
+import torch
+
+from unseen_fast.rundir import atomic_path
+
+log = logging.getLogger("unseen_fast.train")
+
+RUN_ONLY_FIELDS = ("checkpoint_every",)
+
+
+def config_identity(config) -> dict:
+    """The fields of a TrainConfig (or its dict) that decide the trained
+    model: everything but how often it is checkpointed."""
+    fields = config if isinstance(config, dict) else dataclasses.asdict(config)
+    return {k: v for k, v in fields.items() if k not in RUN_ONLY_FIELDS}
+
+
+def to_cpu_copy(value):
+    """``value`` with every tensor replaced by a CPU copy (weights and
+    optimizer buffers keep changing while the writer thread works)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {k: to_cpu_copy(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(to_cpu_copy(v) for v in value)
+    return value
+
+
+class CheckpointWriter:
+    """Writes checkpoints on one background thread, atomically (a crash
+    mid-write keeps the previous file); at most one write in flight, and
+    ``wait`` re-raises a failed write."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def save(self, state: dict) -> None:
+        self.wait()
+        self._thread = threading.Thread(target=self._write, args=(state,), name="unseen-fast-checkpoint")
+        self._thread.start()
+
+    def _write(self, state: dict) -> None:
+        try:
+            with atomic_path(self.path) as tmp:
+                torch.save(state, tmp)
+        except BaseException as err:  # re-raised in the training thread by wait()
+            self._error = err
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+
+class _StopRequest:
+    requested = False
+
+
+@contextlib.contextmanager
+def stop_on_sigterm():
+    """Within the block SIGTERM (a scheduler's pre-emption) asks the loop to
+    checkpoint after the current epoch and stop; only in the main thread
+    (signal handlers cannot be set elsewhere), restored on exit."""
+    stop = _StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def request(signum, frame):
+        log.warning("SIGTERM: stopping after this epoch's checkpoint")
+        stop.requested = True
+
+    previous = signal.signal(signal.SIGTERM, request)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGTERM, previous)
