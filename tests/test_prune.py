@@ -425,3 +425,29 @@ def test_sigkill_at_a_dozen_random_moments_then_resume(tmp_path):
     assert straight.returncode == 0, straight.stderr[-2000:]
     assert np.array_equal(np.load(out / "coreset.npy"), np.load(tmp_path / "straight" / "coreset.npy"))
     assert (out / "coreset.txt").read_bytes() == (tmp_path / "straight" / "coreset.txt").read_bytes()
+
+
+def test_an_image_cut_short_after_its_header_stops_before_training_or_is_left_out(tmp_path, small_folder):
+    """The header pass cannot see it; the decoded cache does, before any training."""
+    import io
+    import shutil
+
+    from PIL import Image
+
+    root = tmp_path / "data"
+    shutil.copytree(small_folder, root)
+    paths = ImageIndex.from_folder(root).paths
+    buffer = io.BytesIO()
+    Image.open(root / paths[7]).convert("RGB").save(buffer, format="JPEG", quality=95)
+    (root / paths[7]).write_bytes(buffer.getvalue()[:int(len(buffer.getvalue()) * 0.9)])  # header intact
+    cfg = config(prune_rate=0.5, folds=2, stages=2, stage_size=10,
+                 train=dict(image_size=32, batch_size=32, epochs=1, backend="cache"))
+    with pytest.raises(UserError, match=r"1 image\(s\) could not be decoded: .*" + paths[7].split("/")[1] +
+                                        r".*--resume with --skip-bad"):
+        prune(ImageIndex.from_folder(root), out=tmp_path / "run", config=cfg)
+    assert not (tmp_path / "run" / "models").exists()  # stopped before any training
+    result = prune(ImageIndex.from_folder(root), out=tmp_path / "run", config=cfg, resume=True, skip_bad=True)
+    assert 7 not in result.coreset.tolist() and len(result.coreset) == result["coreset_size"]
+    assert (tmp_path / "run" / "skipped_images.txt").read_text().startswith(paths[7] + "\t")
+    assert np.isnan(np.load(tmp_path / "run" / "scores_per_model_stage1.npy")[:, 7]).all()
+    assert not np.load(tmp_path / "run" / "label_issues.npy")[7]

@@ -77,7 +77,8 @@ def score(
         Column ``j`` holds ``methods[j]``. A row containing NaN or +inf, or only
         -inf, scores NaN in every column.
     """
-    return torch.ops.unseen_fast.score(logits, labels, method_codes(methods), resolve_check_labels(check_labels, logits))
+    check = resolve_check_labels(check_labels, logits)
+    return torch.ops.unseen_fast.score(logits, labels, method_codes(methods), check)
 
 
 def resolve_check_labels(check_labels: Optional[bool], logits: torch.Tensor) -> bool:

@@ -166,7 +166,7 @@ def prune(data, *, out, config: PruneConfig, device="cpu", nproc: int | None = N
         write_text(run / "skipped_images.txt", "".join(f"{path}\t{reason}\n" for path, reason in skipped.items()))
     try:
         job = _PruneJob(run, config, index, dict(device=device, nproc=nproc, gpus=gpus, progress=progress,
-                                                 model_factory=model_factory), share_dir)
+                                                 model_factory=model_factory), share_dir, skip_bad)
         fold = job.split()
         added = job.select_stages(fold)
         return write_outputs(run, index, config, job.sizes, added, fold, job.timings, job.images,
@@ -183,14 +183,43 @@ def _readable(index: ImageIndex, skip_bad: bool) -> tuple[ImageIndex, dict[str, 
     bad = unreadable_headers(index)
     if not bad:
         return index, {}
-    listed = "; ".join(f"{index.file(i)} ({reason})" for i, reason in list(bad.items())[:10])
-    more = f"; and {len(bad) - 10} more" if len(bad) > 10 else ""
+    listed, more = _some_files(index, bad)
     if not skip_bad:
         raise UserError(f"{len(bad)} unreadable image(s): {listed}{more}. Fix or remove them, or pass --skip-bad "
                         f"to leave them out")
     log.warning("leaving out %d unreadable image(s) (--skip-bad): %s%s", len(bad), listed, more)
     keep = np.setdiff1d(np.arange(len(index)), np.fromiter(bad, dtype=np.int64))
     return index.subset(keep), {index.paths[i]: reason for i, reason in bad.items()}
+
+
+def _usable(run: RunDir, index: ImageIndex, bad: dict[int, str], skip_bad: bool, config: PruneConfig) -> np.ndarray:
+    """(N,) bool: False for images the decoded cache could not decode (cut
+    short or corrupt after a valid header). Without ``skip_bad`` they stop
+    the run before any training; with it they are listed in
+    skipped_images.txt and never trained on, scored or selected."""
+    usable = np.ones(len(index), dtype=bool)
+    if not bad:
+        return usable
+    listed, more = _some_files(index, bad)
+    if not skip_bad:
+        raise UserError(f"{len(bad)} image(s) could not be decoded: {listed}{more}. Replace them and --resume, or "
+                        f"--resume with --skip-bad to leave them out")
+    if config.score in FEATURE_SCORES:
+        raise UserError(f"--score {config.score} reads the features of every image; {len(bad)} cannot be decoded: "
+                        f"{listed}{more}")
+    log.warning("leaving out %d image(s) that could not be decoded (--skip-bad): %s%s", len(bad), listed, more)
+    listing = run / "skipped_images.txt"
+    before = listing.read_text() if listing.exists() else ""
+    lines = [f"{index.paths[i]}\t{reason}\n" for i, reason in bad.items()]
+    write_text(listing, before + "".join(line for line in lines if line not in before))
+    usable[np.fromiter(bad, dtype=np.int64)] = False
+    return usable
+
+
+def _some_files(index: ImageIndex, bad: dict[int, str]) -> tuple[str, str]:
+    """("path (reason); ..." for up to 10 of ``bad``, "; and N more" or "")."""
+    listed = "; ".join(f"{index.file(i)} ({reason})" for i, reason in list(bad.items())[:10])
+    return listed, f"; and {len(bad) - 10} more" if len(bad) > 10 else ""
 
 
 def _claim(run: RunDir, config: PruneConfig, index: ImageIndex, resume: bool) -> RunDir:
@@ -206,15 +235,17 @@ class _PruneJob:
     """The phases of one prune run over its run folder; each returns its
     result from the folder when an earlier invocation finished it."""
 
-    def __init__(self, run: RunDir, config: PruneConfig, index: ImageIndex, common: dict, share_dir):
+    def __init__(self, run: RunDir, config: PruneConfig, index: ImageIndex, common: dict, share_dir,
+                 skip_bad: bool = False):
         self.run, self.config, self.index = run, config, index
         self.sizes = stage_sizes(len(index), config.prune_rate, config.stages, config.stage_size)
         self.store = Stage1Store(run, config, index, share_dir)
         self.loader_kwargs = dict(cache_dir=self.store.cache_dir)
         self.common = dict(common, loader_kwargs=self.loader_kwargs)
         self.timings, self.images = {}, {}
-        prepare_cache(index, config.train.image_size, backend=config.train.backend, device=common["device"],
-                      cache_dir=self.store.cache_dir, progress=common["progress"])
+        bad = prepare_cache(index, config.train.image_size, backend=config.train.backend, device=common["device"],
+                            cache_dir=self.store.cache_dir, progress=common["progress"])
+        self.usable = _usable(run, index, bad, skip_bad, config)  # (N,) False: never trained on, scored or kept
 
     def split(self) -> np.ndarray:
         """(N,) fold of every sample."""
@@ -239,7 +270,7 @@ class _PruneJob:
             log.info("stage-1 scores reused from %s", self.store.root)
             self.timings["stage1_reused_from"] = str(self.store.root)
         per_model = scored.scores
-        use = scoring_mask(config, fold, len(per_model))
+        use = scoring_mask(config, fold, len(per_model)) & self.usable
         run.save_npy("scores_per_model_stage1.npy", per_model)
         run.save_npy("correct_per_model_stage1.npy", scored.correct)
         run.save_npz("predictions_stage1.npz", dict(predicted=scored.predicted, confidence=scored.confidence,
@@ -256,7 +287,7 @@ class _PruneJob:
         config, labels, sizes = self.config, self.index.labels, self.sizes
         scores = self.stage1(fold)
         # never selected: dropped label issues and (selection auto) the validation split
-        excluded = self.label_issues(fold) & config.drop_label_issues
+        excluded = (self.label_issues(fold) & config.drop_label_issues) | ~self.usable
         selecting = config
         if config.selection == "auto":
             selecting, excluded = self.choose_selection(scores, excluded, fold)
@@ -282,8 +313,9 @@ class _PruneJob:
                 evidence = ScoringPass(scores=self.run.load_npy("scores_per_model_stage1.npy"),
                                        correct=self.run.load_npy("correct_per_model_stage1.npy"),
                                        **self.run.load_npz("predictions_stage1.npz"))
-                issues = find_label_issues(evidence, scoring_mask(self.config, fold, len(evidence.scores)),
-                                           index.labels, index.num_classes, self.config.label_issue_factor)
+                use = scoring_mask(self.config, fold, len(evidence.scores)) & self.usable
+                issues = find_label_issues(evidence, use, index.labels, index.num_classes,
+                                           self.config.label_issue_factor)
                 write_text(self.run / "label_issues.csv",
                            label_issues_csv(issues, index.paths, index.labels, index.classes))
                 flagged = issues.mask(len(index))
@@ -302,20 +334,21 @@ class _PruneJob:
         if validation is None:
             validation = validation_mask(self.index.labels, sum(self.sizes), self.config.seed, excluded)
             self.run.save_npy("validation.npy", validation)
-        stage1_images = self.config.train.epochs * sum(len(job.ids) for job in self.store.jobs(fold))
+        jobs = self.store.jobs(fold, self.usable)
+        stage1_images = self.config.train.epochs * sum(len(job.ids) for job in jobs)
         selecting, _ = choose_selection(self.run, self.config, self.index, scores, sum(self.sizes), excluded,
                                         validation, stage1_images=stage1_images, common=self.common)
         return selecting, excluded | validation
 
     def _train_and_score_stage1(self, fold: np.ndarray) -> ScoringPass:
         tick = time.perf_counter()
-        jobs = self.store.jobs(fold)
+        jobs = self.store.jobs(fold, self.usable)
         if jobs:
             train_many(jobs, self.store.train_config, self.index, **self.common)
         self.timings["stage1_training_s"] = time.perf_counter() - tick
         self.images["stage1_training"] = self.config.train.epochs * sum(len(job.ids) for job in jobs)
         tick = time.perf_counter()
-        result = score_stage1(self.config, self.index, fold, jobs, device=self.common["device"],
+        result = score_stage1(self.config, self.index, fold, jobs, self.usable, device=self.common["device"],
                               loader_kwargs=self.loader_kwargs, model_factory=self.common["model_factory"])
         self.timings["stage1_scoring_s"] = time.perf_counter() - tick
         self.images["stage1_scoring"] = len(self.index)

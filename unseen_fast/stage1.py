@@ -53,14 +53,15 @@ class Stage1Store:
         if probability_bytes:
             _check_disk_for_probabilities(self.root, probability_bytes)
 
-    def jobs(self, fold: np.ndarray) -> list[TrainJob]:
+    def jobs(self, fold: np.ndarray, usable: np.ndarray) -> list[TrainJob]:
+        """The stage-1 trainings, on the ``usable`` samples (decodable ones) only."""
         config = self.config
         if config.score == "random":
             return []
         if config.framework == "fitting":
-            return [TrainJob("fitting", np.arange(self.n), str(self.root / "fitting"), seed=config.seed)]
-        return [TrainJob(f"fold{k}", np.flatnonzero(fold == k), str(self.root / f"fold{k}"), seed=config.seed + k)
-                for k in range(config.folds)]
+            return [TrainJob("fitting", np.flatnonzero(usable), str(self.root / "fitting"), seed=config.seed)]
+        return [TrainJob(f"fold{k}", np.flatnonzero((fold == k) & usable), str(self.root / f"fold{k}"),
+                         seed=config.seed + k) for k in range(config.folds)]
 
     def _scores_name(self) -> str:
         params = fingerprint(dataclasses.asdict(self.config.baseline))[:8]
@@ -91,7 +92,7 @@ def _check_disk_for_probabilities(root: Path, size: int) -> None:
                          f"free under {existing}; free space or use fewer --epochs")
 
 
-def score_stage1(config, index: ImageIndex, fold: np.ndarray, jobs: list[TrainJob], *, device,
+def score_stage1(config, index: ImageIndex, fold: np.ndarray, jobs: list[TrainJob], usable: np.ndarray, *, device,
                  loader_kwargs: dict, model_factory=None) -> ScoringPass:
     """The stage-1 scoring pass: (M, N) scores of each stage-1 model (NaN
     where it did not score), correctness and the label-issue evidence.
@@ -105,8 +106,7 @@ def score_stage1(config, index: ImageIndex, fold: np.ndarray, jobs: list[TrainJo
         return result
     models = [load_model(job.out_dir, index.num_classes, device=device, model_factory=model_factory) for job in jobs]
     return score_samples(models, index, np.arange(n), config.train, config.score, device=device,
-                         loader_kwargs=loader_kwargs,
-                         use=None if config.framework == "fitting" else scoring_mask(config, fold, len(jobs)))
+                         loader_kwargs=loader_kwargs, use=scoring_mask(config, fold, len(jobs)) & usable)
 
 
 def _score_without_predictions(config, index: ImageIndex, jobs: list[TrainJob], *, device, loader_kwargs,

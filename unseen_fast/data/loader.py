@@ -141,10 +141,13 @@ def _check_loader_args(backend: str, image_size: int, dtype, batch_size: int, st
 
 
 def prepare_cache(index: ImageIndex, image_size: int, *, backend: str = "auto", device="cpu", cache_dir=None,
-                  progress: bool = False) -> None:
+                  progress: bool = False) -> dict[int, str]:
     """Build the decoded cache now when ``backend`` (after ``auto``) will use
-    it, so that worker processes started later do not each decode the data."""
+    it, so that worker processes started later do not each decode the data.
+    Returns {sample id: reason} of the images that could not be decoded
+    (empty when no cache is used: other backends meet them while loading)."""
     if backend == "auto":
         backend = choose_backend(index, image_size, device=device)[0]
     if backend in ("cache", "resident") and not index.in_memory:
-        DecodedCache.open_or_build(index, Augment(image_size, train=False), cache_dir, progress=progress)
+        return DecodedCache.open_or_build(index, Augment(image_size, train=False), cache_dir, progress=progress).bad
+    return {}
