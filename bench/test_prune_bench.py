@@ -116,3 +116,48 @@ def test_prune_end_to_end(benchmark, dataset, tmp_path, variant):
             return len(naive_unseen(dataset))
     size = benchmark.pedantic(run, rounds=1, iterations=1)
     assert size == int(10 * PER_CLASS * (1 - P))
+
+
+@pytest.fixture(scope="module")
+def prune_summary(dataset, tmp_path_factory):
+    index = ImageIndex.from_folder(dataset)
+    config = PruneConfig(prune_rate=P, folds=K, stages=J, train=TrainConfig(epochs=EPOCHS, batch_size=BATCH, lr=LR))
+    return prune(index, out=tmp_path_factory.mktemp("phases") / "run", config=config)
+
+
+def test_phase_rates_against_the_synthetic_step(benchmark, prune_summary):
+    """Each phase's images per second in one prune, next to what the same
+    model trains at on synthetic tensors already in memory (same batch,
+    precision, layout), measured in the same run: the share of the
+    model-bound speed that the data path and the loop leave."""
+    from unseen_fast.constants import amp_dtype, input_dtype
+    from unseen_fast.models import build_model
+
+    amp = prune_summary["precision"]
+    model = build_model("fastnet", 10, image_size=32)
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9, nesterov=True)
+    images = torch.randn(BATCH, 3, 32, 32).to(input_dtype(amp)).contiguous(memory_format=torch.channels_last)
+    labels = torch.randint(0, 10, (BATCH,))
+    steps = 10
+
+    def synthetic():
+        for _ in range(steps):
+            with torch.autocast("cpu", dtype=amp_dtype(amp), enabled=amp != "off"):
+                loss = F.cross_entropy(model(images), labels, label_smoothing=0.1)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+    benchmark.group = f"training img/s: prune phases vs the synthetic step (fastnet, batch {BATCH}, {amp})"
+    benchmark.extra_info.update(items=steps * BATCH, unit="img", role="synthetic step")
+    synthetic()  # warm-up
+    benchmark.pedantic(synthetic, rounds=3, iterations=1)
+    rate = steps * BATCH / benchmark.stats.stats.median
+    wall, images_done = prune_summary["wall_time_s"], prune_summary["images_processed"]
+    phases = {name: images_done[name] / wall[f"{name}_s"] for name in images_done if wall.get(f"{name}_s")}
+    benchmark.extra_info.update(phase_img_per_s=phases, synthetic_img_per_s=rate)
+    for name, phase_rate in phases.items():
+        # scoring phases count each sample once, whatever the number of models: a rate, not a share
+        share = f" = {phase_rate / rate:.0%} of the synthetic training step ({rate:,.0f} img/s)" \
+            if name.endswith("_training") else " (samples scored per second)"
+        print(f"{name}: {phase_rate:,.0f} img/s{share}")
