@@ -4,6 +4,8 @@
 
 #include <ATen/ATen.h>
 
+#include <vector>
+
 #include "score_math.h"
 
 namespace unseen_fast {
@@ -66,9 +68,15 @@ inline void check_companion(const at::Tensor& t, at::ScalarType dtype, const cha
               " must be on the scores' device ", scores.device(), ", got ", t.device());
 }
 
-inline void check_select_args(const at::Tensor& scores, int64_t k,
-                              const c10::optional<at::Tensor>& labels, bool balanced,
-                              const c10::optional<at::Tensor>& exclude) {
+// Every data-dependent fact the select_topk checks need, read in one host
+// copy (the only host sync of a CUDA select_topk).
+struct SelectFacts {
+  int64_t num_classes = 0;  // labels' max + 1 (0 without labels or samples)
+};
+
+inline SelectFacts check_select_args(const at::Tensor& scores, int64_t k,
+                                     const c10::optional<at::Tensor>& labels, bool balanced,
+                                     const c10::optional<at::Tensor>& exclude) {
   TORCH_CHECK(scores.dim() == 1, "select_topk: scores must be 1-D [N], got shape ",
               scores.sizes());
   const auto dtype = scores.scalar_type();
@@ -76,34 +84,36 @@ inline void check_select_args(const at::Tensor& scores, int64_t k,
               "select_topk: scores must be float32 or float64, got ", dtype);
   const int64_t N = scores.size(0);
   TORCH_CHECK(k >= 0, "select_topk: k must be >= 0, got k=", k);
-  if (scores.numel() > 0) {
-    const auto nan = at::isnan(scores);
-    if (nan.any().item<bool>()) {
-      const int64_t i = nan.nonzero().select(1, 0)[0].item<int64_t>();
-      TORCH_CHECK(false, "select_topk: score at index ", i, " is NaN");
+  if (exclude.has_value()) check_companion(*exclude, at::kBool, "exclude", "a bool", scores);
+  TORCH_CHECK(!balanced || labels.has_value(), "select_topk: balanced=True needs labels");
+  if (labels.has_value()) check_companion(*labels, at::kLong, "labels", "an int64", scores);
+  SelectFacts facts;
+  int64_t excluded = 0;
+  if (N > 0) {
+    // [NaN count, first NaN, excluded count, label min, first negative label's index and value, label max]
+    const auto opts = scores.options().dtype(at::kLong);
+    const at::Tensor nan = at::isnan(scores);
+    std::vector<at::Tensor> parts{nan.sum().to(at::kLong), nan.to(at::kByte).argmax(),
+                                  exclude.has_value() ? exclude->sum().to(at::kLong) : at::zeros({}, opts)};
+    if (labels.has_value()) {
+      const at::Tensor first_negative = labels->lt(0).to(at::kByte).argmax();
+      parts.push_back(labels->min());
+      parts.push_back(first_negative);
+      parts.push_back(labels->index_select(0, first_negative.reshape({1})).reshape({}));
+      parts.push_back(labels->max());
+    }
+    const at::Tensor host = at::stack(parts).cpu();
+    const int64_t* f = host.const_data_ptr<int64_t>();
+    TORCH_CHECK(f[0] == 0, "select_topk: score at index ", f[1], " is NaN");
+    excluded = f[2];
+    if (labels.has_value()) {
+      TORCH_CHECK(f[3] >= 0, "select_topk: label ", f[5], " at index ", f[4], " is negative");
+      facts.num_classes = f[6] + 1;
     }
   }
-  int64_t eligible = N;
-  if (exclude.has_value()) {
-    check_companion(*exclude, at::kBool, "exclude", "a bool", scores);
-    eligible -= exclude->sum().item<int64_t>();
-  }
-  TORCH_CHECK(!balanced || labels.has_value(),
-              "select_topk: balanced=True needs labels");
-  if (labels.has_value()) {
-    const at::Tensor& y = *labels;
-    check_companion(y, at::kLong, "labels", "an int64", scores);
-    if (N > 0) {
-      const auto bad = y.lt(0);
-      if (bad.any().item<bool>()) {
-        const int64_t i = bad.nonzero().select(1, 0)[0].item<int64_t>();
-        TORCH_CHECK(false, "select_topk: label ", y[i].item<int64_t>(), " at index ",
-                    i, " is negative");
-      }
-    }
-  }
-  TORCH_CHECK(k <= eligible, "select_topk: k=", k, " is more than the ", eligible,
-              " eligible samples (N=", N, ", excluded ", N - eligible, ")");
+  TORCH_CHECK(k <= N - excluded, "select_topk: k=", k, " is more than the ", N - excluded,
+              " eligible samples (N=", N, ", excluded ", excluded, ")");
+  return facts;
 }
 
 // Sum of normalize must be finite and positive; name the first bad score.

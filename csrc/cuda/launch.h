@@ -29,28 +29,4 @@ struct ScoreLaunch {
 
 cudaError_t launch_score(const ScoreLaunch& args, cudaStream_t stream) noexcept;
 
-// select_topk building blocks. Keys are the order-preserving integer images
-// of the scores (select_math.h); key 0 marks an excluded sample.
-cudaError_t launch_keys_f32(const float* scores, const bool* exclude, int64_t n,
-                            uint32_t* keys, cudaStream_t stream) noexcept;
-cudaError_t launch_keys_f64(const double* scores, const bool* exclude, int64_t n,
-                            uint64_t* keys, cudaStream_t stream) noexcept;
-
-// hist[class][digit] += number of candidates whose key matches their class's
-// prefix under mask, by digit (key >> shift) & 255. labels nullptr: one class.
-cudaError_t launch_histogram_u32(const uint32_t* keys, const int64_t* labels, int64_t n,
-                                 const uint32_t* prefix, uint32_t mask, int shift,
-                                 unsigned long long* hist, cudaStream_t stream) noexcept;
-cudaError_t launch_histogram_u64(const uint64_t* keys, const int64_t* labels, int64_t n,
-                                 const uint64_t* prefix, uint64_t mask, int shift,
-                                 unsigned long long* hist, cudaStream_t stream) noexcept;
-
-// above[i] = key > threshold[class], equal[i] = key == threshold[class].
-cudaError_t launch_classify_u32(const uint32_t* keys, const int64_t* labels, int64_t n,
-                                const uint32_t* threshold, bool* above, bool* equal,
-                                cudaStream_t stream) noexcept;
-cudaError_t launch_classify_u64(const uint64_t* keys, const int64_t* labels, int64_t n,
-                                const uint64_t* threshold, bool* above, bool* equal,
-                                cudaStream_t stream) noexcept;
-
 }  // namespace unseen_fast::cuda
