@@ -1,4 +1,4 @@
-// CUDA kernel of score: TPR threads per row (chosen by C) each fold a strided
+// CUDA kernel of score: TPR threads per row (1, 8, 32 or 256 by C) each fold a strided
 // slice of the row into a SoftmaxState with the shared online merge; the
 // states are merged by warp shuffles (and shared memory for 256-thread rows)
 // and each lane then writes some of the row's outputs. The same merge and
@@ -86,6 +86,9 @@ cudaError_t launch_rows(const ScoreLaunch& a, cudaStream_t stream) {
 
 template <typename T, bool kUnitStride>
 cudaError_t launch_for_width(const ScoreLaunch& a, cudaStream_t stream) {
+  // A few classes: one thread per row, no shuffles (8 threads sharing a
+  // 40-byte row spent most of their time merging states).
+  if (a.cols <= 16) return launch_rows<T, 1, kUnitStride>(a, stream);
   if (a.cols <= 64) return launch_rows<T, 8, kUnitStride>(a, stream);
   if (a.cols <= 2048) return launch_rows<T, 32, kUnitStride>(a, stream);
   return launch_rows<T, 256, kUnitStride>(a, stream);
