@@ -23,8 +23,22 @@ def test_validation_split_is_stratified_and_leaves_room():
     assert mask.sum() == validation_mask(labels, 600, 0, exclude).sum()
     assert np.array_equal(mask, validation_mask(labels, 600, 0, exclude))  # seeded
     assert validation_mask(labels, 900, 0, np.zeros_like(exclude)).sum() == 50  # half the 100 pruned
-    with pytest.raises(UserError, match="leaves room for 45, fewer than 50: raise --prune-rate"):
+    with pytest.raises(UserError, match=r"half the 90 samples neither kept nor excluded is 45; raise --prune-rate"):
         validation_mask(labels, 910, 0, np.zeros_like(exclude))
+    # a small dataset: 10% of N is the limit, and a higher prune rate would not help
+    with pytest.raises(UserError, match=r"10% of the 480 samples is 48; or choose another --selection"):
+        validation_mask(np.arange(480) % 4, 48, 0, np.zeros(480, dtype=bool))
+
+
+def test_auto_refuses_before_training_when_it_cannot_validate_or_train_proxies(tmp_path):
+    config = PruneConfig(prune_rate=0.3, selection="auto", train=TrainConfig(**FAST))
+    with pytest.raises(UserError, match="10% of the 400 samples is 40"):
+        prune(ImageIndex.digits().subset(np.arange(400)), out=tmp_path / "small", config=config)
+    assert not (tmp_path / "small").exists()
+    tiny = PruneConfig(prune_rate=0.3, selection="auto", auto_budget=0.001, train=TrainConfig(**FAST))
+    with pytest.raises(UserError, match=r"--auto-budget 0.001 gives each of the 5 proxies \d+ training images, "
+                                        r"less than one batch of 256; raise it"):
+        prune(ImageIndex.digits(), out=tmp_path / "tiny", config=tiny)
 
 
 def test_proxy_plan_stays_within_the_budget():

@@ -448,6 +448,7 @@ def test_an_image_cut_short_after_its_header_stops_before_training_or_is_left_ou
     assert not (tmp_path / "run" / "models").exists()  # stopped before any training
     result = prune(ImageIndex.from_folder(root), out=tmp_path / "run", config=cfg, resume=True, skip_bad=True)
     assert 7 not in result.coreset.tolist() and len(result.coreset) == result["coreset_size"]
+    assert result["coreset_size"] == int((len(paths) - 1) * 0.5)  # the prune rate of the usable samples
     assert (tmp_path / "run" / "skipped_images.txt").read_text().startswith(paths[7] + "\t")
     assert np.isnan(np.load(tmp_path / "run" / "scores_per_model_stage1.npy")[:, 7]).all()
     assert not np.load(tmp_path / "run" / "label_issues.npy")[7]

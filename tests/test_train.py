@@ -290,6 +290,48 @@ def test_sigterm_checkpoints_after_the_epoch_and_resume_finishes_the_run(tmp_pat
     assert np.array_equal(np.load(out / "coreset.npy"), np.load(tmp_path / "straight" / "coreset.npy"))
 
 
+def sigterm_in_epoch(monkeypatch, number):
+    """Send this process SIGTERM from inside its ``number``-th epoch (counted over all jobs)."""
+    import os
+    import signal
+
+    from unseen_fast import train as train_module
+
+    real_epoch, calls = train_module._train_epoch, {"n": 0}
+
+    def epoch(*args):
+        calls["n"] += 1
+        if calls["n"] == number:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_epoch(*args)
+
+    monkeypatch.setattr(train_module, "_train_epoch", epoch)
+
+
+def test_sigterm_in_a_last_epoch_still_stops_the_run(tmp_path, monkeypatch):
+    """The job that was finishing saves its last checkpoint; the next job never starts."""
+    digits = ImageIndex.digits()
+    jobs = [TrainJob(f"job{k}", np.arange(k, 1797, 4), str(tmp_path / f"job{k}")) for k in range(2)]
+    sigterm_in_epoch(monkeypatch, 2)  # the last of job0's 2 epochs
+    with pytest.raises(UserError, match="training job0 stopped by SIGTERM after epoch 2/2"):
+        train_many(jobs, digits_config(epochs=2), digits)
+    assert torch.load(tmp_path / "job0" / "checkpoint.pt", weights_only=False)["epochs_done"] == 2
+    assert not (tmp_path / "job1" / "checkpoint.pt").exists()
+
+
+def test_sigterm_reaches_jobs_trained_concurrently_in_threads(tmp_path, monkeypatch):
+    """One GPU trains its fold models in threads; the handler lives in the main thread."""
+    from unseen_fast.parallel import concurrently
+
+    digits = ImageIndex.digits()
+    jobs = [TrainJob(f"job{k}", np.arange(k, 1797, 3), str(tmp_path / f"job{k}")) for k in range(3)]
+    sigterm_in_epoch(monkeypatch, 2)
+    with pytest.raises(UserError, match="stopped by SIGTERM after epoch"):
+        concurrently(jobs, digits_config(epochs=6), digits, torch.device("cpu"), None)
+    done = [torch.load(tmp_path / f"job{k}" / "checkpoint.pt", weights_only=False)["epochs_done"] for k in range(3)]
+    assert all(1 <= epochs < 6 for epochs in done), done  # each stopped at an epoch end, checkpoint saved
+
+
 def test_recalibrated_batchnorm_holds_the_mean_over_equal_batches():
     """Precise BatchNorm: the running mean is the mean of the training
     images as augmented in one more epoch, the running variance the mean of

@@ -44,17 +44,25 @@ VALIDATION_SHARE, VALIDATION_MAX, VALIDATION_MIN = 0.1, 10_000, 50
 REPORT = "auto_selection.json"
 
 
-def validation_mask(labels: np.ndarray, coreset_size: int, seed: int, exclude: np.ndarray) -> np.ndarray:
-    """(N,) bool: a stratified random validation split of min(10% of N,
-    10,000, half the pruned samples) outside ``exclude``, so the coreset can
-    still be chosen from the rest."""
-    n = len(labels)
-    room = n - coreset_size - int(exclude.sum())
-    size = min(int(round(VALIDATION_SHARE * n)), VALIDATION_MAX, room // 2)
+def validation_size(n: int, coreset_size: int, excluded: int = 0) -> int:
+    """min(10% of N, 10,000, half the samples neither kept nor excluded),
+    refused below VALIDATION_MIN with what limits it."""
+    room = (n - coreset_size - excluded) // 2
+    size = min(int(round(VALIDATION_SHARE * n)), VALIDATION_MAX, room)
     if size < VALIDATION_MIN:
-        raise UserError(f"--selection auto holds out a validation split from the pruned samples; pruning "
-                        f"{n - coreset_size} of {n} (after {int(exclude.sum())} excluded) leaves room for "
-                        f"{max(size, 0)}, fewer than {VALIDATION_MIN}: raise --prune-rate or choose a --selection")
+        limit = (f"10% of the {n} samples is {int(round(VALIDATION_SHARE * n))}" if room >= VALIDATION_MIN else
+                 f"half the {n - coreset_size - excluded} samples neither kept nor excluded is {max(room, 0)}; "
+                 f"raise --prune-rate")
+        raise UserError(f"--selection auto needs a validation split of at least {VALIDATION_MIN} held-out samples: "
+                        f"{limit}; or choose another --selection")
+    return size
+
+
+def validation_mask(labels: np.ndarray, coreset_size: int, seed: int, exclude: np.ndarray) -> np.ndarray:
+    """(N,) bool: a stratified random validation split (validation_size)
+    outside ``exclude``, so the coreset can still be chosen from the rest."""
+    n = len(labels)
+    size = validation_size(n, coreset_size, int(exclude.sum()))
     draw = torch.from_numpy(random_scores(seed, 1000, n))
     picked = ops.select_topk(draw, size, labels=torch.from_numpy(labels), balanced=True,  # class quotas
                              exclude=torch.from_numpy(np.asarray(exclude, dtype=bool)))
@@ -105,6 +113,9 @@ def _measure(run, config, index, scores, k, exclude, validation, stage1_images, 
     tick = time.perf_counter()
     labels = index.labels
     epochs, samples = proxy_plan(stage1_images, k, len(CANDIDATES), config.auto_budget, config.train.epochs)
+    if samples < config.train.batch_size:
+        raise UserError(f"--auto-budget {config.auto_budget} gives each of the {len(CANDIDATES)} proxies {samples} "
+                        f"training images, less than one batch of {config.train.batch_size}; raise it")
     rng = np.random.Generator(np.random.PCG64([config.seed, 6]))
     jobs, sizes = [], []
     for number, (name, strategy, params) in enumerate(CANDIDATES):

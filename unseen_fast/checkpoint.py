@@ -60,35 +60,49 @@ class CheckpointWriter:
         except BaseException as err:  # re-raised in the training thread by wait()
             self._error = err
 
-    def wait(self) -> None:
+    def wait(self, *, raise_error: bool = True) -> None:
+        """Until the write in flight is done; re-raise its failure (unless
+        another exception is already on its way out)."""
         if self._thread is not None:
             self._thread.join()
             self._thread = None
         if self._error is not None:
             error, self._error = self._error, None
-            raise error
+            if raise_error:
+                raise error
+            log.error("writing %s failed too: %s", self.path, error)
 
 
-class _StopRequest:
-    requested = False
+# One stop request per process: set by the SIGTERM handler of the main thread,
+# read by every training (threads of one GPU included).
+_STOP = threading.Event()
+
+
+class StopRequest:
+    @property
+    def requested(self) -> bool:
+        return _STOP.is_set()
 
 
 @contextlib.contextmanager
 def stop_on_sigterm():
-    """Within the block SIGTERM (a scheduler's pre-emption) asks the loop to
-    checkpoint after the current epoch and stop; only in the main thread
-    (signal handlers cannot be set elsewhere), restored on exit."""
-    stop = _StopRequest()
-    if threading.current_thread() is not threading.main_thread():
-        yield stop
+    """Within the block SIGTERM (a scheduler's pre-emption) asks every
+    training of this process to checkpoint after its current epoch and stop.
+    The handler is set by the outermost block of the main thread (signal
+    handlers cannot be set elsewhere) and restored on exit; blocks in other
+    threads (concurrent trainings on one GPU) share its request."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is _request_stop:
+        yield StopRequest()
         return
-
-    def request(signum, frame):
-        log.warning("SIGTERM: stopping after this epoch's checkpoint")
-        stop.requested = True
-
-    previous = signal.signal(signal.SIGTERM, request)
+    _STOP.clear()
+    previous = signal.signal(signal.SIGTERM, _request_stop)
     try:
-        yield stop
+        yield StopRequest()
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _request_stop(signum, frame) -> None:
+    log.warning("SIGTERM: stopping after this epoch's checkpoint")
+    _STOP.set()

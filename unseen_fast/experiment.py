@@ -41,7 +41,7 @@ from unseen_fast.parallel import TrainJob, train_many
 from unseen_fast.pipeline import PruneConfig, prune
 from unseen_fast.rundir import atomic_path, save_figure, save_npz, write_json, write_text
 from unseen_fast.splits import stratified_holdout
-from unseen_fast.train import TrainConfig, load_model, steps_per_epoch_for
+from unseen_fast.train import TrainConfig, config_identity, load_model, steps_per_epoch_for
 
 log = logging.getLogger("unseen_fast.experiment")
 BUDGETS = ("epochs", "iterations")
@@ -206,7 +206,7 @@ def _final_cell(cell: Path, row: dict, config: TrainConfig, train_index, ids, va
                 *, prune_s, device, nproc, gpus, progress) -> dict:
     """Train the final model of one cell and evaluate it (skipped when done)."""
     result_path = cell / "result.json"
-    key = hashlib.sha256(json.dumps(dict(row=row, config=dataclasses.asdict(config),
+    key = hashlib.sha256(json.dumps(dict(row=row, config=config_identity(config),
                                          ids=hashlib.sha256(np.asarray(ids, np.int64).tobytes()).hexdigest()),
                                     sort_keys=True).encode()).hexdigest()[:16]
     if result_path.exists():

@@ -18,6 +18,7 @@ import torch
 
 from unseen_fast.data import ImageIndex
 from unseen_fast.errors import UserError
+from unseen_fast.checkpoint import stop_on_sigterm
 from unseen_fast.train import TrainConfig, train
 
 log = logging.getLogger("unseen_fast.train")
@@ -84,7 +85,8 @@ def concurrently(jobs, config, index, device, loader_kwargs, model_factory=None)
         with torch.cuda.device(device), torch.cuda.stream(torch.cuda.Stream(device)):
             _run_job(job, config, index, device, loader_kwargs, False, model_factory)
 
-    with ThreadPoolExecutor(len(jobs)) as pool:
+    # SIGTERM is received by the main thread: its handler asks every job to checkpoint and stop
+    with stop_on_sigterm(), ThreadPoolExecutor(len(jobs)) as pool:
         for future in [pool.submit(run, job) for job in jobs]:
             future.result()  # re-raises the first failure
 

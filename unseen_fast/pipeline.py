@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from unseen_fast.auto_selection import choose_selection, validation_mask
+from unseen_fast.auto_selection import choose_selection, validation_mask, validation_size
 from unseen_fast.baselines import DYNAMICS_SCORES, FEATURE_SCORES, BaselineParams
 from unseen_fast.constants import FRAMEWORKS, OUTPUT_SCORES, SCORES, resolve_amp
 from unseen_fast.data import ImageIndex, open_index, prepare_cache, release_resident
@@ -78,6 +78,8 @@ class PruneConfig:
                             "are all random")
         if not 0 < self.auto_budget <= 1:
             raise UserError(f"auto budget must be in (0, 1], got {self.auto_budget}")
+        if self.selection == "auto":  # before any training, not after stage 1
+            validation_size(n, sum(stage_sizes(n, self.prune_rate, self.stages, self.stage_size)))
         if not 0 < self.label_issue_factor <= 1:
             raise UserError(f"label issue factor must be in (0, 1], got {self.label_issue_factor}")
         if self.score_norm not in SCORE_NORMS:
@@ -238,7 +240,6 @@ class _PruneJob:
     def __init__(self, run: RunDir, config: PruneConfig, index: ImageIndex, common: dict, share_dir,
                  skip_bad: bool = False):
         self.run, self.config, self.index = run, config, index
-        self.sizes = stage_sizes(len(index), config.prune_rate, config.stages, config.stage_size)
         self.store = Stage1Store(run, config, index, share_dir)
         self.loader_kwargs = dict(cache_dir=self.store.cache_dir)
         self.common = dict(common, loader_kwargs=self.loader_kwargs)
@@ -246,6 +247,8 @@ class _PruneJob:
         bad = prepare_cache(index, config.train.image_size, backend=config.train.backend, device=common["device"],
                             cache_dir=self.store.cache_dir, progress=common["progress"])
         self.usable = _usable(run, index, bad, skip_bad, config)  # (N,) False: never trained on, scored or kept
+        # the prune rate applies to the usable samples, as it does when unreadable headers left the index
+        self.sizes = stage_sizes(int(self.usable.sum()), config.prune_rate, config.stages, config.stage_size)
 
     def split(self) -> np.ndarray:
         """(N,) fold of every sample."""
@@ -321,7 +324,7 @@ class _PruneJob:
                 flagged = issues.mask(len(index))
             self.run.save_npy("label_issues.npy", flagged)
         if self.config.drop_label_issues:
-            left, needed = len(self.index) - int(flagged.sum()), sum(self.sizes)
+            left, needed = int((self.usable & ~flagged).sum()), sum(self.sizes)
             if left < needed:
                 raise UserError(f"dropping the {int(flagged.sum())} label issues leaves {left} samples, fewer than "
                                 f"the coreset's {needed}; raise --prune-rate or run without --drop-label-issues")

@@ -114,9 +114,6 @@ def train(config: TrainConfig, index: ImageIndex, ids, out_dir, *, device="cpu",
     if config.threads:
         torch.set_num_threads(config.threads)
     ids = np.asarray(ids, dtype=np.int64)
-    if device.type == "cuda":  # static shapes: let cuDNN pick the fastest of its deterministic algorithms
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cudnn.deterministic = True
     group_rank, group_size = _group_position(ddp_group)
     loader_kwargs = dict(loader_kwargs or {}, **({"rank": group_rank, "world_size": group_size} if ddp_group else {}))
 
@@ -140,18 +137,32 @@ def train(config: TrainConfig, index: ImageIndex, ids, out_dir, *, device="cpu",
         with stop_on_sigterm() as stop:
             for epoch in range(start_epoch, config.epochs):
                 context.run(epoch, first=epoch == start_epoch)
-                last = epoch + 1 == config.epochs
-                if writer is not None and (last or stop.requested or (epoch + 1) % config.checkpoint_every == 0):
+                stopping = _agreed_stop(stop.requested, device, ddp_group)
+                if writer is not None and (stopping or epoch + 1 == config.epochs
+                                           or (epoch + 1) % config.checkpoint_every == 0):
                     _save_checkpoint(writer, config, model, opt, epoch + 1)
                 if ddp_group is not None:
                     torch.distributed.barrier(ddp_group)  # nobody runs ahead of a checkpoint
-                if stop.requested and not last:
+                if stopping:
                     raise UserError(f"training {out_dir.name} stopped by SIGTERM after epoch {epoch + 1}/"
                                     f"{config.epochs} (checkpoint saved); --resume continues from there")
-    finally:
+    except BaseException:
         if writer is not None:
-            writer.wait()  # the last checkpoint is on disk before train returns or raises
+            writer.wait(raise_error=False)  # the checkpoint in flight lands; the first error is the one raised
+        raise
+    if writer is not None:
+        writer.wait()  # the last checkpoint is on disk before train returns
     return model
+
+
+def _agreed_stop(requested: bool, device: torch.device, ddp_group) -> bool:
+    """Whether to stop after this epoch; under DDP every rank stops if one
+    was asked (a rank that stopped alone would hang the others' collectives)."""
+    if ddp_group is None:
+        return requested
+    flag = torch.tensor([float(requested)], device=device)
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX, group=ddp_group)
+    return bool(flag.item())
 
 
 @dataclass
@@ -227,7 +238,8 @@ def _train_epoch(config: TrainConfig, step_model: nn.Module, opt: _Optimization,
         with torch.autocast(device.type, dtype=dtype, enabled=config.amp != "off"):
             logits = step_model(images)
         if recorder is None:  # no per-sample statistics wanted: the plain fused loss of ATen / cuDNN
-            loss = F.cross_entropy(logits, labels, label_smoothing=config.label_smoothing, reduction="none")
+            # float32 like autocast's own cross_entropy: the logits left autocast in bf16/fp16
+            loss = F.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing, reduction="none")
             correct = logits.detach().argmax(1) == labels
         else:  # labels come from the validated index: no label check, so no host sync per step
             loss, stats = cross_entropy_with_stats(logits, labels, label_smoothing=config.label_smoothing,

@@ -62,7 +62,7 @@ def _check_names_round_trip(root, paths: list[str]) -> None:
     if bad:
         shown = ", ".join(repr(p) for p in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
         raise DataError(f"{len(bad)} file name(s) under {root} cannot be written to a text file list and read "
-                        f"back (a line break, or spaces at the start or end of a name): {shown}; rename them")
+                        f"back (a line break, spaces at the start or end of a name, or a leading #): {shown}; rename them")
 
 
 def _report_shared_folders(root: Path, classes: list[str], folders: list[dict]) -> None:
