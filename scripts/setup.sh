@@ -17,7 +17,7 @@ stamp_key() {
     cat requirements.txt setup.py pyproject.toml CMakeLists.txt scripts/setup.sh 2>/dev/null
     find csrc -type f | LC_ALL=C sort | xargs cat
     python3 --version
-    echo "CUDA_HOME=${CUDA_HOME:-} UNSEEN_FAST_CUDA=${UNSEEN_FAST_CUDA:-} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-}"
+    echo "CUDA_HOME=${CUDA_HOME:-} nvcc=$(command -v nvcc || true) UNSEEN_FAST_CUDA=${UNSEEN_FAST_CUDA:-} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-}"
   } | sha256sum | cut -d' ' -f1
 }
 key="$(stamp_key)"

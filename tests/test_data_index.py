@@ -137,10 +137,13 @@ def test_file_list(tmp_path):
     listing = tmp_path / "list.txt"
     listing.write_text("# comment\nimgs/a b.jpg 2\n\nimgs/c.jpg 0\n")
     index = ImageIndex.from_file_list(listing)
-    assert index.paths == ["imgs/a b.jpg", "imgs/c.jpg"] and index.labels.tolist() == [2, 0]
-    assert index.classes == ["0", "1", "2"] and index.root == str(tmp_path)
+    # the labels that occur become ids 0..C-1, their numbers the class names
+    assert index.paths == ["imgs/a b.jpg", "imgs/c.jpg"] and index.labels.tolist() == [1, 0]
+    assert index.classes == ["0", "2"] and index.root == str(tmp_path)
+    assert index.listed_labels([0, 1]) == ["2", "0"]  # what coreset.txt writes: the list's own numbers
     named = ImageIndex.from_file_list(listing, classes=["x", "y", "z"])
-    assert named.classes == ["x", "y", "z"]
+    assert named.classes == ["x", "y", "z"] and named.labels.tolist() == [2, 0]
+    assert named.listed_labels([0, 1]) == ["2", "0"]
     assert open_index(tmp_path, file_list=listing).fingerprint == index.fingerprint
 
 
@@ -260,8 +263,8 @@ def test_one_huge_image_does_not_change_the_training_size(tmp_path, small_folder
     assert "image size 32 px: the median native size of the sampled images is 32x32" in caplog.text
 
 
-def test_a_file_list_label_beyond_the_images_is_refused_not_allocated(tmp_path):
+def test_a_huge_file_list_label_is_one_class_not_a_billion(tmp_path):
     root = make_tree(tmp_path / "data", {"a.jpg": b"x", "b.jpg": b"x"})
     (root / "list.txt").write_text("a.jpg 0\nb.jpg 1000000000\n")
-    with pytest.raises(DataError, match=r"list.txt:2: label 1000000000 is beyond 16777215: labels must be class ids"):
-        ImageIndex.from_file_list(root / "list.txt")
+    index = ImageIndex.from_file_list(root / "list.txt")
+    assert index.classes == ["0", "1000000000"] and index.labels.tolist() == [0, 1]

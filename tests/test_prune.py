@@ -452,3 +452,20 @@ def test_an_image_cut_short_after_its_header_stops_before_training_or_is_left_ou
     assert (tmp_path / "run" / "skipped_images.txt").read_text().startswith(paths[7] + "\t")
     assert np.isnan(np.load(tmp_path / "run" / "scores_per_model_stage1.npy")[:, 7]).all()
     assert not np.load(tmp_path / "run" / "label_issues.npy")[7]
+
+
+def test_a_file_list_with_label_gaps_prunes_and_coreset_txt_keeps_its_numbers(tmp_path, small_folder):
+    """Labels 3, 7 and 9 (a subset of a bigger list): three classes, and
+    coreset.txt reads back with the list's own numbers."""
+    folder = ImageIndex.from_folder(small_folder)
+    keep = np.flatnonzero(np.isin(folder.labels, [3, 7, 9]))
+    listing = tmp_path / "list.txt"
+    listing.write_text("".join(f"{folder.paths[i]} {folder.labels[i]}\n" for i in keep))
+    index = ImageIndex.from_file_list(listing, root=small_folder)
+    assert index.classes == ["3", "7", "9"]
+    result = prune(index, out=tmp_path / "run", config=config(prune_rate=0.5, folds=2, stages=1,
+                                                              train=dict(image_size=32, batch_size=16)))
+    back = ImageIndex.from_file_list(result.file_list, root=small_folder)
+    assert set(back.classes) <= {"3", "7", "9"}
+    wanted = {folder.paths[i]: str(folder.labels[i]) for i in keep}
+    assert all(wanted[p] == back.classes[l] for p, l in zip(back.paths, back.labels.tolist()))

@@ -45,7 +45,8 @@ def write_outputs(run: RunDir, index, config, sizes, added, fold, timings, image
     coreset = np.flatnonzero(added)
     run.save_npy("coreset.npy", coreset)
     run.save_npy("added_stage.npy", added)
-    write_text(run / "coreset.txt", "".join(f"{index.paths[i]} {index.labels[i]}\n" for i in coreset.tolist()))
+    listed = index.listed_labels(coreset)  # a file list's own label numbers, else class ids
+    write_text(run / "coreset.txt", "".join(f"{index.paths[i]} {label}\n" for i, label in zip(coreset.tolist(), listed)))
     n, batch = len(index), config.train.batch_size
     kept = np.bincount(index.labels[coreset], minlength=index.num_classes)
     summary_path = run / "summary.json"

@@ -20,7 +20,6 @@ INDEX_META = "index.json"
 
 
 BUILTIN_DATASETS = ("builtin:digits",)
-MAX_CLASSES = 2**24  # class ids stay exact in float32 (the scoring pass stores predicted classes so)
 
 
 def open_index(data, *, file_list=None) -> "ImageIndex":
@@ -114,12 +113,13 @@ class ImageIndex:
         if not paths:
             raise DataError(f"file list {list_file} lists no images")
         num_classes = max(labels) + 1
-        if num_classes > MAX_CLASSES:  # label 1e9 would allocate 1e9 class names
-            line = next(n for n, _, label in read_file_list(list_path) if label == num_classes - 1)
-            raise DataError(f"{list_file}:{line}: label {num_classes - 1} is beyond {MAX_CLASSES - 1}: labels must "
-                            f"be class ids 0..C-1")
         if classes is None:
-            classes = [str(c) for c in range(num_classes)]
+            # the labels that occur, in order, become ids 0..C-1 and their numbers the class names
+            # (label 1e9 is one class, not 1e9; coreset.txt writes the numbers back: listed_labels)
+            numbers = sorted(set(labels))
+            compact = {number: i for i, number in enumerate(numbers)}
+            labels = [compact[label] for label in labels]
+            classes = [str(number) for number in numbers]
         elif len(classes) < num_classes:
             raise DataError(f"file list {list_file} uses label {num_classes - 1} but only {len(classes)} class names were given")
         if check_files:
@@ -202,6 +202,15 @@ class ImageIndex:
                 if not skip_unreadable:
                     raise DataError(f"cannot read the size of {self.file(int(i))}: {err}") from None
         return np.array(sizes, dtype=np.int64).reshape(-1, 2)
+
+    def listed_labels(self, ids) -> list[str]:
+        """The label of each of ``ids`` as a text file list should give it:
+        the number a file list used (its class name) for a file-list index
+        whose classes are those numbers, else the class id."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if self.source == "file_list" and all(name.isdigit() for name in self.classes):
+            return [self.classes[label] for label in self.labels[ids].tolist()]
+        return [str(label) for label in self.labels[ids].tolist()]
 
     def class_counts(self) -> np.ndarray:
         """(C,) int64 number of samples per class."""
