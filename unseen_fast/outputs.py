@@ -109,8 +109,9 @@ def _label_issue_report(run, config) -> dict:
     if flagged is None or not (run / "label_issues.csv").exists():
         return {}
     count = int(flagged.sum())
-    log.info("label issues: %d samples the models that never saw them put confidently in another class "
-             "(%s)%s", count, run / "label_issues.csv", ", not selected" if config.drop_label_issues else "")
+    log.info("label issues: %d samples whose label the models that never saw them give at most %g x its "
+             "class's usual probability (%s)%s", count, config.label_issue_factor, run / "label_issues.csv",
+             ", not selected" if config.drop_label_issues else "")
     return dict(label_issues=dict(found=count, share=count / len(flagged), report="label_issues.csv",
                                   dropped=config.drop_label_issues))
 

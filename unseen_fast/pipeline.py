@@ -306,7 +306,7 @@ class _PruneJob:
 
     def label_issues(self, fold: np.ndarray) -> np.ndarray:
         """(N,) bool: the samples whose label the K-1 models that never saw
-        them confidently contradict (label_issues.csv); all False where the
+        them find unlikely (label_issues.csv); all False where the
         framework or score gives no such models."""
         flagged = self.run.load_npy("label_issues.npy")
         if flagged is None:
