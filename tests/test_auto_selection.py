@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from unseen_fast import ImageIndex, PruneConfig, TrainConfig, prune
-from unseen_fast.auto_selection import CANDIDATES, proxy_plan, validation_mask
+from unseen_fast import auto_selection
+from unseen_fast.auto_selection import CANDIDATES, RANDOM_REPLICAS, decide, proxy_plan, proxy_train_config, validation_mask
 from unseen_fast.errors import UserError
 
 FAST = dict(image_size=8, threads=1)
@@ -37,7 +38,7 @@ def test_auto_refuses_before_training_when_it_cannot_validate_or_train_proxies(t
     assert not (tmp_path / "small").exists()
     tiny = PruneConfig(prune_rate=0.3, selection="auto", auto_budget=0.001, train=TrainConfig(**FAST))
     with pytest.raises(UserError, match=r"--auto-budget 0.001 gives each of the 5 proxies \d+ training images, "
-                                        r"less than one batch of 256; raise it"):
+                                        r"less than one batch of 32; raise it"):
         prune(ImageIndex.digits(), out=tmp_path / "tiny", config=tiny)
 
 
@@ -56,9 +57,11 @@ def test_auto_picks_the_best_proxy_and_never_selects_the_validation_split(tmp_pa
     result = prune(ImageIndex.digits(), out=tmp_path / "run", config=config)
     report = json.loads((tmp_path / "run" / "auto_selection.json").read_text())
     assert [c["name"] for c in report["candidates"]] == [name for name, _, _ in CANDIDATES]
-    accuracy = [c["validation_accuracy"] for c in report["candidates"]]
-    assert report["chosen"] == report["candidates"][int(np.argmax(accuracy))]["name"]
-    assert all(0 <= a <= 1 for a in accuracy)
+    accuracy = {c["name"]: c["validation_accuracy"] for c in report["candidates"]}
+    replicas = report["candidates"][-1]["replica_accuracy"]
+    assert len(replicas) == RANDOM_REPLICAS and accuracy["random"] == pytest.approx(np.mean(replicas))
+    assert report["chosen"] == decide(accuracy, replicas, report["validation_size"])["chosen"]
+    assert all(0 <= a <= 1 for a in accuracy.values())
     assert report["proxy_images"] <= 0.25 * report["stage1_training_images"]
     assert report["proxy_cost_share"] == pytest.approx(report["proxy_images"] / report["stage1_training_images"])
     validation = np.load(tmp_path / "run" / "validation.npy")
@@ -76,3 +79,41 @@ def test_auto_with_random_scores_is_refused(tmp_path):
     config = PruneConfig(prune_rate=0.3, selection="auto", score="random", train=TrainConfig(**FAST))
     with pytest.raises(UserError, match="--selection auto compares strategies over the scores"):
         prune(ImageIndex.digits(), out=tmp_path / "run", config=config)
+
+
+def test_a_strategy_replaces_random_only_beyond_the_proxy_noise():
+    # random replicas 0.40 and 0.42: noise sd 0.0141 (above the binomial floor at 10,000 samples, 0.0049);
+    # margin 2 x 0.0141 x sqrt(1.5) = 0.0346 over the mean 0.41
+    base = dict(hard=0.30, mix=0.35, ccs=0.44, random=0.41)
+    verdict = decide(base, [0.40, 0.42], validation_size=10_000)
+    assert verdict["best_strategy"] == "ccs" and verdict["chosen"] == "random"
+    assert verdict["noise_sd"] == pytest.approx(0.02 / np.sqrt(2))
+    assert verdict["margin"] == pytest.approx(2 * 0.02 / np.sqrt(2) * np.sqrt(1.5))
+    assert decide(dict(base, hard=0.45), [0.40, 0.42], 10_000)["chosen"] == "hard"  # +0.04 > 0.0346
+    # replicas that agree by chance: the validation split's binomial noise is the floor
+    floor = decide(dict(base, mix=0.43), [0.41, 0.41], validation_size=1_000)
+    assert floor["noise_sd"] == pytest.approx(np.sqrt(0.41 * 0.59 / 1_000)) and floor["chosen"] == "random"
+    assert decide(dict(base, mix=0.48), [0.41, 0.41], 1_000)["chosen"] == "mix"
+
+
+def test_proxies_anneal_and_take_enough_steps():
+    final = TrainConfig(arch="resnet18", epochs=6, batch_size=128, lr=0.05, warmup_epochs=1.0)
+    proxy = proxy_train_config(final, epochs=1, samples=3_000)
+    # the final schedule's shape: one sixth warm-up, so a one-epoch proxy anneals instead of ending at the peak
+    assert proxy.warmup_epochs == pytest.approx(1 / 6) and proxy.arch == "fastnet"
+    assert proxy.batch_size == 32 and proxy.lr == pytest.approx(0.05 * 32 / 128)  # 93 steps, not 23
+    assert not proxy.record_dynamics and not proxy.record_probabilities
+    many = proxy_train_config(final, epochs=6, samples=50_000)
+    assert many.batch_size == 128 and many.lr == 0.05 and many.warmup_epochs == pytest.approx(1.0)
+
+
+def test_random_replicas_are_independent_coresets():
+    labels = np.arange(1_000) % 4
+    scores = np.random.default_rng(0).random(1_000).astype(np.float32)
+    config = PruneConfig(prune_rate=0.5, selection="random")
+    exclude = np.zeros(1_000, dtype=bool)
+    first, second = (auto_selection.candidate_coreset(config, "random", {}, scores, 500, labels, exclude, replica)
+                     for replica in (0, 1))
+    assert len(first) == len(second) == 500 and 150 < np.intersect1d(first, second).size < 350
+    again = auto_selection.candidate_coreset(config, "random", {}, scores, 500, labels, exclude, 0)
+    assert np.array_equal(first, again)
