@@ -107,6 +107,8 @@ def test_changed_configuration_is_refused(finished, tmp_path):
     (dict(budgets=["hours"]), "budgets must be"),
     (dict(methods=dict(m=dict(score="entropy", lr=0.1))), "unknown option"),
     (dict(final_train=dict(amp="fp8")), "amp must be"),
+    (dict(methods=dict(m=dict(score="entropy", prune_train=dict(arch="resnet18", width=2)))),
+     "method 'm': prune_train: "),
 ])
 def test_bad_grids(tmp_path, change, message, capsys):
     path = tmp_path / "grid.yaml"
@@ -124,6 +126,19 @@ def test_cross_architecture_final_models(tmp_path):
     prune_config = json.loads((tmp_path / "out" / "prune" / "fitting" / "p0.5" / "seed0" /
                                "config.json").read_text())["config"]
     assert prune_config["train"]["arch"] == "fastnet"
+
+
+def test_a_method_can_prune_with_another_architecture(tmp_path):
+    # the same final model, pruning models of two architectures: one grid
+    grid = Grid(**dict(GRID, seeds=[0], budgets=["epochs"], full_data=False,
+                       methods=dict(fast=dict(score="entropy", stages=1),
+                                    resnet=dict(score="entropy", stages=1, prune_train=dict(arch="resnet18")))))
+    rows = run_experiment(grid, tmp_path / "out")
+    assert {row["arch"] for row in rows} == {"fastnet"}  # the final models
+    for method, arch in (("fast", "fastnet"), ("resnet", "resnet18")):
+        config = json.loads((tmp_path / "out" / "prune" / method / "p0.5" / "seed0" / "config.json").read_text())
+        assert config["config"]["train"]["arch"] == arch
+        assert config["config"]["train"]["batch_size"] == 128  # the grid's prune_train, overridden field by field
 
 
 def test_analyze_an_experiment(finished, tmp_path, capsys):

@@ -46,6 +46,9 @@ from unseen_fast.train import TrainConfig, config_identity, load_model, steps_pe
 log = logging.getLogger("unseen_fast.experiment")
 BUDGETS = ("epochs", "iterations")
 PRUNE_FIELDS = {f.name for f in dataclasses.fields(PruneConfig)} - {"prune_rate", "seed", "train", "baseline"}
+# besides PruneConfig fields a method may set its baseline parameters and override the grid's prune_train
+# (e.g. another pruning architecture beside the same final model)
+METHOD_EXTRAS = {"baseline", "prune_train"}
 
 
 @dataclass
@@ -95,10 +98,14 @@ class Grid:
         if not self.methods:
             raise UserError(f"{where}: no methods")
         for name, spec in self.methods.items():
-            bad = sorted(set(spec) - PRUNE_FIELDS - {"baseline"})
+            bad = sorted(set(spec) - PRUNE_FIELDS - METHOD_EXTRAS)
             if bad:
                 raise UserError(f"{where}: method {name!r} has unknown option(s) {', '.join(bad)}; "
-                                 f"known: {', '.join(sorted(PRUNE_FIELDS | {'baseline'}))}")
+                                 f"known: {', '.join(sorted(PRUNE_FIELDS | METHOD_EXTRAS))}")
+            try:
+                TrainConfig(**{**self.prune_train, **spec.get("prune_train", {})})
+            except TypeError as err:
+                raise UserError(f"{where}: method {name!r}: prune_train: {err}") from None
             if name == "full":
                 raise UserError(f"{where}: 'full' is reserved for the full-data model")
         for rate in self.prune_rates:
@@ -191,7 +198,7 @@ def _split(grid: Grid, index: ImageIndex, out: Path):
 def _prune_config(spec: dict, rate: float, seed: int, prune_train: dict, image_size: int) -> PruneConfig:
     spec = dict(spec)
     baseline = BaselineParams(**spec.pop("baseline", {}))
-    train = TrainConfig(**{"image_size": image_size, **prune_train})
+    train = TrainConfig(**{"image_size": image_size, **prune_train, **spec.pop("prune_train", {})})
     return PruneConfig(prune_rate=float(rate), seed=int(seed), train=train, baseline=baseline, **spec)
 
 
