@@ -370,7 +370,8 @@ def test_shared_models_and_cache_follow_the_images_contents(tmp_path, small_fold
     assert len(list(share.glob("cache/decoded-*.u8"))) == 2  # the pixels were decoded again
 
 
-def test_unreadable_images_stop_the_run_before_anything_is_written_or_are_skipped(tmp_path, small_folder):
+def test_unreadable_images_stop_the_run_before_anything_is_written_or_are_skipped(tmp_path, small_folder,
+                                                                                  monkeypatch):
     import shutil
 
     root = tmp_path / "data"
@@ -388,6 +389,24 @@ def test_unreadable_images_stop_the_run_before_anything_is_written_or_are_skippe
     assert [line.split("\t")[0] for line in skipped] == [paths[3], paths[40]]
     assert result["num_samples"] == len(paths) - 2 and result["skipped_unreadable_images"] == 2
     assert not {paths[3], paths[40]} & set(line.split()[0] for line in result.file_list.read_text().splitlines())
+    # --resume reads the first pass's verdict back instead of opening every file again
+    import unseen_fast.pipeline as pipeline
+
+    def no_second_pass(index, **kwargs):
+        raise AssertionError("header pass run again on --resume")
+    monkeypatch.setattr(pipeline, "unreadable_headers", no_second_pass)
+    again = prune(ImageIndex.from_folder(root), out=tmp_path / "run", config=cfg, resume=True, skip_bad=True)
+    assert np.array_equal(again.coreset, result.coreset)
+    assert (tmp_path / "run" / "skipped_images.txt").read_text().splitlines() == skipped
+    # ... but runs it when the folder's verdict does not account for the data (here: without --skip-bad)
+    with pytest.raises(AssertionError, match="header pass run again"):
+        prune(ImageIndex.from_folder(root), out=tmp_path / "run", config=cfg, resume=True)
+    extra = root / (paths[5].rsplit(".", 1)[0] + "_new.jpg")  # or a file the first pass never saw
+    shutil.copy(root / paths[5], extra)
+    with pytest.raises(AssertionError, match="header pass run again"):
+        prune(ImageIndex.from_folder(root), out=tmp_path / "run", config=cfg, resume=True, skip_bad=True)
+    extra.unlink()
+    monkeypatch.undo()
     # the user deletes the bad files: the same run resumes (its index never held them)
     (root / paths[3]).unlink()
     (root / paths[40]).unlink()

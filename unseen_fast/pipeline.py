@@ -21,6 +21,7 @@ from unseen_fast.baselines import DYNAMICS_SCORES, FEATURE_SCORES, BaselineParam
 from unseen_fast.constants import FRAMEWORKS, OUTPUT_SCORES, SCORES, resolve_amp
 from unseen_fast.data import ImageIndex, open_index, prepare_cache, release_resident
 from unseen_fast.data.decode import unreadable_headers
+from unseen_fast.data.index import INDEX_LIST, INDEX_META
 from unseen_fast.errors import UserError
 from unseen_fast.evaluate import ScoringPass, score_samples
 from unseen_fast.fold_scores import SCORE_NORMS, combine_scores
@@ -156,7 +157,8 @@ def prune(data, *, out, config: PruneConfig, device="cpu", nproc: int | None = N
     """
     start = time.perf_counter()
     index = data if isinstance(data, ImageIndex) else open_index(data)
-    index, skipped = _readable(index, skip_bad)
+    checked = _checked_before(Path(out), index, skip_bad) if resume else None
+    index, skipped = checked or _readable(index, skip_bad)
     config.validate(index)
     where = "cuda" if gpus else str(device)
     # the run records the precision it trains in, not "auto"
@@ -192,6 +194,26 @@ def _readable(index: ImageIndex, skip_bad: bool) -> tuple[ImageIndex, dict[str, 
     log.warning("leaving out %d unreadable image(s) (--skip-bad): %s%s", len(bad), listed, more)
     keep = np.setdiff1d(np.arange(len(index)), np.fromiter(bad, dtype=np.int64))
     return index.subset(keep), {index.paths[i]: reason for i, reason in bad.items()}
+
+
+def _checked_before(out: Path, index: ImageIndex, skip_bad: bool):
+    """On --resume: what the first invocation's header pass left out, read
+    back from the run folder (the saved listing and skipped_images.txt)
+    instead of opening every file again (a minute on ImageNet). None when
+    they do not account for this index exactly: then the pass runs."""
+    if index.in_memory or not (out / INDEX_META).exists() or not (out / INDEX_LIST).exists():
+        return None
+    saved = {line.rsplit(" ", 1)[0] for line in (out / INDEX_LIST).read_text(encoding="utf-8").splitlines()}
+    listing = out / "skipped_images.txt"
+    reasons = dict(line.split("\t", 1) for line in listing.read_text(encoding="utf-8").splitlines()
+                   if "\t" in line) if listing.exists() else {}
+    keep = np.array([path in saved for path in index.paths], dtype=bool)
+    left_out = [index.paths[i] for i in np.flatnonzero(~keep)]
+    if int(keep.sum()) != len(saved) or (left_out and not skip_bad) or not set(left_out) <= set(reasons):
+        return None
+    if left_out:
+        log.info("resuming: leaving out the %d unreadable image(s) found before (skipped_images.txt)", len(left_out))
+    return index.subset(np.flatnonzero(keep)), {path: reasons[path] for path in left_out}
 
 
 def _usable(run: RunDir, index: ImageIndex, bad: dict[int, str], skip_bad: bool, config: PruneConfig) -> np.ndarray:
