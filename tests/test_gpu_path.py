@@ -1,0 +1,77 @@
+"""The whole GPU path on small data, so that one run of the suite on a GPU
+machine covers it: the loaders on the device, a training, the scoring pass,
+`prune --gpus 1` (fold models concurrent on CUDA streams) twice with the
+identical coreset, and --selection auto's proxies. Skipped without a GPU;
+the CPU variants of each check live in the other test files.
+UNSEEN_FAST_GPU_TESTS_ON=cpu runs this file on the CPU instead, to check
+the file itself on a machine without a GPU."""
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from unseen_fast import ImageIndex, PruneConfig, TrainConfig, prune
+from unseen_fast.data import make_loader
+from unseen_fast.evaluate import score_samples
+from unseen_fast.parallel import TrainJob, train_many
+from unseen_fast.train import load_model
+
+DEVICE = os.environ.get("UNSEEN_FAST_GPU_TESTS_ON", "cuda")
+pytestmark = pytest.mark.cuda if DEVICE == "cuda" else []
+
+
+def digits_train(**fields) -> TrainConfig:
+    return TrainConfig(**{"image_size": 8, "epochs": 2, "batch_size": 128, **fields})
+
+
+@pytest.mark.parametrize("backend", ["resident", "cache"])
+@pytest.mark.parametrize("train", [True, False])
+def test_loaders_deliver_every_sample_once_on_the_device(backend, train, tmp_path):
+    digits = ImageIndex.digits()
+    ids = np.random.default_rng(0).permutation(len(digits))[:1000]
+    ld = make_loader(digits, ids, train=train, batch_size=96, image_size=8, backend=backend, device=DEVICE,
+                     dtype=torch.bfloat16, cache_dir=tmp_path, seed=3)
+    parts = list(ld)
+    assert all(images.device.type == DEVICE and images.dtype == torch.bfloat16 for images, _, _ in parts)
+    assert all(images.is_contiguous(memory_format=torch.channels_last) for images, _, _ in parts)
+    got = torch.cat([sample_ids.cpu() for _, _, sample_ids in parts]).numpy()
+    labels = torch.cat([labels.cpu() for _, labels, _ in parts]).numpy()
+    if train:
+        assert sorted(got.tolist()) == sorted(ids.tolist())
+    else:
+        assert got.tolist() == ids.tolist()
+    assert labels.tolist() == digits.labels[got].tolist()
+
+
+def test_a_model_trained_on_the_gpu_learns_and_scores(tmp_path):
+    digits = ImageIndex.digits()
+    train_ids, held_out = np.arange(0, 1797, 2), np.arange(1, 1797, 2)
+    config = digits_train(epochs=4, batch_size=64)
+    train_many([TrainJob("gpu", train_ids, str(tmp_path / "gpu"), seed=0)], config, digits, device=DEVICE)
+    model = load_model(tmp_path / "gpu", digits.num_classes, device=DEVICE)
+    scored = score_samples([model], digits, held_out, config, "entropy", device=DEVICE)
+    accuracy = float(np.nanmean(scored.correct))
+    assert accuracy > 0.5, accuracy
+    assert np.isfinite(scored.scores).all()
+
+
+def test_prune_with_one_gpu_twice_gives_the_identical_coreset(tmp_path):
+    """--gpus 1: the fold models train concurrently on CUDA streams; seeded
+    inits and per-job generators make the run repeatable."""
+    config = PruneConfig(prune_rate=0.3, folds=4, stages=2, train=digits_train())
+    where = dict(gpus=1) if DEVICE == "cuda" else dict(device=DEVICE)
+    first = prune(ImageIndex.digits(), out=tmp_path / "first", config=config, **where)
+    second = prune(ImageIndex.digits(), out=tmp_path / "second", config=config, **where)
+    assert np.array_equal(first.coreset, second.coreset)
+    assert first["device"] == DEVICE
+    folds = [m for m in first["scoring_models"] if m["model"].startswith("fold")]
+    assert len(folds) == 4 and all(m["accuracy"] > 0.2 for m in folds), folds  # chance is 0.1
+
+
+def test_selection_auto_on_the_gpu(tmp_path):
+    config = PruneConfig(prune_rate=0.3, selection="auto", train=digits_train())
+    result = prune(ImageIndex.digits(), out=tmp_path / "run", config=config, device=DEVICE)
+    report = result["auto_selection"]
+    assert report["chosen"] in {"hard", "mix", "ccs", "random"}
+    assert not np.intersect1d(np.flatnonzero(np.load(tmp_path / "run" / "validation.npy")), result.coreset).size
