@@ -9,7 +9,11 @@ the DALI CPU pipeline, the resident dataset, the decoded cache and our torchvisi
 (ours) against what a user writes without this package: torchvision's
 ImageFolder (PIL decoding) + transforms.v2 in a DataLoader with 2 workers.
 The cache's one-time build is timed separately.
+
+UNSEEN_FAST_BENCH_DEVICE=cuda delivers the batches to the GPU instead (what
+the nvjpeg backend is for: there it decodes with nvJPEG); workers = cores.
 """
+import os
 import sys
 from pathlib import Path
 
@@ -22,13 +26,16 @@ from data_fixtures import copy_subset, upscaled_folder  # noqa: E402
 
 from unseen_fast.data import ImageIndex, make_loader  # noqa: E402
 from unseen_fast.data.cache import DecodedCache  # noqa: E402
+from unseen_fast.data.dali_loader import dali_available  # noqa: E402
 from unseen_fast.data.transforms import Augment  # noqa: E402
 
 DATASETS = {  # name: (builder, images, image_size)
     "CIFAR-10 JPEG 32x32": (lambda d: copy_subset(d, per_class=1000), 10_000, 32),
     "ImageNet-size JPEG 500x375": (lambda d: upscaled_folder(d, (500, 375), per_class=128, classes=8), 1024, 224),
 }
-BACKENDS = ["dali", "resident", "cache", "torchvision", "user ImageFolder DataLoader"]
+BACKENDS = ["dali", "resident", "cache", "nvjpeg", "torchvision", "user ImageFolder DataLoader"]
+DEVICE = os.environ.get("UNSEEN_FAST_BENCH_DEVICE", "cpu")
+WORKERS = os.cpu_count() or 2
 
 
 @pytest.fixture(scope="module", params=list(DATASETS))
@@ -54,11 +61,12 @@ def user_imagefolder_pass(index, image_size, epoch):
     transform = v2.Compose([v2.PILToTensor(), *augment, v2.ToDtype(torch.float32, scale=True),
                             v2.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
     dataset = ImageFolder(index.root, transform=transform)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=256, shuffle=True, num_workers=2,
-                                         generator=torch.Generator().manual_seed(epoch))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=256, shuffle=True, num_workers=WORKERS,
+                                         generator=torch.Generator().manual_seed(epoch),
+                                         pin_memory=DEVICE == "cuda")
     count = 0
     for images, labels in loader:
-        images = images.to(dtype=torch.bfloat16, memory_format=torch.channels_last)
+        images = images.to(DEVICE, non_blocking=True).to(dtype=torch.bfloat16, memory_format=torch.channels_last)
         count += len(labels)
     assert count == len(index)
 
@@ -69,14 +77,19 @@ def one_pass(index, image_size, backend, cache_dir, epoch):
     count = 0
     for images, labels, ids in make_loader(index, np.arange(len(index)), train=True, batch_size=256,
                                            image_size=image_size, backend=backend, dtype=torch.bfloat16,
-                                           seed=0, epoch=epoch, cache_dir=cache_dir, workers=2):
+                                           seed=0, epoch=epoch, cache_dir=cache_dir, workers=WORKERS,
+                                           device=DEVICE):
         count += len(ids)
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
     assert count == len(index)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_loader_throughput(benchmark, dataset, backend):
     name, index, image_size, cache_dir = dataset
+    if backend == "dali" and not dali_available():
+        pytest.skip("nvidia-dali is not installed")
     benchmark.group = f"loader {name} -> {image_size}px train batch"
     benchmark.extra_info.update(items=len(index), unit="img")
     if not backend.startswith("user"):

@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from unseen_fast.data import BadImageError, DataError, ImageIndex, choose_backend, make_loader
+from unseen_fast.data.decode import decode_bytes, decode_file
 from unseen_fast.data.order import as_id_array, batch_slices, epoch_permutation, shard_order
 from unseen_fast.data.transforms import MEAN, STD, normalization_table
 
-FILE_BACKENDS = ["resident", "cache", "dali", "torchvision"]
+FILE_BACKENDS = ["resident", "cache", "dali", "nvjpeg", "torchvision"]
 
 
 @pytest.fixture(scope="module")
@@ -208,6 +209,54 @@ def test_random_resized_crop_on_cache(square_folder, cache_dir):
     assert images.shape == (36, 3, 72, 72)
     plain = collect(loader(index, np.arange(len(index)), "cache", cache_dir, train=False, image_size=72))[0]
     assert not torch.equal(images, plain[ids])  # crops differ from the center crop
+
+
+# ------------------------------------------------------------ nvjpeg backend
+@pytest.mark.parametrize("folder, image_size", [("small_folder", 32), ("square_folder", 72)])
+@pytest.mark.parametrize("train", [True, False])
+def test_nvjpeg_batches_equal_the_cache_batches_on_the_cpu(request, cache_dir, folder, image_size, train,
+                                                           monkeypatch):
+    """Same decoder on the CPU, same square, same per-batch augmentation:
+    bit for bit, mid-epoch resume included; every JPEG in the batched call."""
+    from unseen_fast.data import nvjpeg_loader
+
+    index = ImageIndex.from_folder(request.getfixturevalue(folder))
+    per_file = []
+    monkeypatch.setattr(nvjpeg_loader, "decode_bytes", lambda *a: per_file.append(a) or decode_bytes(*a))
+    ids = np.random.default_rng(1).permutation(len(index))
+    kwargs = dict(train=train, image_size=image_size, batch_size=10, seed=4, epoch=2)
+    for start_batch in (0, 2):
+        nv = collect(loader(index, ids, "nvjpeg", cache_dir, start_batch=start_batch, **kwargs))
+        cache = collect(loader(index, ids, "cache", cache_dir, start_batch=start_batch, **kwargs))
+        assert all(torch.equal(a, b) for a, b in zip(nv, cache))
+    assert per_file == []  # no file left the batched decode_jpeg call
+
+
+def test_nvjpeg_decodes_other_formats_on_the_cpu(small_folder, tmp_path, cache_dir):
+    import shutil
+
+    from torchvision.io import write_png
+
+    root = tmp_path / "mixed"
+    shutil.copytree(small_folder, root)
+    jpeg = root / "cat" / "0001.jpg"
+    write_png(decode_file(str(jpeg)), str(root / "cat" / "0001b.png"))  # the same pixels, losslessly
+    index = ImageIndex.from_folder(root)
+    a, b = index.paths.index("cat/0001.jpg"), index.paths.index("cat/0001b.png")
+    images, _, got = collect(loader(index, np.array([a, b]), "nvjpeg", cache_dir, train=False))
+    assert got.tolist() == [a, b] and torch.equal(images[0], images[1])
+
+
+def test_auto_picks_nvjpeg_on_a_gpu_without_dali(small_index, monkeypatch):
+    from unseen_fast.data import loader as loader_module
+
+    monkeypatch.setattr(loader_module, "dali_available", lambda: False)
+    monkeypatch.setattr(loader_module, "gpu_jpeg_decoding", lambda device: True)
+    backend, why = choose_backend(small_index, 224, device="cuda", cache_budget_bytes=1000)
+    assert backend == "nvjpeg" and "DALI is not installed: JPEGs decoded on the GPU" in why
+    assert choose_backend(small_index, 224, device="cpu", cache_budget_bytes=1000)[0] == "torchvision"
+    monkeypatch.setattr(loader_module, "gpu_jpeg_decoding", lambda device: False)  # a CPU-only torchvision
+    assert choose_backend(small_index, 224, device="cuda", cache_budget_bytes=1000)[0] == "torchvision"
 
 
 # ----------------------------------------------------------------- bad files

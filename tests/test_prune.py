@@ -390,11 +390,11 @@ def test_unreadable_images_stop_the_run_before_anything_is_written_or_are_skippe
     assert result["num_samples"] == len(paths) - 2 and result["skipped_unreadable_images"] == 2
     assert not {paths[3], paths[40]} & set(line.split()[0] for line in result.file_list.read_text().splitlines())
     # --resume reads the first pass's verdict back instead of opening every file again
-    import unseen_fast.pipeline as pipeline
+    import unseen_fast.usable_images as usable_images
 
     def no_second_pass(index, **kwargs):
         raise AssertionError("header pass run again on --resume")
-    monkeypatch.setattr(pipeline, "unreadable_headers", no_second_pass)
+    monkeypatch.setattr(usable_images, "unreadable_headers", no_second_pass)
     again = prune(ImageIndex.from_folder(root), out=tmp_path / "run", config=cfg, resume=True, skip_bad=True)
     assert np.array_equal(again.coreset, result.coreset)
     assert (tmp_path / "run" / "skipped_images.txt").read_text().splitlines() == skipped

@@ -308,8 +308,7 @@ def _add_prune_options(pr: argparse.ArgumentParser) -> None:
     pr.add_argument("--selection", default="global", choices=list(SELECTIONS),
                     help="global: the hardest M (the paper); balanced: the hardest per class; easy: the easiest "
                          "per class; ccs: coverage strata; mix: --mix-alpha of M hardest per class, the rest by "
-                         "strata; auto: hard, mix or ccs if its short proxy beats random on a held-out split by more than "
-                         "the proxies' noise, else random")
+                         "strata; auto: hard, mix or ccs if its proxy beats random's beyond noise, else random")
     pr.add_argument("--auto-budget", type=float, default=0.25,
                     help="selection auto: the proxies train on at most this share of the images the stage-1 "
                          "models trained on (default 0.25)")

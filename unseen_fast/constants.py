@@ -18,7 +18,7 @@ SCORES = OUTPUT_SCORES + ("random",) + DYNAMICS_SCORES + FEATURE_SCORES
 FRAMEWORKS = ("unseen", "fitting", "proxy")
 SELECTIONS = ("global", "balanced", "easy", "ccs", "mix", "auto")
 SCORE_NORMS = ("rank", "zscore", "none")
-BACKENDS = ("auto", "resident", "cache", "dali", "torchvision")
+BACKENDS = ("auto", "resident", "cache", "dali", "nvjpeg", "torchvision")
 
 
 def resolve_amp(amp: str, device) -> str:

@@ -20,8 +20,6 @@ from unseen_fast.auto_selection import choose_selection, validation_mask, valida
 from unseen_fast.baselines import DYNAMICS_SCORES, FEATURE_SCORES, BaselineParams
 from unseen_fast.constants import FRAMEWORKS, OUTPUT_SCORES, SCORES, resolve_amp
 from unseen_fast.data import ImageIndex, open_index, prepare_cache, release_resident
-from unseen_fast.data.decode import unreadable_headers
-from unseen_fast.data.index import INDEX_LIST, INDEX_META
 from unseen_fast.errors import UserError
 from unseen_fast.evaluate import ScoringPass, score_samples
 from unseen_fast.fold_scores import SCORE_NORMS, combine_scores
@@ -33,6 +31,7 @@ from unseen_fast.selection import SELECTIONS, random_scores, select, stage_sizes
 from unseen_fast.splits import fold_assignment
 from unseen_fast.stage1 import Stage1Store, score_stage1, scoring_mask
 from unseen_fast.train import TrainConfig, config_identity, load_model
+from unseen_fast.usable_images import SKIPPED_LIST, checked_before, readable_images, usable_mask
 
 log = logging.getLogger("unseen_fast.pipeline")
 
@@ -157,8 +156,8 @@ def prune(data, *, out, config: PruneConfig, device="cpu", nproc: int | None = N
     """
     start = time.perf_counter()
     index = data if isinstance(data, ImageIndex) else open_index(data)
-    checked = _checked_before(Path(out), index, skip_bad) if resume else None
-    index, skipped = checked or _readable(index, skip_bad)
+    checked = checked_before(Path(out), index, skip_bad) if resume else None
+    index, skipped = checked or readable_images(index, skip_bad)
     config.validate(index)
     where = "cuda" if gpus else str(device)
     # the run records the precision it trains in, not "auto"
@@ -167,7 +166,7 @@ def prune(data, *, out, config: PruneConfig, device="cpu", nproc: int | None = N
     log.info("pruning %d samples on %s, precision %s", len(index), where, config.train.amp)
     run = _claim(RunDir(out), config, index, resume)
     if skipped:
-        write_text(run / "skipped_images.txt", "".join(f"{path}\t{reason}\n" for path, reason in skipped.items()))
+        write_text(run / SKIPPED_LIST, "".join(f"{path}\t{reason}\n" for path, reason in skipped.items()))
     try:
         job = _PruneJob(run, config, index, dict(device=device, nproc=nproc, gpus=gpus, progress=progress,
                                                  model_factory=model_factory), share_dir, skip_bad)
@@ -178,72 +177,6 @@ def prune(data, *, out, config: PruneConfig, device="cpu", nproc: int | None = N
     finally:
         run.unlock()
         release_resident()  # the device memory the shared dataset held
-
-
-def _readable(index: ImageIndex, skip_bad: bool) -> tuple[ImageIndex, dict[str, str]]:
-    """The index without files whose header does not open (only with
-    ``skip_bad``; else they stop the run before anything is written) and
-    {path: reason} of those left out."""
-    bad = unreadable_headers(index)
-    if not bad:
-        return index, {}
-    listed, more = _some_files(index, bad)
-    if not skip_bad:
-        raise UserError(f"{len(bad)} unreadable image(s): {listed}{more}. Fix or remove them, or pass --skip-bad "
-                        f"to leave them out")
-    log.warning("leaving out %d unreadable image(s) (--skip-bad): %s%s", len(bad), listed, more)
-    keep = np.setdiff1d(np.arange(len(index)), np.fromiter(bad, dtype=np.int64))
-    return index.subset(keep), {index.paths[i]: reason for i, reason in bad.items()}
-
-
-def _checked_before(out: Path, index: ImageIndex, skip_bad: bool):
-    """On --resume: what the first invocation's header pass left out, read
-    back from the run folder (the saved listing and skipped_images.txt)
-    instead of opening every file again (a minute on ImageNet). None when
-    they do not account for this index exactly: then the pass runs."""
-    if index.in_memory or not (out / INDEX_META).exists() or not (out / INDEX_LIST).exists():
-        return None
-    saved = {line.rsplit(" ", 1)[0] for line in (out / INDEX_LIST).read_text(encoding="utf-8").splitlines()}
-    listing = out / "skipped_images.txt"
-    reasons = dict(line.split("\t", 1) for line in listing.read_text(encoding="utf-8").splitlines()
-                   if "\t" in line) if listing.exists() else {}
-    keep = np.array([path in saved for path in index.paths], dtype=bool)
-    left_out = [index.paths[i] for i in np.flatnonzero(~keep)]
-    if int(keep.sum()) != len(saved) or (left_out and not skip_bad) or not set(left_out) <= set(reasons):
-        return None
-    if left_out:
-        log.info("resuming: leaving out the %d unreadable image(s) found before (skipped_images.txt)", len(left_out))
-    return index.subset(np.flatnonzero(keep)), {path: reasons[path] for path in left_out}
-
-
-def _usable(run: RunDir, index: ImageIndex, bad: dict[int, str], skip_bad: bool, config: PruneConfig) -> np.ndarray:
-    """(N,) bool: False for images the decoded cache could not decode (cut
-    short or corrupt after a valid header). Without ``skip_bad`` they stop
-    the run before any training; with it they are listed in
-    skipped_images.txt and never trained on, scored or selected."""
-    usable = np.ones(len(index), dtype=bool)
-    if not bad:
-        return usable
-    listed, more = _some_files(index, bad)
-    if not skip_bad:
-        raise UserError(f"{len(bad)} image(s) could not be decoded: {listed}{more}. Replace them and --resume, or "
-                        f"--resume with --skip-bad to leave them out")
-    if config.score in FEATURE_SCORES:
-        raise UserError(f"--score {config.score} reads the features of every image; {len(bad)} cannot be decoded: "
-                        f"{listed}{more}")
-    log.warning("leaving out %d image(s) that could not be decoded (--skip-bad): %s%s", len(bad), listed, more)
-    listing = run / "skipped_images.txt"
-    before = listing.read_text() if listing.exists() else ""
-    lines = [f"{index.paths[i]}\t{reason}\n" for i, reason in bad.items()]
-    write_text(listing, before + "".join(line for line in lines if line not in before))
-    usable[np.fromiter(bad, dtype=np.int64)] = False
-    return usable
-
-
-def _some_files(index: ImageIndex, bad: dict[int, str]) -> tuple[str, str]:
-    """("path (reason); ..." for up to 10 of ``bad``, "; and N more" or "")."""
-    listed = "; ".join(f"{index.file(i)} ({reason})" for i, reason in list(bad.items())[:10])
-    return listed, f"; and {len(bad) - 10} more" if len(bad) > 10 else ""
 
 
 def _claim(run: RunDir, config: PruneConfig, index: ImageIndex, resume: bool) -> RunDir:
@@ -268,7 +201,7 @@ class _PruneJob:
         self.timings, self.images = {}, {}
         bad = prepare_cache(index, config.train.image_size, backend=config.train.backend, device=common["device"],
                             cache_dir=self.store.cache_dir, progress=common["progress"])
-        self.usable = _usable(run, index, bad, skip_bad, config)  # (N,) False: never trained on, scored or kept
+        self.usable = usable_mask(run, index, bad, skip_bad, config.score)  # (N,) False: never trained on, scored or kept
         # the prune rate applies to the usable samples, as it does when unreadable headers left the index
         self.sizes = stage_sizes(int(self.usable.sum()), config.prune_rate, config.stages, config.stage_size)
 

@@ -22,16 +22,25 @@ def decode_file(path: str, sample_id: int | None = None) -> torch.Tensor:
     what they do not read (BMP). Anything unreadable raises BadImageError
     naming the file.
     """
+    return decode_bytes(read_bytes(path, sample_id), path, sample_id)
+
+
+def read_bytes(path: str, sample_id: int | None = None) -> torch.Tensor:
+    """The file's bytes as a uint8 tensor; BadImageError when empty or unreadable."""
     try:
         if os.path.getsize(path) == 0:
             raise BadImageError(path, "empty file", sample_id)
-        data = read_file(path)
+        return read_file(path)
     except (OSError, RuntimeError) as err:
-        raise BadImageError(path, _first_line(err), sample_id) from None
+        raise BadImageError(path, first_line(err), sample_id) from None
+
+
+def decode_bytes(data: torch.Tensor, path: str, sample_id: int | None = None) -> torch.Tensor:
+    """decode_file's decoding step, on the CPU, for bytes already read."""
     try:
         return decode_image(data, mode=ImageReadMode.RGB)
     except (RuntimeError, ValueError) as err:
-        first_error = _first_line(err)
+        first_error = first_line(err)
     try:
         return _decode_with_pillow(path)
     except Exception:  # Pillow's errors vary by format; the first one is the useful one
@@ -60,7 +69,7 @@ def unreadable_headers(index, *, workers: int | None = None, chunk: int = 1024) 
             try:
                 image_size(index.file(sample_id))
             except Exception as err:  # Pillow raises several types for unreadable headers
-                failed.append((sample_id, _first_line(err)))
+                failed.append((sample_id, first_line(err)))
         return failed
 
     workers = max(1, min(32, 4 * (os.cpu_count() or 2)) if workers is None else workers)  # I/O bound
@@ -77,7 +86,7 @@ def _decode_with_pillow(path: str) -> torch.Tensor:
     return torch.from_numpy(pixels.copy()).permute(2, 0, 1).contiguous()
 
 
-def _first_line(err: BaseException) -> str:
+def first_line(err: BaseException) -> str:
     text = str(err).strip() or type(err).__name__
     # torchvision prefixes "decode_jpeg, /build/path/decode_jpeg.cpp:171, "
     return re.sub(r"^\w+, \S+:\d+, ", "", text.splitlines()[0])

@@ -1,4 +1,4 @@
-"""make_loader: one entry point over the three backends, and the rule that
+"""make_loader: one entry point over the data backends, and the rule that
 picks one."""
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from unseen_fast.data.cache import CacheLoader, DecodedCache, cache_bytes
 from unseen_fast.data.dali_loader import DaliLoader, dali_available
 from unseen_fast.data.errors import DataError
 from unseen_fast.data.index import ImageIndex
+from unseen_fast.data.nvjpeg_loader import NvjpegLoader, gpu_jpeg_decoding
 from unseen_fast.data.order import as_id_array, resolve_rank, shard_order
 from unseen_fast.data.resident import RESIDENT_MEMORY_SHARE, ResidentLoader, device_memory_bytes, resident_pixels
 from unseen_fast.data.torchvision_loader import TorchvisionLoader
@@ -32,7 +33,8 @@ def choose_backend(index: ImageIndex, image_size: int, *, device="cpu",
     """(backend, reason) for ``backend="auto"``: the dataset resident on the
     device when it fits a share of the device's memory and its augmentation
     is cheap where it runs (small images, or any size on a GPU); else the
-    decoded cache when it fits the memory budget; else DALI, else torchvision."""
+    decoded cache when it fits the memory budget; else DALI; else, on a GPU,
+    nvJPEG through torchvision; else torchvision's CPU workers."""
     cheap = Augment(image_size, train=False).small or torch.device(device).type == "cuda"
     if index.in_memory:
         return "resident", "the images are already in memory"
@@ -48,6 +50,8 @@ def choose_backend(index: ImageIndex, image_size: int, *, device="cpu",
            if need > budget else f"random-resized crops of {image_size}px images from the cache are slow on the CPU")
     if dali_available():
         return "dali", why
+    if torch.device(device).type == "cuda" and gpu_jpeg_decoding(str(torch.device(device))):
+        return "nvjpeg", why + "; DALI is not installed: JPEGs decoded on the GPU"
     return "torchvision", why + " and DALI is not installed"
 
 
@@ -71,7 +75,7 @@ def make_loader(index: ImageIndex, ids, *, train: bool, batch_size: int, image_s
         evaluation transform, each id exactly once over all ranks.
     batch_size, image_size : int
         Output images are (B, 3, image_size, image_size).
-    backend : {"auto", "cache", "dali", "torchvision"}
+    backend : {"auto", "resident", "cache", "dali", "nvjpeg", "torchvision"}
     device : torch.device or str
         Where batches land (and where DALI decodes / the cache augments).
     dtype : torch.dtype
@@ -91,7 +95,8 @@ def make_loader(index: ImageIndex, ids, *, train: bool, batch_size: int, image_s
     cache_budget_bytes : int, optional
         Memory budget for ``auto`` (default: a quarter of physical memory).
     workers : int, optional
-        DataLoader workers (torchvision), DALI threads, or cache build threads.
+        DataLoader workers (torchvision), DALI threads, file-reading threads
+        (nvjpeg), or cache build threads.
 
     Returns
     -------
@@ -113,7 +118,9 @@ def make_loader(index: ImageIndex, ids, *, train: bool, batch_size: int, image_s
 
 
 def _open_backend(backend: str, index: ImageIndex, order, common: dict, *, cache_dir, workers, progress):
-    if backend in ("cache", "resident"):
+    if backend == "nvjpeg" and not index.in_memory:
+        return NvjpegLoader(index, order, num_threads=workers, **common)
+    if backend in ("cache", "resident", "nvjpeg"):  # nvjpeg of images already in memory: nothing to decode
         cache = DecodedCache.open_or_build(index, common["aug"], cache_dir, workers=workers, progress=progress)
         if backend == "resident":
             return ResidentLoader(index, order, cache=cache, pixels=resident_pixels(index, cache, common["device"]),
