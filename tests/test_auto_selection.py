@@ -82,18 +82,28 @@ def test_auto_with_random_scores_is_refused(tmp_path):
 
 
 def test_a_strategy_replaces_random_only_beyond_the_proxy_noise():
-    # random replicas 0.40 and 0.42: noise sd 0.0141 (above the binomial floor at 10,000 samples, 0.0049);
-    # margin 2 x 0.0141 x sqrt(1.5) = 0.0346 over the mean 0.41
+    # random replicas 0.40 and 0.42: spread 0.0141 and binomial sd 0.0049 at 10,000 samples give a noise sd of
+    # 0.0150; the margin is 2 x 0.0150 x sqrt(1.5) = 0.0367 over the mean 0.41
     base = dict(hard=0.30, mix=0.35, ccs=0.44, random=0.41)
     verdict = decide(base, [0.40, 0.42], validation_size=10_000)
-    assert verdict["best_strategy"] == "ccs" and verdict["chosen"] == "random"
-    assert verdict["noise_sd"] == pytest.approx(0.02 / np.sqrt(2))
-    assert verdict["margin"] == pytest.approx(2 * 0.02 / np.sqrt(2) * np.sqrt(1.5))
-    assert decide(dict(base, hard=0.45), [0.40, 0.42], 10_000)["chosen"] == "hard"  # +0.04 > 0.0346
-    # replicas that agree by chance: the validation split's binomial noise is the floor
+    noise = np.hypot(0.02 / np.sqrt(2), np.sqrt(0.41 * 0.59 / 10_000))
+    assert verdict["best_strategy"] == "ccs" and verdict["chosen"] == "random"  # +0.03
+    assert verdict["noise_sd"] == pytest.approx(noise) and verdict["margin"] == pytest.approx(2 * noise * np.sqrt(1.5))
+    assert decide(dict(base, hard=0.45), [0.40, 0.42], 10_000)["chosen"] == "hard"  # +0.04 > 0.0367
+    # replicas that agree by chance: the validation split's binomial noise remains
     floor = decide(dict(base, mix=0.43), [0.41, 0.41], validation_size=1_000)
     assert floor["noise_sd"] == pytest.approx(np.sqrt(0.41 * 0.59 / 1_000)) and floor["chosen"] == "random"
     assert decide(dict(base, mix=0.48), [0.41, 0.41], 1_000)["chosen"] == "mix"
+
+
+def test_a_report_of_an_earlier_rule_is_measured_again(tmp_path):
+    config = PruneConfig(prune_rate=0.3, selection="auto", train=TrainConfig(**FAST))
+    prune(ImageIndex.digits(), out=tmp_path / "run", config=config)
+    report = json.loads((tmp_path / "run" / "auto_selection.json").read_text())
+    stale = dict(chosen="easy", candidates=report["candidates"])  # what the first version wrote
+    (tmp_path / "run" / "auto_selection.json").write_text(json.dumps(stale))
+    again = prune(ImageIndex.digits(), out=tmp_path / "run", config=config, resume=True)
+    assert again["auto_selection"]["chosen"] in [name for name, _, _ in CANDIDATES] and "margin" in again["auto_selection"]
 
 
 def test_proxies_anneal_and_take_enough_steps():

@@ -44,6 +44,29 @@ def test_loaders_deliver_every_sample_once_on_the_device(backend, train, tmp_pat
     assert labels.tolist() == digits.labels[got].tolist()
 
 
+@pytest.mark.parametrize("folder, image_size", [("small_folder", 32), ("square_folder", 72)])
+@pytest.mark.parametrize("train", [True, False])
+def test_nvjpeg_decodes_files_on_the_device_like_the_cache(request, tmp_path, folder, image_size, train):
+    """nvJPEG in one batched call per batch, then the cache's square and
+    augmentation on the device: the cache backend's batches up to the
+    decoders' IDCT differences (bit for bit on the CPU)."""
+    index = ImageIndex.from_folder(request.getfixturevalue(folder))
+    ids = np.random.default_rng(2).permutation(len(index))
+    out = {}
+    for backend in ("nvjpeg", "cache"):
+        ld = make_loader(index, ids, train=train, batch_size=16, image_size=image_size, backend=backend,
+                         device=DEVICE, dtype=torch.float32, cache_dir=tmp_path, seed=7)
+        parts = list(ld)
+        assert all(images.device.type == DEVICE for images, _, _ in parts)
+        out[backend] = [torch.cat([p[i].cpu() for p in parts]) for i in range(3)]
+    assert torch.equal(out["nvjpeg"][2], out["cache"][2]) and torch.equal(out["nvjpeg"][1], out["cache"][1])
+    diff = (out["nvjpeg"][0] - out["cache"][0]).abs()
+    print(f"{folder} @ {image_size}, train={train}: nvjpeg vs cache mean |diff| {diff.mean():.4f}, max {diff.max():.3f}")
+    assert diff.mean() < 0.05  # about 3 uint8 levels in normalized units
+    if DEVICE == "cpu":
+        assert diff.max() == 0
+
+
 def test_a_model_trained_on_the_gpu_learns_and_scores(tmp_path):
     digits = ImageIndex.digits()
     train_ids, held_out = np.arange(0, 1797, 2), np.arange(1, 1797, 2)

@@ -8,8 +8,9 @@ stratified validation split is held out (never selected), each candidate
 strategy picks a coreset from the rest with the stage-1 scores, a short
 proxy (the fast network) trains on each, and the candidate whose proxy does
 best on the validation split is used for every stage, provided it beats
-Random by more than the run's own proxy noise (the spread of proxies on
-independent random coresets); otherwise Random is used. Short proxies
+Random by more than twice the noise of that comparison (the spread of
+proxies on independent random coresets with the split's binomial noise);
+otherwise Random is used. Short proxies
 favour easy selections (a model's first steps learn most from easy images),
 so a strategy has to win clearly before it replaces the safe baseline. The
 proxies' cost is bounded by ``auto_budget`` x the stage-1
@@ -47,7 +48,8 @@ CANDIDATES = (
 # Random is measured on this many independent random coresets (other seeds): their spread is the run's own
 # proxy noise (training seed + subset + split), which a strategy must beat before it replaces Random.
 RANDOM_REPLICAS = 2
-MARGIN_SD = 2.0      # a strategy is kept only when it beats Random's mean by this many noise sds
+MARGIN_SD = 2.0      # a strategy is kept only when it beats Random's mean by this many sds of the difference
+assert CANDIDATES[-1][0] == "random", "the proxies' bookkeeping (_measure) expects random last"
 # A proxy learns from optimizer steps, not images: within its image budget it takes at least this many
 # steps (smaller batches, down to PROXY_MIN_BATCH) instead of ~20 steps of the final training's batch.
 PROXY_MIN_STEPS, PROXY_MIN_BATCH = 100, 32
@@ -122,13 +124,16 @@ def proxy_train_config(train, epochs: int, samples: int):
 
 
 def decide(accuracy: dict[str, float], random_accuracy: list[float], validation_size: int) -> dict:
-    """Random, unless the best strategy beats Random's mean proxy accuracy
-    by MARGIN_SD noise sds. The noise sd of one proxy is the spread of the
-    random replicas, at least the binomial sd of the validation split."""
+    """Random, unless the best strategy's proxy beats the random proxies'
+    mean by MARGIN_SD sds of that difference. A proxy's noise sd combines
+    the random replicas' spread (training seed, subset; one degree of
+    freedom with two replicas, so it can agree by chance) with the
+    validation split's binomial sd; the difference of one proxy and a mean
+    of R replicas has sqrt(1 + 1/R) times that sd."""
     base = float(np.mean(random_accuracy))
     spread = float(np.std(random_accuracy, ddof=1)) if len(random_accuracy) > 1 else 0.0
-    noise = max(spread, float(np.sqrt(max(base * (1 - base), 1e-12) / validation_size)))
-    # the difference of one proxy and a mean of R replicas
+    binomial = float(np.sqrt(max(base * (1 - base), 1e-12) / validation_size))
+    noise = float(np.hypot(spread, binomial))
     margin = MARGIN_SD * noise * float(np.sqrt(1 + 1 / len(random_accuracy)))
     best = max((name for name in accuracy if name != "random"), key=lambda name: accuracy[name])
     gain = accuracy[best] - base
@@ -142,6 +147,9 @@ def choose_selection(run: RunDir, config, index: ImageIndex, scores: np.ndarray,
     (Random when none does beyond noise); returns ``config`` with that
     selection (its report in auto_selection.json)."""
     report = read_json(run / REPORT) if (run / REPORT).exists() else None
+    if report is not None and ("margin" not in report or report["chosen"] not in [c[0] for c in CANDIDATES]):
+        log.warning("auto selection: %s was written by an earlier version of the rule; measuring again", REPORT)
+        report = None
     if report is None:
         report = _measure(run, config, index, scores, k, exclude, validation, stage1_images, common)
         write_json(run / REPORT, report)

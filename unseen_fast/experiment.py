@@ -97,6 +97,11 @@ class Grid:
     def validate(self, where="grid") -> None:
         if not self.methods:
             raise UserError(f"{where}: no methods")
+        for name, fields in (("prune_train", self.prune_train), ("final_train", self.final_train)):
+            try:
+                TrainConfig(**fields)  # unknown or bad fields raise here, naming the field
+            except TypeError as err:
+                raise UserError(f"{where}: {name}: {err}") from None
         for name, spec in self.methods.items():
             bad = sorted(set(spec) - PRUNE_FIELDS - METHOD_EXTRAS)
             if bad:
@@ -114,11 +119,6 @@ class Grid:
         bad = sorted(set(self.budgets) - set(BUDGETS))
         if bad or not self.budgets:
             raise UserError(f"{where}: budgets must be a non-empty subset of {BUDGETS}, got {self.budgets}")
-        for name, fields in (("prune_train", self.prune_train), ("final_train", self.final_train)):
-            try:
-                TrainConfig(**fields)  # unknown or bad fields raise here, naming the field
-            except TypeError as err:
-                raise UserError(f"{where}: {name}: {err}") from None
 
 
 def run_experiment(grid: Grid, out, *, device="cpu", nproc=None, gpus=None, progress=False) -> list[dict]:

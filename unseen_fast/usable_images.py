@@ -5,6 +5,7 @@ and lists them in skipped_images.txt, otherwise they stop the run naming
 the files."""
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from unseen_fast.data.index import INDEX_LIST, INDEX_META
 from unseen_fast.errors import UserError
 from unseen_fast.rundir import RunDir, write_text
 
-log = logging.getLogger("unseen_fast.pipeline")
+log = logging.getLogger("unseen_fast.pipeline")  # lines of the prune run's log, as before this module split
 
 SKIPPED_LIST = "skipped_images.txt"
 
@@ -44,6 +45,8 @@ def checked_before(out: Path, index: ImageIndex, skip_bad: bool):
     instead of opening every file again (a minute on ImageNet). None when
     they do not account for this index exactly: then the pass runs."""
     if index.in_memory or not (out / INDEX_META).exists() or not (out / INDEX_LIST).exists():
+        return None
+    if json.loads((out / INDEX_META).read_text()).get("root") != index.root:  # another folder: check it
         return None
     saved = {line.rsplit(" ", 1)[0] for line in (out / INDEX_LIST).read_text(encoding="utf-8").splitlines()}
     listing = out / SKIPPED_LIST

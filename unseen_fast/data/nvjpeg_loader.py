@@ -4,8 +4,10 @@ For data too large for the decoded cache on a GPU machine without DALI
 (DALI's wheel is large and not everywhere): each batch's files are read on
 threads (the next batch's while this one decodes), its JPEGs decoded in one
 batched ``torchvision.io.decode_jpeg(..., device=...)`` call on the loader's
-device (nvJPEG on a GPU, libjpeg-turbo on the CPU), other formats and JPEGs
-the batched call rejects on the CPU. Each image is then brought to the
+device (nvJPEG on a GPU, libjpeg-turbo on the CPU); other formats are
+decoded on the reading threads (CPU), and when one file fails the batched
+call its batch is decoded file by file (the device first, then the CPU
+decoders, which name a file nobody can read). Each image is then brought to the
 decoded cache's square (``cache_pixels``: resize, center crop) on the device
 and the batch augmented exactly as the cache backend's batches are
 (``cache_augment``, seeded per batch). On the CPU its batches therefore equal
@@ -15,6 +17,7 @@ from libjpeg-turbo by a few uint8 levels.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -26,12 +29,13 @@ from unseen_fast.data.decode import decode_bytes, first_line, read_bytes
 from unseen_fast.data.errors import BadImageError
 from unseen_fast.data.transforms import cache_augment, cache_pixels
 
+log = logging.getLogger("unseen_fast.data")
 JPEG_MAGIC = (0xFF, 0xD8)
 
 
 @functools.lru_cache(maxsize=None)
 def gpu_jpeg_decoding(device: str) -> bool:
-    """Whether this torchvision decodes JPEGs on ``device`` (a 1-pixel probe)."""
+    """Whether this torchvision decodes JPEGs on ``device`` (an 8x8 probe)."""
     from torchvision.io import decode_jpeg, encode_jpeg
 
     try:
@@ -47,6 +51,7 @@ class NvjpegLoader(BatchLoader):
     def __init__(self, *args, num_threads: int | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.num_threads = max(1, num_threads or min(16, os.cpu_count() or 2))  # file reads: I/O bound
+        self._warned = False
 
     def _uint8_batches(self):
         generator = torch.Generator(device=self.device if self.device.type == "cuda" else "cpu")
@@ -59,9 +64,7 @@ class NvjpegLoader(BatchLoader):
                 if start + self.batch_size < len(self.order):  # the next batch's reads overlap this decode
                     reads = self._read(pool, start + self.batch_size)
                 images, kept = self._decode(ids, data)
-                if not images:
-                    yield torch.empty((0, 3, self.aug.image_size, self.aug.image_size), dtype=torch.uint8), \
-                        torch.from_numpy(kept)
+                if not images:  # every file of the batch bad (and skipped)
                     continue
                 rows = torch.stack([cache_pixels(image, self.aug) for image in images])  # (B, side, side, 3)
                 generator.manual_seed(self.seed_for(number))  # per batch, as the cache: exact on resume
@@ -69,38 +72,58 @@ class NvjpegLoader(BatchLoader):
 
     def _read(self, pool, start: int) -> list:
         ids = self.order[start:start + self.batch_size].tolist()
-        return [pool.submit(_read_or_error, self.index.file(i), i) for i in ids]
+        return [pool.submit(_read_or_decode, self.index.file(i), i) for i in ids]
 
     def _decode(self, ids: np.ndarray, data: list) -> tuple[list[torch.Tensor], np.ndarray]:
-        """([(3, H, W) uint8 on the device] of the decodable samples, their ids)."""
+        """([(3, H, W) uint8 on the device] of the decodable samples, their
+        ids). ``data``: per sample the JPEG's bytes (1-D), pixels already
+        decoded on a reading thread (3-D), or a BadImageError."""
         from torchvision.io import ImageReadMode, decode_jpeg
 
-        images: list = [None] * len(ids)
-        jpegs = [k for k, d in enumerate(data) if not isinstance(d, BadImageError) and len(d) > 2
-                 and tuple(d[:2].tolist()) == JPEG_MAGIC]
+        images = [d.to(self.device) if isinstance(d, torch.Tensor) and d.dim() == 3 else None for d in data]
+        jpegs = [k for k, d in enumerate(data) if isinstance(d, torch.Tensor) and d.dim() == 1]
         if jpegs:
             try:
-                for k, image in zip(jpegs, decode_jpeg([data[k] for k in jpegs], mode=ImageReadMode.RGB,
-                                                       device=self.device)):
-                    images[k] = image
-            except RuntimeError:  # one bad file fails the whole call: the CPU path below names it
-                pass
-        for k, sample_id in enumerate(ids.tolist()):
-            if images[k] is None and not isinstance(data[k], BadImageError):
-                try:
-                    images[k] = decode_bytes(data[k], self.index.file(sample_id), sample_id).to(self.device)
-                except BadImageError as err:
-                    data[k] = err
-            if isinstance(data[k], BadImageError):
-                self._record_bad(data[k])  # raises unless skip_bad
+                decoded = decode_jpeg([data[k] for k in jpegs], mode=ImageReadMode.RGB, device=self.device)
+            except RuntimeError as err:  # one file fails the whole call: file by file, naming the culprit
+                decoded = [self._decode_one(data[k], int(ids[k]), err) for k in jpegs]
+            for k, image in zip(jpegs, decoded):
+                images[k] = image if isinstance(image, torch.Tensor) else None
+                if isinstance(image, BadImageError):
+                    data[k] = image
+        for item in data:
+            if isinstance(item, BadImageError):
+                self._record_bad(item)  # raises unless skip_bad
         good = [k for k in range(len(ids)) if images[k] is not None]
         return [images[k] for k in good], ids[good]
 
+    def _decode_one(self, data: torch.Tensor, sample_id: int, batch_error: Exception):
+        """One JPEG of a batch the batched call rejected: on the device, else
+        with the CPU decoders (Pillow too), else the BadImageError."""
+        from torchvision.io import ImageReadMode, decode_jpeg
 
-def _read_or_error(path: str, sample_id: int):
+        if not self._warned:
+            log.warning("nvjpeg: a batch failed to decode at once (%s); decoding its files one by one",
+                        first_line(batch_error))
+            self._warned = True
+        try:
+            return decode_jpeg([data], mode=ImageReadMode.RGB, device=self.device)[0]
+        except RuntimeError:
+            try:
+                return decode_bytes(data, self.index.file(sample_id), sample_id).to(self.device)
+            except BadImageError as err:
+                return err
+
+
+def _read_or_decode(path: str, sample_id: int):
+    """On a reading thread: a JPEG's bytes (decoded later, a batch at once),
+    any other format's pixels (decoded here on the CPU), or the BadImageError."""
     try:
-        return read_bytes(path, sample_id)
+        data = read_bytes(path, sample_id)
+        if len(data) > 2 and tuple(data[:2].tolist()) == JPEG_MAGIC:
+            return data
+        return decode_bytes(data, path, sample_id)
     except BadImageError as err:
         return err
-    except Exception as err:  # a read on a worker thread must come back to be reported in order
+    except Exception as err:  # whatever a worker thread meets must come back to be reported in order
         return BadImageError(path, first_line(err), sample_id)
