@@ -27,7 +27,8 @@ namespace unseen_fast {
   X(kMargin, "margin", false)            \
   X(kEl2n, "el2n", true)                 \
   X(kTrueMargin, "true_margin", true)    \
-  X(kCorrect, "correct", true)
+  X(kCorrect, "correct", true)           \
+  X(kLogitGap, "logit_gap", true)
 
 enum ScoreMethod : int64_t {
 #define UNSEEN_FAST_ENUM(id, name, label) id,
@@ -147,6 +148,8 @@ C10_HOST_DEVICE inline float finalize(const SoftmaxState& s, int64_t method,
       return -expm1f(label_logit - s.max) / total;
     case kCorrect:
       return label_is_top ? 1.f : 0.f;
+    case kLogitGap:  // max_{k!=y} z_k - z_y (minus AUM's margin); -inf when C = 1
+      return (label_is_top ? s.second : s.max) - label_logit;
     default:
       return nan;
   }

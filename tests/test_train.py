@@ -95,6 +95,7 @@ def test_stats_match_the_score_op(cpu_path, gen):
     other = logits.double().scatter(1, labels[:, None], float("-inf")).amax(1)
     assert torch.allclose(stats[:, 7].double(), logits.double().gather(1, labels[:, None]).squeeze(1) - other,
                           atol=1e-5)
+    assert torch.equal(stats[:, 7], -ops.score(logits, labels, ["logit_gap"])[:, 0])  # the kernel's, no second read
     p_true = torch.softmax(logits.double(), 1).gather(1, labels[:, None]).squeeze(1)
     assert torch.allclose(stats[:, 0].double(), p_true, atol=1e-6)
 

@@ -53,6 +53,8 @@ def score(
             elif name == "true_margin":
                 others = p.scatter(1, y, -1.0).max(1).values if c > 1 else torch.zeros_like(p_y)
                 col = -(p_y - others.clamp_min(0))
+            elif name == "logit_gap":
+                col = z.scatter(1, y, float("-inf")).max(1).values - z.gather(1, y).squeeze(1)
             else:  # correct
                 col = (z.argmax(1) == y.squeeze(1)).to(dtype)
         columns.append(col)

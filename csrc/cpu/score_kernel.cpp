@@ -307,6 +307,9 @@ UF_AVX512 void score_block_avx512(const T* base, int64_t row_stride, int64_t col
         v = _mm512_mul_ps(_mm512_mask_blend_ps(label_is_top, other_case, top_case), inv_total);
         break;
       }
+      case kLogitGap:  // the largest other logit minus the label's: one rounding, as finalize()
+        v = _mm512_sub_ps(_mm512_mask_blend_ps(label_is_top, top, second), z_label);
+        break;
       default:  // kCorrect
         v = _mm512_mask_blend_ps(label_is_top, _mm512_setzero_ps(), one);
     }
