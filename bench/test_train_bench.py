@@ -4,7 +4,8 @@
 
 - a training step (forward, fused loss, backward, SGD) of fastnet and
   resnet18 (small-image stem) at 32x32, batch 256: channels_last + bfloat16
-  autocast (ours) vs NCHW float32;
+  autocast (ours) vs NCHW float32, and ours under torch.compile (the
+  TrainConfig.compile option; its first-call compile time is excluded);
 - the fused loss with statistics vs F.cross_entropy plus a separate softmax
   pass for the same statistics (forward + backward);
 - K=4 fastnet models on digits through train_many with 2 worker processes
@@ -27,11 +28,12 @@ from unseen_fast.train import TrainConfig
 BATCH = 256
 
 
-def make_step(arch, fast):
+def make_step(arch, fast, compiled=False):
     torch.manual_seed(0)
     model = build_model(arch, 10, image_size=32)
     if not fast:
         model = model.to(memory_format=torch.contiguous_format)
+    forward = torch.compile(model) if compiled else model
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
     images = torch.randn(BATCH, 3, 32, 32)
     if fast:
@@ -40,7 +42,7 @@ def make_step(arch, fast):
 
     def step():
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=fast):
-            logits = model(images)
+            logits = forward(images)
         loss, _ = cross_entropy_with_stats(logits, labels)
         loss.mean().backward()
         optimizer.step()
@@ -49,15 +51,17 @@ def make_step(arch, fast):
 
 
 @pytest.mark.parametrize("arch", ["fastnet", "resnet18"])
-@pytest.mark.parametrize("variant", ["channels_last + bf16 autocast (ours)", "NCHW float32"])
+@pytest.mark.parametrize("variant", ["channels_last + bf16 autocast (ours)", "NCHW float32",
+                                     "channels_last + bf16 autocast + torch.compile"])
 def test_train_step(benchmark, arch, variant):
     benchmark.group = f"train step {arch} 32x32 batch {BATCH}"
     benchmark.extra_info.update(items=BATCH, unit="img")
-    fast = "ours" in variant
-    if fast:
+    fast = "NCHW" not in variant
+    if "ours" in variant:
         benchmark.extra_info["role"] = "ours"
-    step = make_step(arch, fast)
+    step = make_step(arch, fast, compiled="compile" in variant)
     step()
+    step()  # the compiled variant compiles on the first calls
     benchmark.pedantic(step, rounds=3 if arch == "resnet18" else 5, iterations=1)
 
 
