@@ -14,6 +14,7 @@ from unseen_fast.constants import __version__
 from unseen_fast.fold_scores import kept_share_per_fold, model_report
 from unseen_fast.rundir import RunDir, read_json, save_figure, write_json, write_text
 from unseen_fast.train import steps_per_epoch_for
+from unseen_fast.usable_images import SKIPPED_LIST
 
 log = logging.getLogger("unseen_fast.pipeline")
 
@@ -63,8 +64,8 @@ def write_outputs(run: RunDir, index, config, sizes, added, fold, timings, image
         iterations_per_epoch=_iterations(n, batch, config, fold, sizes),
         **_model_reports(run, config, fold, added, sizes),
         **_label_issue_report(run, config),
-        **({"skipped_unreadable_images": len((run / "skipped_images.txt").read_text().splitlines())}
-           if (run / "skipped_images.txt").exists() else {}),
+        **({"skipped_unreadable_images": len((run / SKIPPED_LIST).read_text().splitlines())}
+           if (run / SKIPPED_LIST).exists() else {}),
         **({"auto_selection": read_json(run / "auto_selection.json")} if (run / "auto_selection.json").exists()
            else {}),
         versions=dict(unseen_fast=__version__, torch=torch.__version__),
