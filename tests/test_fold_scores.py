@@ -33,7 +33,7 @@ def test_combine_matches_the_definition(how):
     folds, n = 4, 301
     fold = rng.integers(0, folds, n)
     per_model = rng.gamma(2.0, 1.0, (folds, n)).astype(np.float32)
-    per_model[:, :40] = np.round(per_model[:, :40])  # ties
+    per_model[:, :40] = np.ceil(per_model[:, :40])  # ties; ceil keeps them > 0 as real importances are
     use = unseen_mask(fold, folds)
     per_model[~use] = np.nan  # what a scoring pass leaves where a model did not score
     got = combine_scores(per_model, use, how)
