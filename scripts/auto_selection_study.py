@@ -8,7 +8,7 @@ training. Used to compare proxy designs (docs/RESULTS.md, --selection auto):
     python scripts/auto_selection_study.py runs/selection-auto-cpu --out runs/auto-study/new
     python scripts/auto_selection_study.py runs/selection-auto-cpu --out runs/auto-study/b128 --min-steps 1
 
---min-steps / --replicas / --margin-sd override the module's constants.
+--min-steps / --replicas / --margin-sd / --start / --finetune-lr override the module's constants.
 """
 from __future__ import annotations
 
@@ -37,6 +37,8 @@ def main() -> None:
     parser.add_argument("--min-steps", type=int, default=auto_selection.PROXY_MIN_STEPS)
     parser.add_argument("--replicas", type=int, default=auto_selection.RANDOM_REPLICAS)
     parser.add_argument("--margin-sd", type=float, default=auto_selection.MARGIN_SD)
+    parser.add_argument("--start", choices=("fold", "scratch"), default=auto_selection.PROXY_START)
+    parser.add_argument("--finetune-lr", type=float, default=auto_selection.PROXY_FINETUNE_LR)
     parser.add_argument("--budget", type=float, default=None, help="--auto-budget (default: the grid's)")
     parser.add_argument("--matched-epochs", action="store_true",
                         help="proxies train the final epochs on a smaller share of each candidate")
@@ -55,6 +57,8 @@ def main() -> None:
     auto_selection.PROXY_MIN_STEPS = args.min_steps
     auto_selection.RANDOM_REPLICAS = args.replicas
     auto_selection.MARGIN_SD = args.margin_sd
+    auto_selection.PROXY_START = args.start
+    auto_selection.PROXY_FINETUNE_LR = args.finetune_lr
 
     grid = Grid(**json.loads((args.experiment / "grid.json").read_text()))
     index = open_index(grid.data, file_list=grid.file_list)

@@ -60,12 +60,18 @@ def test_auto_picks_the_best_proxy_and_never_selects_the_validation_split(tmp_pa
     accuracy = {c["name"]: c["validation_accuracy"] for c in report["candidates"]}
     replicas = report["candidates"][-1]["replica_accuracy"]
     assert len(replicas) == RANDOM_REPLICAS and accuracy["random"] == pytest.approx(np.mean(replicas))
-    assert report["chosen"] == decide(accuracy, replicas, report["validation_size"])["chosen"]
+    discordance = {c["name"]: c["discordance_with_random"] for c in report["candidates"][:-1]}
+    assert all(0 <= d <= 1 for d in discordance.values())
+    assert report["chosen"] == decide(accuracy, replicas, report["validation_size"], discordance)["chosen"]
     assert all(0 <= a <= 1 for a in accuracy.values())
     assert report["proxy_images"] <= 0.25 * report["stage1_training_images"]
     assert report["proxy_cost_share"] == pytest.approx(report["proxy_images"] / report["stage1_training_images"])
     validation = np.load(tmp_path / "run" / "validation.npy")
-    assert validation.sum() == report["validation_size"] == 180  # 10% of 1,797
+    assert validation.sum() == 180  # 10% of 1,797
+    # proxies fine-tune fold model (seed % 4) = 0 and are judged only where it never trained
+    fold = np.load(tmp_path / "run" / "folds.npy")
+    assert report["proxy_start"] == "fine-tuned fastnet"
+    assert report["validation_size"] == (validation & (fold != 0)).sum() and 100 < report["validation_size"] < 180
     assert not np.intersect1d(np.flatnonzero(validation), result.coreset).size
     assert len(result.coreset) == result["coreset_size"] == 1257
     assert result["auto_selection"] == report and (tmp_path / "run" / "auto_selection.png").exists()
@@ -96,6 +102,24 @@ def test_a_strategy_replaces_random_only_beyond_the_proxy_noise():
     assert decide(dict(base, mix=0.48), [0.41, 0.41], 1_000)["chosen"] == "mix"
 
 
+def test_proxies_from_scratch_use_the_whole_split(tmp_path, monkeypatch):
+    monkeypatch.setattr(auto_selection, "PROXY_START", "scratch")
+    config = PruneConfig(prune_rate=0.3, selection="auto", train=TrainConfig(**FAST))
+    report = prune(ImageIndex.digits(), out=tmp_path / "run", config=config)["auto_selection"]
+    assert report["proxy_start"] == "fastnet from scratch" and report["validation_size"] == 180
+
+
+def test_paired_sampling_noise_replaces_the_binomial_one():
+    # every proxy is judged on the same 1,000 samples: a strategy disagreeing with the random proxies on 4% of
+    # them has a sampling sd of sqrt(0.04 / 2000) = 0.0045 per proxy, not the binomial 0.0156
+    base = dict(hard=0.445, mix=0.40, ccs=0.41, random=0.41)
+    paired = decide(base, [0.41, 0.41], 1_000, discordance=dict(hard=0.04, mix=0.3, ccs=0.3))
+    assert paired["noise_sd"] == pytest.approx(np.sqrt(0.04 / 2000)) and paired["chosen"] == "hard"
+    assert decide(base, [0.41, 0.41], 1_000)["chosen"] == "random"  # +0.035 < 2.45 binomial sds (0.038)
+    # the discordance of the best strategy counts, not of the others
+    assert decide(base, [0.41, 0.41], 1_000, discordance=dict(hard=0.6, mix=0.0, ccs=0.0))["chosen"] == "random"
+
+
 def test_a_report_of_an_earlier_rule_is_measured_again(tmp_path):
     config = PruneConfig(prune_rate=0.3, selection="auto", train=TrainConfig(**FAST))
     prune(ImageIndex.digits(), out=tmp_path / "run", config=config)
@@ -113,6 +137,8 @@ def test_proxies_anneal_and_take_enough_steps():
     assert proxy.warmup_epochs == pytest.approx(1 / 6) and proxy.arch == "fastnet"
     assert proxy.batch_size == 32 and proxy.lr == pytest.approx(0.05 * 32 / 128)  # 93 steps, not 23
     assert not proxy.record_dynamics and not proxy.record_probabilities
+    warm = proxy_train_config(final, epochs=1, samples=3_000, warm_start=auto_selection.WarmStart("f", None, "resnet18"))
+    assert warm.arch == "resnet18" and warm.lr == pytest.approx(auto_selection.PROXY_FINETUNE_LR * 0.05 * 32 / 128)
     many = proxy_train_config(final, epochs=6, samples=50_000)
     assert many.batch_size == 128 and many.lr == 0.05 and many.warmup_epochs == pytest.approx(1.0)
 

@@ -360,7 +360,7 @@ def test_bad_arguments(small_index, kwargs, message):
         make_loader(small_index, [0, 1], **args)
 
 
-def test_dali_pipeline_reuse_after_an_abandoned_pass(small_index, cache_dir):
+def test_dali_abandoned_pass_leaves_nothing_behind(small_index, cache_dir):
     """A pass left half-way keeps prefetched batches inside DALI; the next
     pass must not see them."""
     kwargs = dict(train=False, batch_size=8)

@@ -395,6 +395,22 @@ def test_train_many_processes_match_in_process(tmp_path):
         assert same_weights(state(tmp_path / "inline" / f"fold{k}"), state(tmp_path / "workers" / f"fold{k}"))
 
 
+def test_a_job_can_start_from_a_trained_model(tmp_path):
+    """init_from (auto selection's fine-tuned proxies): the job starts from
+    the saved weights, not from its seed's fresh ones."""
+    digits = ImageIndex.digits()
+    train_many([TrainJob("source", np.arange(0, 1797, 2), str(tmp_path / "source"), seed=0)],
+               digits_config(epochs=1), digits)
+    frozen = digits_config(epochs=1, lr=0.0)  # no step moves a weight: what it ends with is where it started
+    train_many([TrainJob("tuned", np.arange(1, 1797, 2), str(tmp_path / "tuned"), seed=5,
+                         init_from=str(tmp_path / "source")),
+                TrainJob("fresh", np.arange(1, 1797, 2), str(tmp_path / "fresh"), seed=5)], frozen, digits)
+    source, tuned, fresh = (state(tmp_path / name) for name in ("source", "tuned", "fresh"))
+    weights = [k for k in source if k.endswith("weight") and source[k].ndim > 1]  # conv / linear: no BN statistics
+    assert weights and all(torch.equal(source[k], tuned[k]) for k in weights)
+    assert not any(torch.equal(source[k], fresh[k]) for k in weights)
+
+
 def test_failing_worker_stops_the_run_and_keeps_finished_models(tmp_path):
     digits = ImageIndex.digits()
     # Worker 1 trains "finished" to the end, then fails on "bad"; worker 0 is

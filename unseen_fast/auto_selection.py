@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -53,8 +54,23 @@ assert CANDIDATES[-1][0] == "random", "the proxies' bookkeeping (_measure) expec
 # A proxy learns from optimizer steps, not images: within its image budget it takes at least this many
 # steps (smaller batches, down to PROXY_MIN_BATCH) instead of ~20 steps of the final training's batch.
 PROXY_MIN_STEPS, PROXY_MIN_BATCH = 100, 32
+# Where a proxy starts. "fold": from a stage-1 fold model, fine-tuned on each candidate and judged on the
+# validation samples that model never saw, so candidates are compared late in training (where hard
+# samples help) rather than in a model's first epoch (where easy ones do). "scratch": the fast network
+# from random weights (also the fallback when no fold model exists: framework fitting or proxy).
+PROXY_START = "fold"
+PROXY_FINETUNE_LR = 1.0  # a fine-tuning proxy's peak learning rate, as a share of the training's (0.5 measured)
 VALIDATION_SHARE, VALIDATION_MAX, VALIDATION_MIN = 0.1, 10_000, 50
 REPORT = "auto_selection.json"
+
+
+@dataclass
+class WarmStart:
+    """A stage-1 fold model the proxies may start from."""
+
+    model_dir: str          # its train() output folder
+    trained_on: np.ndarray  # (N,) bool: the samples it trained on (never used to judge a proxy)
+    arch: str               # its architecture (the proxies' then)
 
 
 def validation_size(n: int, coreset_size: int, excluded: int = 0) -> int:
@@ -111,47 +127,64 @@ def proxy_plan(stage1_images: int, k: int, candidates: int, budget: float, epoch
     return 1, per_candidate
 
 
-def proxy_train_config(train, epochs: int, samples: int):
+def proxy_train_config(train, epochs: int, samples: int, warm_start: WarmStart | None = None):
     """The final training's config for a proxy of ``epochs`` over
-    ``samples``: the fast network, the same schedule shape (warm-up share of
-    the run, so a one-epoch proxy still anneals), and a batch small enough
-    for PROXY_MIN_STEPS optimizer steps (learning rate scaled with it)."""
+    ``samples``: the same schedule shape (warm-up share of the run, so a
+    one-epoch proxy still anneals) and a batch small enough for
+    PROXY_MIN_STEPS optimizer steps (learning rate scaled with it); the fast
+    network from scratch, or the fold model's network fine-tuned at
+    PROXY_FINETUNE_LR of the learning rate."""
     batch = min(train.batch_size, max(PROXY_MIN_BATCH, samples * epochs // PROXY_MIN_STEPS))
     warmup = epochs * min(1.0, train.warmup_epochs / train.epochs)
-    return dataclasses.replace(train, arch="fastnet", epochs=epochs, batch_size=batch,
-                               lr=train.lr * batch / train.batch_size, warmup_epochs=warmup,
-                               record_dynamics=False, record_probabilities=False)
+    share = PROXY_FINETUNE_LR if warm_start else 1.0
+    return dataclasses.replace(train, arch=warm_start.arch if warm_start else "fastnet", epochs=epochs,
+                               batch_size=batch, lr=share * train.lr * batch / train.batch_size,
+                               warmup_epochs=warmup, record_dynamics=False, record_probabilities=False)
 
 
-def decide(accuracy: dict[str, float], random_accuracy: list[float], validation_size: int) -> dict:
+def decide(accuracy: dict[str, float], random_accuracy: list[float], validation_size: int,
+           discordance: dict[str, float] | None = None) -> dict:
     """Random, unless the best strategy's proxy beats the random proxies'
     mean by MARGIN_SD sds of that difference. A proxy's noise sd combines
     the random replicas' spread (training seed, subset; one degree of
     freedom with two replicas, so it can agree by chance) with the
-    validation split's binomial sd; the difference of one proxy and a mean
-    of R replicas has sqrt(1 + 1/R) times that sd."""
+    validation split's sampling noise: with ``discordance`` (per strategy,
+    the share of split samples its proxy and a random proxy disagree on),
+    the paired sd sqrt(d / 2n) per proxy, as every proxy is judged on the
+    same samples; without it, the binomial sd. The difference of one proxy
+    and a mean of R replicas has sqrt(1 + 1/R) times that sd."""
     base = float(np.mean(random_accuracy))
     spread = float(np.std(random_accuracy, ddof=1)) if len(random_accuracy) > 1 else 0.0
-    binomial = float(np.sqrt(max(base * (1 - base), 1e-12) / validation_size))
-    noise = float(np.hypot(spread, binomial))
-    margin = MARGIN_SD * noise * float(np.sqrt(1 + 1 / len(random_accuracy)))
     best = max((name for name in accuracy if name != "random"), key=lambda name: accuracy[name])
+    if discordance is not None:
+        sampling = float(np.sqrt(discordance[best] / (2 * validation_size)))
+    else:
+        sampling = float(np.sqrt(max(base * (1 - base), 1e-12) / validation_size))
+    noise = float(np.hypot(spread, sampling))
+    margin = MARGIN_SD * noise * float(np.sqrt(1 + 1 / len(random_accuracy)))
     gain = accuracy[best] - base
     return dict(chosen=best if gain > margin else "random", best_strategy=best, gain_over_random=gain,
                 random_accuracy=base, noise_sd=noise, margin=margin)
 
 
 def choose_selection(run: RunDir, config, index: ImageIndex, scores: np.ndarray, k: int, exclude: np.ndarray,
-                     validation: np.ndarray, *, stage1_images: int, common: dict):
+                     validation: np.ndarray, *, stage1_images: int, common: dict,
+                     warm_start: WarmStart | None = None):
     """The candidate strategy whose proxy beats Random on ``validation``
     (Random when none does beyond noise); returns ``config`` with that
-    selection (its report in auto_selection.json)."""
+    selection (its report in auto_selection.json). Proxies fine-tune
+    ``warm_start`` when given (and PROXY_START is "fold")."""
+    warm_start = warm_start if PROXY_START == "fold" else None
+    start = f"fine-tuned {warm_start.arch}" if warm_start else "fastnet from scratch"
     report = read_json(run / REPORT) if (run / REPORT).exists() else None
-    if report is not None and ("margin" not in report or report["chosen"] not in [c[0] for c in CANDIDATES]):
+    if report is not None and (report.get("proxy_start") != start
+                               or "discordance_with_random" not in report["candidates"][0]
+                               or report["chosen"] not in [c[0] for c in CANDIDATES]):
         log.warning("auto selection: %s was written by an earlier version of the rule; measuring again", REPORT)
         report = None
     if report is None:
-        report = _measure(run, config, index, scores, k, exclude, validation, stage1_images, common)
+        report = _measure(run, config, index, scores, k, exclude, validation, stage1_images, common, warm_start)
+        report["proxy_start"] = start
         write_json(run / REPORT, report)
         _plot(run, report)
     chosen = next(c for c in CANDIDATES if c[0] == report["chosen"])
@@ -162,7 +195,8 @@ def choose_selection(run: RunDir, config, index: ImageIndex, scores: np.ndarray,
     return strategy_config(config, chosen[1], chosen[2]), chosen[0]
 
 
-def proxy_jobs(run, config, scores, k, labels, excluded, samples: int) -> tuple[list, list]:
+def proxy_jobs(run, config, scores, k, labels, excluded, samples: int, init_from: str | None = None
+               ) -> tuple[list, list]:
     """(TrainJob per proxy, candidate coreset sizes): every candidate, the
     random one RANDOM_REPLICAS times."""
     rng = np.random.Generator(np.random.PCG64([config.seed, 6]))
@@ -176,35 +210,46 @@ def proxy_jobs(run, config, scores, k, labels, excluded, samples: int) -> tuple[
             ids = np.sort(rng.choice(ids, size=samples, replace=False))
         label = name if name != "random" else f"random-{replica}"
         jobs.append(TrainJob(f"proxy-{label}", ids, str(run / "models" / f"proxy-{label}"),
-                             seed=config.seed + 2000 + number))
+                             seed=config.seed + 2000 + number, init_from=init_from))
     return jobs, sizes
 
 
-def _measure(run, config, index, scores, k, exclude, validation, stage1_images, common) -> dict:
+def _measure(run, config, index, scores, k, exclude, validation, stage1_images, common, warm_start) -> dict:
     tick = time.perf_counter()
     proxies = len(CANDIDATES) - 1 + RANDOM_REPLICAS
     epochs, samples = proxy_plan(stage1_images, k, proxies, config.auto_budget, config.train.epochs)
-    proxy_config = proxy_train_config(config.train, epochs, min(samples, k))
+    proxy_config = proxy_train_config(config.train, epochs, min(samples, k), warm_start)
     if samples < proxy_config.batch_size:
         raise UserError(f"--auto-budget {config.auto_budget} gives each of the {proxies} proxies {samples} "
                         f"training images, less than one batch of {proxy_config.batch_size}; raise it")
-    jobs, sizes = proxy_jobs(run, config, scores, k, index.labels, exclude | validation, samples)
-    log.info("auto selection: %d proxies (fastnet, %d epoch(s) on %d samples each, batch %d), validation %d "
-             "samples", len(jobs), epochs, min(samples, k), proxy_config.batch_size, int(validation.sum()))
-    train_many(jobs, proxy_config, index, **dict(common, model_factory=None))
-    models = [load_model(job.out_dir, index.num_classes, device=common["device"]) for job in jobs]
-    held_out = np.flatnonzero(validation)
+    jobs, sizes = proxy_jobs(run, config, scores, k, index.labels, exclude | validation, samples,
+                             init_from=warm_start.model_dir if warm_start else None)
+    # judged only on validation samples the starting model never trained on
+    held_out = np.flatnonzero(validation & ~warm_start.trained_on) if warm_start else np.flatnonzero(validation)
+    log.info("auto selection: %d proxies (%s, %d epoch(s) on %d samples each, batch %d), validation %d "
+             "samples", len(jobs), proxy_config.arch + (" fine-tuned" if warm_start else ""), epochs,
+             min(samples, k), proxy_config.batch_size, len(held_out))
+    factory = common["model_factory"] if warm_start else None  # a fine-tuned user model stays the user's
+    train_many(jobs, proxy_config, index, **dict(common, model_factory=factory))
+    models = [load_model(job.out_dir, index.num_classes, device=common["device"], model_factory=factory)
+              for job in jobs]
     scored = score_samples(models, index, held_out, proxy_config, "entropy", device=common["device"],
                            loader_kwargs=common.get("loader_kwargs"))
     per_proxy = [float(a) for a in np.nanmean(scored.correct, axis=1)]
-    randoms = per_proxy[len(CANDIDATES) - 1:]
+    strategies = len(CANDIDATES) - 1
+    randoms = per_proxy[strategies:]
     accuracy = dict(zip([name for name, _, _ in CANDIDATES[:-1]], per_proxy), random=float(np.mean(randoms)))
+    # per strategy: the share of split samples its proxy and a random one disagree on (mean over replicas)
+    discordance = {name: float(np.mean(scored.correct[number] != scored.correct[strategies:]))
+                   for number, (name, _, _) in enumerate(CANDIDATES[:-1])}
     candidates = [dict(name=name, selection=strategy, params=params, coreset_size=size,
-                       proxy_trained_on=len(job.ids), validation_accuracy=accuracy[name])
+                       proxy_trained_on=len(job.ids), validation_accuracy=accuracy[name],
+                       discordance_with_random=discordance.get(name))
                   for (name, strategy, params), size, job in zip(CANDIDATES, sizes, jobs)]
     candidates[-1]["replica_accuracy"] = randoms
     images = epochs * sum(len(job.ids) for job in jobs)
-    return dict(**decide(accuracy, randoms, len(held_out)), candidates=candidates, validation_size=len(held_out),
+    return dict(**decide(accuracy, randoms, len(held_out), discordance), candidates=candidates,
+                validation_size=len(held_out),
                 proxy_epochs=epochs, proxy_batch_size=proxy_config.batch_size, proxy_images=images,
                 stage1_training_images=stage1_images, proxy_cost_share=images / max(stage1_images, 1),
                 budget=config.auto_budget, seconds=time.perf_counter() - tick)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from unseen_fast.auto_selection import choose_selection, validation_mask, validation_size
+from unseen_fast.auto_selection import WarmStart, choose_selection, validation_mask, validation_size
 from unseen_fast.baselines import DYNAMICS_SCORES, FEATURE_SCORES, BaselineParams
 from unseen_fast.constants import FRAMEWORKS, OUTPUT_SCORES, SCORES, resolve_amp
 from unseen_fast.data import ImageIndex, open_index, prepare_cache, release_resident
@@ -294,8 +294,13 @@ class _PruneJob:
             self.run.save_npy("validation.npy", validation)
         jobs = self.store.jobs(fold, self.usable)
         stage1_images = self.config.train.epochs * sum(len(job.ids) for job in jobs)
+        warm_start = None
+        if jobs and jobs[0].name.startswith("fold"):  # proxies fine-tune one fold model (seed picks which)
+            job = jobs[self.config.seed % len(jobs)]
+            warm_start = WarmStart(job.out_dir, np.isin(np.arange(len(fold)), job.ids), self.store.train_config.arch)
         selecting, _ = choose_selection(self.run, self.config, self.index, scores, sum(self.sizes), excluded,
-                                        validation, stage1_images=stage1_images, common=self.common)
+                                        validation, stage1_images=stage1_images, common=self.common,
+                                        warm_start=warm_start)
         return selecting, excluded | validation
 
     def _train_and_score_stage1(self, fold: np.ndarray) -> ScoringPass:

@@ -1,16 +1,18 @@
-"""The DALI backend: encoded files fed in visiting order through
-external_source, decoded on the GPU ("mixed", with decode and random crop
-fused) or, without one, on CPU threads (device_id=None).
+"""The DALI backend: files read by DALI's own reader (readers.file, C++
+threads, no Python per file) in this loader's visiting order, decoded on the
+GPU ("mixed", with decode and random crop fused) or, without one, on CPU
+threads (device_id=None).
 
-Batches come back in the order they were fed (FIFO), so each carries the
-sample ids of its files. A built pipeline is kept and reused by later epochs
-(readers.file would need a rebuild per epoch to follow our permutation).
+The reader gets the rank's files in visiting order with each file's sample id
+as its label, and no shuffling of its own: every backend visits the same
+order, and each batch carries the ids DALI actually read. The file list is
+part of the pipeline, so a pipeline serves one epoch (building one costs
+about 0.3 s, next to minutes of decoding for data large enough for DALI).
 DALI errors never escape as pipeline tracebacks: a failed batch is
 re-decoded file by file to name the bad file.
 """
 from __future__ import annotations
 
-import collections
 import logging
 import os
 
@@ -39,37 +41,19 @@ def dali_available() -> bool:
     return dali_version() is not None
 
 
-class _EncodedFeed:
-    """external_source callback: the next batch of encoded files, in the
-    loader's order (DALI calls it ahead of time to prefetch)."""
-
-    def __init__(self):
-        self.pending: collections.deque[list[str]] = collections.deque()
-
-    def __call__(self):
-        if not self.pending:
-            raise StopIteration
-        return [_read_bytes(path) for path in self.pending.popleft()]
-
-
-def _read_bytes(path: str) -> np.ndarray:
-    try:
-        return np.fromfile(path, dtype=np.uint8)
-    except OSError:  # decoding the empty buffer fails; _find_bad then names the file and the reason
-        return np.zeros(0, dtype=np.uint8)
-
-
-def _build_pipeline(aug: Augment, *, batch_size: int, num_threads: int, device_id: int | None, seed: int):
+def _build_pipeline(files: list[str], ids: np.ndarray, aug: Augment, *, batch_size: int, num_threads: int,
+                    device_id: int | None, seed: int):
     from nvidia.dali import fn, pipeline_def, types
 
     decode_device = "mixed" if device_id is not None else "cpu"
     size = aug.image_size
-    feed = _EncodedFeed()
 
     @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id, seed=seed,
                   prefetch_queue_depth=2)
     def pipeline():
-        encoded = fn.external_source(source=feed, batch=True, dtype=types.UINT8, ndim=1, name="encoded")
+        # our order, ids as labels; the last batch padded with its last file (trimmed in _run)
+        encoded, sample_ids = fn.readers.file(files=files, labels=ids.tolist(), random_shuffle=False,
+                                              pad_last_batch=True, name="reader")
         if aug.train and not aug.small:
             images = fn.decoders.image_random_crop(encoded, device=decode_device, output_type=types.RGB,
                                                    random_area=list(RRC_AREA),
@@ -92,31 +76,13 @@ def _build_pipeline(aug: Augment, *, batch_size: int, num_threads: int, device_i
         mirror = fn.random.coin_flip() if aug.train else 0
         # uint8 out (mean 0, std 1): normalization happens in finish_batch,
         # identically for every backend.
-        return fn.crop_mirror_normalize(images, crop=[size, size], mirror=mirror, dtype=types.UINT8,
-                                        mean=[0.0] * len(MEAN), std=[1.0] * len(MEAN), output_layout="HWC")
+        images = fn.crop_mirror_normalize(images, crop=[size, size], mirror=mirror, dtype=types.UINT8,
+                                          mean=[0.0] * len(MEAN), std=[1.0] * len(MEAN), output_layout="HWC")
+        return images, sample_ids
 
     pipe = pipeline()
     pipe.build()
-    return pipe, feed
-
-
-# Built pipelines, reused across epochs and loaders (building one costs
-# 0.3-0.5 s, as much as decoding a few thousand CIFAR images).
-_PIPELINES: collections.OrderedDict = collections.OrderedDict()
-_MAX_PIPELINES = 4
-
-
-def _pipeline_for(key, **build_args):
-    if key in _PIPELINES:
-        _PIPELINES.move_to_end(key)
-        return _PIPELINES.pop(key)  # checked out: a pipeline serves one iteration at a time
-    return _build_pipeline(**build_args)
-
-
-def _check_in(key, entry) -> None:
-    _PIPELINES[key] = entry
-    while len(_PIPELINES) > _MAX_PIPELINES:
-        _PIPELINES.popitem(last=False)
+    return pipe
 
 
 class DaliLoader(BatchLoader):
@@ -140,32 +106,31 @@ class DaliLoader(BatchLoader):
             order, start = restart
 
     def _run(self, order: np.ndarray, start: int):
-        key = (self.aug, self.batch_size, self.num_threads, self.device_id, self.seed)
-        build_args = dict(aug=self.aug, batch_size=self.batch_size, num_threads=self.num_threads,
-                          device_id=self.device_id, seed=self.seed_for())
+        """Yield the batches of order[start:]; after a bad file (skip_bad),
+        return (order without it, where to restart) instead of finishing."""
+        remaining = order[start:]
+        batches = [remaining[s:s + self.batch_size] for s in range(0, len(remaining), self.batch_size)]
         try:
-            pipe, feed = _pipeline_for(key, **build_args)
+            pipe = _build_pipeline([self.index.file(i) for i in remaining.tolist()], remaining, self.aug,
+                                   batch_size=self.batch_size, num_threads=self.num_threads,
+                                   device_id=self.device_id, seed=self.seed_for(stream=start))
         except RuntimeError as err:
             raise DataError(f"DALI could not build its pipeline: {str(err).splitlines()[0]}") from None
-        batches = [order[s:s + self.batch_size] for s in range(start, len(order), self.batch_size)]
-        feed.pending.clear()
-        feed.pending.extend([self.index.file(i) for i in batch.tolist()] for batch in batches)
-        pipe.reset()
-        finished = False
         try:
             for number, batch in enumerate(batches):
                 try:
-                    (images,) = pipe.run()
-                except RuntimeError as err:  # the pipeline is unusable after this: not checked back in
+                    images, read_ids = pipe.run()
+                except RuntimeError as err:
                     bad = self._find_bad(batch, err)
                     keep = ~np.isin(order, bad)
                     first = start + number * self.batch_size
                     return order[keep], int(keep[:first].sum())
-                yield _to_torch(images, self.device), torch.from_numpy(batch)
-            finished = True
+                read_ids = np.asarray(read_ids.as_tensor()).reshape(-1)[:len(batch)]
+                if not np.array_equal(read_ids, batch):  # the reader must follow our order exactly
+                    raise RuntimeError(f"DALI's reader returned samples {read_ids[:4]}... instead of {batch[:4]}...")
+                yield _to_torch(images, self.device)[:len(batch)], torch.from_numpy(batch)
         finally:
-            if finished:
-                _check_in(key, (pipe, feed))  # an abandoned iteration leaves prefetched batches: drop it
+            del pipe  # its buffers and threads go now, not at the next garbage collection
         return None
 
     def _find_bad(self, batch: np.ndarray, err: RuntimeError) -> np.ndarray:
