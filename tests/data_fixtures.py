@@ -51,3 +51,27 @@ def upscaled_folder(dest: Path, size: tuple[int, int], per_class: int, classes: 
             with Image.open(src / name / file) as img:
                 img.convert("RGB").resize(size, Image.BICUBIC).save(dest / name / file, quality=quality)
     return dest
+
+
+def striped_folder(dest: Path, size: tuple[int, int] = (288, 96), per_class: int = 8) -> Path:
+    """Wide JPEGs whose left, middle and right thirds are red, green and
+    blue: a crop from the whole image shows red or blue, a crop from its
+    center square only green."""
+    import numpy as np
+    from PIL import Image
+
+    width, height = size
+    pixels = np.zeros((height, width, 3), dtype=np.uint8)
+    for third in range(3):
+        pixels[:, third * width // 3:(third + 1) * width // 3, third] = 255
+    for name in ("a", "b"):
+        (dest / name).mkdir(parents=True)
+        for k in range(per_class):
+            Image.fromarray(pixels).save(dest / name / f"{k:04d}.jpg", quality=95)
+    return dest
+
+
+def dominant_colour_shares(images) -> list[float]:
+    """Share of pixels whose largest (normalized) channel is red, green, blue."""
+    winner = images.float().argmax(1)
+    return [float((winner == c).float().mean()) for c in range(3)]

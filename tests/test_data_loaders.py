@@ -212,12 +212,13 @@ def test_random_resized_crop_on_cache(square_folder, cache_dir):
 
 
 # ------------------------------------------------------------ nvjpeg backend
-@pytest.mark.parametrize("folder, image_size", [("small_folder", 32), ("square_folder", 72)])
-@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize("folder, image_size, train", [("small_folder", 32, True), ("small_folder", 32, False),
+                                                       ("square_folder", 72, False)])
 def test_nvjpeg_batches_equal_the_cache_batches_on_the_cpu(request, cache_dir, folder, image_size, train,
                                                            monkeypatch):
     """Same decoder on the CPU, same square, same per-batch augmentation:
-    bit for bit, mid-epoch resume included; every JPEG in the batched call."""
+    bit for bit, mid-epoch resume included; every JPEG in the batched call.
+    (Training crops of large images differ by design: the next test.)"""
     from unseen_fast.data import nvjpeg_loader
 
     index = ImageIndex.from_folder(request.getfixturevalue(folder))
@@ -230,6 +231,27 @@ def test_nvjpeg_batches_equal_the_cache_batches_on_the_cpu(request, cache_dir, f
         cache = collect(loader(index, ids, "cache", cache_dir, start_batch=start_batch, **kwargs))
         assert all(torch.equal(a, b) for a, b in zip(nv, cache))
     assert per_file == []  # no file left the batched decode_jpeg call
+
+
+def test_nvjpeg_training_crops_come_from_the_whole_image(tmp_path, cache_dir):
+    """Random-resized crops of large images are taken from the whole decoded
+    image, as torchvision and DALI take them: on red | green | blue striped
+    images they show all three colours; the cache's crops (from its center
+    square) only green."""
+    from data_fixtures import dominant_colour_shares, striped_folder
+
+    index = ImageIndex.from_folder(striped_folder(tmp_path / "striped"))
+    shares = {}
+    for backend in ("nvjpeg", "cache", "torchvision"):
+        images = torch.cat([collect(loader(index, np.arange(len(index)), backend, cache_dir, train=True, image_size=72,
+                                           batch_size=8, seed=1, epoch=epoch))[0] for epoch in range(4)])
+        assert images.shape == (4 * len(index), 3, 72, 72)
+        shares[backend] = dominant_colour_shares(images)
+    red, green, blue = shares["nvjpeg"]
+    assert red > 0.1 and blue > 0.1 and green > 0.2, shares
+    assert shares["cache"][0] < 0.01 and shares["cache"][2] < 0.01, shares
+    # the same crop distribution as torchvision's RandomResizedCrop on the whole image (64 crops: loose)
+    assert np.allclose(shares["nvjpeg"], shares["torchvision"], atol=0.12), shares
 
 
 def test_nvjpeg_decodes_other_formats_on_the_cpu(small_folder, tmp_path, cache_dir):

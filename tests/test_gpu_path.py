@@ -44,8 +44,8 @@ def test_loaders_deliver_every_sample_once_on_the_device(backend, train, tmp_pat
     assert labels.tolist() == digits.labels[got].tolist()
 
 
-@pytest.mark.parametrize("folder, image_size", [("small_folder", 32), ("square_folder", 72)])
-@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize("folder, image_size, train", [("small_folder", 32, True), ("small_folder", 32, False),
+                                                       ("square_folder", 72, False)])
 def test_nvjpeg_decodes_files_on_the_device_like_the_cache(request, tmp_path, folder, image_size, train):
     """nvJPEG in one batched call per batch, then the cache's square and
     augmentation on the device: the cache backend's batches up to the
@@ -65,6 +65,20 @@ def test_nvjpeg_decodes_files_on_the_device_like_the_cache(request, tmp_path, fo
     assert diff.mean() < 0.05  # about 3 uint8 levels in normalized units
     if DEVICE == "cpu":
         assert diff.max() == 0
+
+
+def test_nvjpeg_training_crops_of_whole_images_on_the_device(tmp_path):
+    """Large-image training crops from each whole decoded image, on the device."""
+    from data_fixtures import dominant_colour_shares, striped_folder
+
+    index = ImageIndex.from_folder(striped_folder(tmp_path / "striped"))
+    parts = list(make_loader(index, np.arange(len(index)), train=True, batch_size=8, image_size=72, backend="nvjpeg",
+                             device=DEVICE, dtype=torch.float32, cache_dir=tmp_path, seed=1))
+    assert all(images.device.type == DEVICE for images, _, _ in parts)
+    images = torch.cat([images.cpu() for images, _, _ in parts])
+    assert images.shape == (len(index), 3, 72, 72)
+    red, _, blue = dominant_colour_shares(images)
+    assert red > 0.05 and blue > 0.05
 
 
 def test_a_model_trained_on_the_gpu_learns_and_scores(tmp_path):

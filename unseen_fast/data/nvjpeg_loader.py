@@ -7,12 +7,15 @@ batched ``torchvision.io.decode_jpeg(..., device=...)`` call on the loader's
 device (nvJPEG on a GPU, libjpeg-turbo on the CPU); other formats are
 decoded on the reading threads (CPU), and when one file fails the batched
 call its batch is decoded file by file (the device first, then the CPU
-decoders, which name a file nobody can read). Each image is then brought to the
-decoded cache's square (``cache_pixels``: resize, center crop) on the device
-and the batch augmented exactly as the cache backend's batches are
-(``cache_augment``, seeded per batch). On the CPU its batches therefore equal
-the cache backend's bit for bit (tested); on a GPU nvJPEG's IDCT may differ
-from libjpeg-turbo by a few uint8 levels.
+decoders, which name a file nobody can read). Training batches of large
+images take their random-resized crops from each whole decoded image on the
+device (``augment_whole_images``, as DALI and torchvision do). Otherwise
+(small images, evaluation) each image is brought to the decoded cache's
+square (``cache_pixels``: resize, center crop) on the device and the batch
+augmented exactly as the cache backend's batches are (``cache_augment``,
+seeded per batch): on the CPU those batches equal the cache backend's bit
+for bit (tested); on a GPU nvJPEG's IDCT may differ from libjpeg-turbo by a
+few uint8 levels.
 """
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ import torch
 from unseen_fast.data.batches import BatchLoader
 from unseen_fast.data.decode import decode_bytes, first_line, read_bytes
 from unseen_fast.data.errors import BadImageError
-from unseen_fast.data.transforms import cache_augment, cache_pixels
+from unseen_fast.data.transforms import augment_whole_images, cache_augment, cache_pixels
 
 log = logging.getLogger("unseen_fast.data")
 JPEG_MAGIC = (0xFF, 0xD8)
@@ -66,8 +69,11 @@ class NvjpegLoader(BatchLoader):
                 images, kept = self._decode(ids, data)
                 if not images:  # every file of the batch bad (and skipped)
                     continue
-                rows = torch.stack([cache_pixels(image, self.aug) for image in images])  # (B, side, side, 3)
                 generator.manual_seed(self.seed_for(number))  # per batch, as the cache: exact on resume
+                if self.aug.train and not self.aug.small:  # crops of the whole image, not of a center square
+                    yield augment_whole_images(images, self.aug, generator), torch.from_numpy(kept)
+                    continue
+                rows = torch.stack([cache_pixels(image, self.aug) for image in images])  # (B, side, side, 3)
                 yield cache_augment(rows, self.aug, generator), torch.from_numpy(kept)
 
     def _read(self, pool, start: int) -> list:

@@ -172,25 +172,55 @@ def _pad_crop(images: torch.Tensor, pad: int, u: torch.Tensor) -> torch.Tensor:
 
 
 def _random_resized_crop(images: torch.Tensor, size: int, params: dict) -> torch.Tensor:
-    """torchvision's RandomResizedCrop box sampling, vectorized over the
-    batch (first valid of RRC_ATTEMPTS tries, else the whole image), with
-    bilinear crop-and-resize by roi_align."""
+    """torchvision's RandomResizedCrop over a batch of equal-size images,
+    with bilinear crop-and-resize by roi_align."""
     from torchvision.ops import roi_align
 
     b, _, h, w = images.shape
-    dev = images.device
-    area = h * w * (RRC_AREA[0] + (RRC_AREA[1] - RRC_AREA[0]) * params["area"])
+    x0, y0, cw, ch = _rrc_boxes(torch.full((b,), float(h), device=images.device),
+                                torch.full((b,), float(w), device=images.device), params)
+    boxes = torch.stack([torch.arange(b, device=images.device, dtype=torch.float32), x0, y0, x0 + cw, y0 + ch], 1)
+    out = roi_align(images.float(), boxes, output_size=size, spatial_scale=1.0, sampling_ratio=2, aligned=True)
+    return out.round_().clamp_(0, 255).to(torch.uint8).contiguous(memory_format=torch.channels_last)
+
+
+def augment_whole_images(images: list[torch.Tensor], aug: Augment, generator: torch.Generator | None) -> torch.Tensor:
+    """A training batch of large images of any sizes ((3, H, W) uint8 each,
+    on one device): random-resized crops of each whole image, as
+    torchvision and DALI take them (the decoded cache's come from its center
+    square), then flips; (B, 3, S, S) uint8 channels_last. The random
+    numbers are the cache's (augment_params); roi_align samples each output
+    pixel adaptively (about one sample per source pixel), so a large crop
+    is averaged, not aliased."""
+    from torchvision.ops import roi_align
+
+    device = images[0].device
+    params = augment_params(aug, len(images), generator, device)
+    h = torch.tensor([image.shape[1] for image in images], dtype=torch.float32, device=device)
+    w = torch.tensor([image.shape[2] for image in images], dtype=torch.float32, device=device)
+    x0, y0, cw, ch = _rrc_boxes(h, w, params)
+    boxes = torch.stack([torch.zeros_like(x0), x0, y0, x0 + cw, y0 + ch], 1)
+    crops = torch.cat([roi_align(image[None].float(), boxes[k:k + 1], output_size=aug.image_size,
+                                 spatial_scale=1.0, sampling_ratio=0, aligned=True)
+                       for k, image in enumerate(images)])
+    crops = crops.round_().clamp_(0, 255).to(torch.uint8).contiguous(memory_format=torch.channels_last)
+    return _random_flip(crops, params["flip"])
+
+
+def _rrc_boxes(h: torch.Tensor, w: torch.Tensor, params: dict):
+    """torchvision's RandomResizedCrop box sampling, vectorized: for images
+    of heights ``h`` and widths ``w`` ((B,) float), the first valid of
+    RRC_ATTEMPTS tries, else the whole image; (x0, y0, width, height)."""
+    area = (h * w).unsqueeze(1) * (RRC_AREA[0] + (RRC_AREA[1] - RRC_AREA[0]) * params["area"])
     log_lo, log_hi = math.log(RRC_RATIO[0]), math.log(RRC_RATIO[1])
     ratio = torch.exp(log_lo + (log_hi - log_lo) * params["ratio"])
     cw = torch.sqrt(area * ratio).round()
     ch = torch.sqrt(area / ratio).round()
-    ok = (cw <= w) & (ch <= h) & (cw > 0) & (ch > 0)
-    first = torch.where(ok.any(1), ok.float().argmax(1), torch.full((b,), -1, device=dev))
+    ok = (cw <= w.unsqueeze(1)) & (ch <= h.unsqueeze(1)) & (cw > 0) & (ch > 0)
+    first = torch.where(ok.any(1), ok.float().argmax(1), torch.full_like(h, -1).long())
     pick = first.clamp(min=0).view(-1, 1)
-    cw = torch.where(first >= 0, cw.gather(1, pick).squeeze(1), torch.full((b,), float(w), device=dev))
-    ch = torch.where(first >= 0, ch.gather(1, pick).squeeze(1), torch.full((b,), float(h), device=dev))
+    cw = torch.where(first >= 0, cw.gather(1, pick).squeeze(1), w)
+    ch = torch.where(first >= 0, ch.gather(1, pick).squeeze(1), h)
     x0 = ((w - cw + 1) * params["x0"]).floor()
     y0 = ((h - ch + 1) * params["y0"]).floor()
-    boxes = torch.stack([torch.arange(b, device=dev, dtype=torch.float32), x0, y0, x0 + cw, y0 + ch], 1)
-    out = roi_align(images.float(), boxes, output_size=size, spatial_scale=1.0, sampling_ratio=2, aligned=True)
-    return out.round_().clamp_(0, 255).to(torch.uint8).contiguous(memory_format=torch.channels_last)
+    return x0, y0, cw, ch
