@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Everything a session lent the GPU machine should run, in two device calls
+# of at most 10 minutes each (the machine stays warm 30 s between them, so
+# call 2 usually finds the build of call 1; it rebuilds when not).
+#
+#   1. copy the CIFAR-10 tarball into the carried folder, here:
+#        mkdir -p .gpu-carry && cp ../shared/datasets/cifar10-train-jpg.tar.gz .gpu-carry/
+#      (.gpu-carry/ is git-ignored; carry the file itself, 16 MB:
+#      carry=[".gpu-carry/cifar10-train-jpg.tar.gz"]; never the folder once
+#      something was extracted into it here, it would exceed the 64 MiB)
+#   2. device call 1: bash scripts/gpu_check.sh kernels
+#        build; the two tests that used to kill the process; every CUDA
+#        test; the ops benchmark (score / select / loss against plain PyTorch)
+#   3. device call 2: bash scripts/gpu_check.sh pipeline
+#        (build if missing); the CIFAR-10 prune twice with --gpus 1 (time per
+#        phase, identical coresets?); the fold-models and loader benchmarks
+#
+# Logs go to $OUT (the device tool's folder that comes back; ./gpu-check
+# elsewhere), one file per step, at most 8 files per call as the tool allows.
+set -u
+part=${1:?usage: gpu_check.sh kernels|pipeline}
+OUT=${OUT:-gpu-check}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
+export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16}
+PY=${PY:-python3}
+
+step() {  # step NAME SECONDS COMMAND...: run under a time limit, log to $OUT/NAME.log, print its tail
+  local name=$1 limit=$2
+  shift 2
+  echo "== $name (limit ${limit}s): $*"
+  local tick=$SECONDS
+  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
+  local rc=$?
+  echo "rc=$rc after $((SECONDS - tick)) s" | tee -a "$OUT/$name.log"
+  tail -n 4 "$OUT/$name.log"
+  return $rc
+}
+
+build() {
+  if $PY -c "import unseen_fast, sys; sys.exit(0 if unseen_fast.build_info()['cuda_compiled'] else 1)" 2>/dev/null; then
+    echo "== build: already built with CUDA"
+    return 0
+  fi
+  step build 240 $PY -m pip install --no-index --no-build-isolation --no-deps -e . || exit 1
+}
+
+# the CIFAR-10 JPEGs for the prune and for the tests' and benches' data fixtures (../shared does not travel)
+data=.gpu-carry/cifar10/train  # the tarball holds cifar10/train/<class>/<image>.jpg
+if [ ! -f .gpu-carry/cifar10/.extracted ]; then
+  tar -xzf .gpu-carry/cifar10-train-jpg.tar.gz -C .gpu-carry && touch .gpu-carry/cifar10/.extracted || exit 1
+fi
+export UNSEEN_FAST_DATA=$PWD/.gpu-carry
+
+case $part in
+  kernels)
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/device.log" 2>&1
+    $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" >> "$OUT/device.log" 2>&1
+    build
+    # each in its own process: a segfault shows as rc 139 instead of ending the script
+    step former-segfaults 120 $PY -m pytest -q -p no:cacheprovider \
+      "tests/test_score.py::test_empty_and_shapes" "tests/test_select.py::test_select_errors"
+    step cuda-tests 330 $PY -m pytest -q -p no:cacheprovider -rs tests \
+      -k "cuda or gpu_path or resident or concurrent or sync"
+    step ops-bench 150 $PY -m pytest -q -p no:cacheprovider bench/test_gpu_ops_bench.py --benchmark-only \
+      --benchmark-columns=median,iqr,rounds
+    ;;
+  pipeline)
+    build
+    for run in 1 2; do
+      rm -rf "gpu-check-prune-$run"
+      step "prune-$run" 200 unseen-fast prune --data "$data" --prune-rate 0.3 --gpus 1 --out "gpu-check-prune-$run"
+    done
+    $PY - > "$OUT/prune-compare.log" 2>&1 <<'EOF'
+import json
+import numpy as np
+a, b = (np.load(f"gpu-check-prune-{k}/coreset.npy") for k in (1, 2))
+print("identical coresets:", a.shape == b.shape and bool(np.array_equal(a, b)), "sizes", len(a), len(b),
+      "shared", len(np.intersect1d(a, b)))
+for k in (1, 2):
+    summary = json.load(open(f"gpu-check-prune-{k}/summary.json"))
+    print(k, summary["device"], summary["precision"], summary["wall_time_s"], summary["images_processed"])
+EOF
+    cat "$OUT/prune-compare.log"
+    step model-benches 150 env UNSEEN_FAST_BENCH_DEVICE=cuda $PY -m pytest -q -p no:cacheprovider \
+      bench/test_fold_models_bench.py bench/test_loader_bench.py --benchmark-only --benchmark-columns=median,iqr,rounds
+    ;;
+  *)
+    echo "unknown part $part: kernels or pipeline" >&2
+    exit 2
+    ;;
+esac
