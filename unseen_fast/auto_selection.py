@@ -5,16 +5,16 @@ Which strategy beats a random subset depends on the regime (Sorscher et al.
 large next to the data kept, easy or stratified selection when data is
 scarce. A run cannot know its regime in advance, so it measures: a
 stratified validation split is held out (never selected), each candidate
-strategy picks a coreset from the rest with the stage-1 scores, a short
-proxy (the fast network) trains on each, and the candidate whose proxy does
-best on the validation split is used for every stage, provided it beats
-Random by more than twice the noise of that comparison (the spread of
-proxies on independent random coresets with the split's binomial noise);
-otherwise Random is used. Short proxies
-favour easy selections (a model's first steps learn most from easy images),
-so a strategy has to win clearly before it replaces the safe baseline. The
-proxies' cost is bounded by ``auto_budget`` x the stage-1
-training cost (images processed) and reported.
+strategy picks a coreset from the rest with the stage-1 scores, a proxy
+fine-tunes one stage-1 fold model on each (judged on the validation samples
+that model never saw), and the candidate whose proxy does best is used for
+every stage, provided it beats Random by more than twice the noise of that
+comparison (the spread of proxies on independent random coresets with the
+paired sampling noise of the split); otherwise Random is used. Proxies
+start from a trained model because short proxies from scratch measure what
+a model learns first (easy images) and ranked hard-first last even where
+it wins (docs/RESULTS.md). The proxies' cost is bounded by ``auto_budget``
+x the stage-1 training cost (images processed) and reported.
 """
 from __future__ import annotations
 
