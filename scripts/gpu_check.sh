@@ -13,7 +13,8 @@
 #        test; the ops benchmark (score / select / loss against plain PyTorch)
 #   3. device call 2: bash scripts/gpu_check.sh pipeline
 #        (build if missing); the CIFAR-10 prune twice with --gpus 1 (time per
-#        phase, identical coresets?); the fold-models and loader benchmarks
+#        phase, identical coresets?) and once with --compile; the fold-models
+#        and loader benchmarks
 #
 # Logs go to $OUT (the device tool's folder that comes back; ./gpu-check
 # elsewhere), one file per step, at most 8 files per call as the tool allows.
@@ -71,13 +72,16 @@ case $part in
       rm -rf "gpu-check-prune-$run"
       step "prune-$run" 200 unseen-fast prune --data "$data" --prune-rate 0.3 --gpus 1 --out "gpu-check-prune-$run"
     done
+    rm -rf gpu-check-prune-compile  # the same with --compile (issue 16: the GPU default if it wins)
+    step prune-compile 200 unseen-fast prune --data "$data" --prune-rate 0.3 --gpus 1 --compile \
+      --out gpu-check-prune-compile
     $PY - > "$OUT/prune-compare.log" 2>&1 <<'EOF'
 import json
 import numpy as np
 a, b = (np.load(f"gpu-check-prune-{k}/coreset.npy") for k in (1, 2))
 print("identical coresets:", a.shape == b.shape and bool(np.array_equal(a, b)), "sizes", len(a), len(b),
       "shared", len(np.intersect1d(a, b)))
-for k in (1, 2):
+for k in ("1", "2", "compile"):
     summary = json.load(open(f"gpu-check-prune-{k}/summary.json"))
     print(k, summary["device"], summary["precision"], summary["wall_time_s"], summary["images_processed"])
 EOF

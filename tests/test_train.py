@@ -477,6 +477,11 @@ def test_train_cli_on_digits(tmp_path, capsys):
                  "--val-fraction", "0", "--out", str(tmp_path / "sub")]) == 0
     config = json.loads((tmp_path / "sub" / "train_config.json").read_text())
     assert config["train_samples"] == 360 and config["val_samples"] == 0
+    from unseen_fast.cli import _train_config, build_parser  # --compile reaches the training config
+
+    for flags, compiled in (([], False), (["--compile"], True)):
+        args = build_parser().parse_args(["train", "--data", "builtin:digits", "--out", str(out), *flags])
+        assert _train_config(args, ImageIndex.digits(), "cpu").compile is compiled
 
 
 def test_more_workers_than_jobs_trains_each_job_data_parallel(tmp_path):

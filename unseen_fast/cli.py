@@ -108,7 +108,7 @@ def _train_config(args: argparse.Namespace, index, device):
     return TrainConfig(arch=args.arch or default_arch(device), epochs=args.epochs, batch_size=args.batch_size,
                        lr=args.lr, image_size=args.image_size or default_image_size(index), seed=args.seed,
                        backend=args.backend, amp=resolve_amp(args.amp, device),
-                       checkpoint_every=args.checkpoint_every)
+                       checkpoint_every=args.checkpoint_every, compile=args.compile)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -283,8 +283,8 @@ def _add_training_options(parser: argparse.ArgumentParser, epochs_help: str) -> 
     group.add_argument("--image-size", type=_count, default=None, help="default: native size up to 64 px, else 224")
     group.add_argument("--amp", choices=list(AMP_MODES), default="auto", help="precision; auto: bf16 where "
                        "native, else fp16 (older GPUs) or float32 (CPUs without native bf16)")
-    group.add_argument("--backend", default="auto", choices=list(BACKENDS),
-                       help="data backend (README, Data); auto: resident or cache when the decoded data fit")
+    group.add_argument("--backend", default="auto", choices=list(BACKENDS), help="data backend (README: Data)")
+    group.add_argument("--compile", action="store_true", help="torch.compile the model (measure it: docs/BENCHMARKS.md)")
     group.add_argument("--seed", type=int, default=0)
     group.add_argument("--checkpoint-every", type=_count, default=1, help="epochs between checkpoints")
     _add_device_options(group)
