@@ -6,8 +6,10 @@ threads (device_id=None).
 The reader gets the rank's files in visiting order with each file's sample id
 as its label, and no shuffling of its own: every backend visits the same
 order, and each batch carries the ids DALI actually read. The file list is
-part of the pipeline, so a pipeline serves one epoch (building one costs
-about 0.3 s, next to minutes of decoding for data large enough for DALI).
+part of the pipeline, so a pipeline serves one epoch: building one takes
+milliseconds and its first batch comes ~0.13 s later on ImageNet-size files
+(the prefetch queue fills; docs/BENCHMARKS.md), nothing next to an epoch of
+data large enough for DALI.
 DALI errors never escape as pipeline tracebacks: a failed batch is
 re-decoded file by file to name the bad file.
 """
