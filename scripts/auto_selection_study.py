@@ -8,7 +8,7 @@ training. Used to compare proxy designs (docs/RESULTS.md, --selection auto):
     python scripts/auto_selection_study.py runs/selection-auto-cpu --out runs/auto-study/new
     python scripts/auto_selection_study.py runs/selection-auto-cpu --out runs/auto-study/b128 --min-steps 1
 
---min-steps / --replicas / --margin-sd / --start / --finetune-lr override the module's constants.
+--min-steps / --replicas / --margin-sd / --start / --finetune-lr / --proxy-folds override the module's constants.
 """
 from __future__ import annotations
 
@@ -38,6 +38,7 @@ def main() -> None:
     parser.add_argument("--replicas", type=int, default=auto_selection.RANDOM_REPLICAS)
     parser.add_argument("--margin-sd", type=float, default=auto_selection.MARGIN_SD)
     parser.add_argument("--start", choices=("fold", "scratch"), default=auto_selection.PROXY_START)
+    parser.add_argument("--proxy-folds", type=int, default=auto_selection.PROXY_FOLDS)
     parser.add_argument("--finetune-lr", type=float, default=auto_selection.PROXY_FINETUNE_LR)
     parser.add_argument("--budget", type=float, default=None, help="--auto-budget (default: the grid's)")
     parser.add_argument("--matched-epochs", action="store_true",
@@ -59,6 +60,7 @@ def main() -> None:
     auto_selection.MARGIN_SD = args.margin_sd
     auto_selection.PROXY_START = args.start
     auto_selection.PROXY_FINETUNE_LR = args.finetune_lr
+    auto_selection.PROXY_FOLDS = args.proxy_folds
 
     grid = Grid(**json.loads((args.experiment / "grid.json").read_text()))
     index = open_index(grid.data, file_list=grid.file_list)

@@ -102,6 +102,16 @@ def test_a_strategy_replaces_random_only_beyond_the_proxy_noise():
     assert decide(dict(base, mix=0.48), [0.41, 0.41], 1_000)["chosen"] == "mix"
 
 
+def test_proxies_from_every_fold_model_share_the_budget_and_the_whole_split(tmp_path, monkeypatch):
+    monkeypatch.setattr(auto_selection, "PROXY_FOLDS", 4)
+    config = PruneConfig(prune_rate=0.3, selection="auto", train=TrainConfig(**FAST))
+    report = prune(ImageIndex.digits(), out=tmp_path / "run", config=config)["auto_selection"]
+    assert report["proxy_start"] == "fine-tuned fastnet x4" and report["proxy_starts"] == 4
+    assert report["validation_size"] == 180  # every held-out sample lies outside 3 of the 4 folds
+    assert report["proxy_images"] <= 0.25 * report["stage1_training_images"]
+    assert len(list((tmp_path / "run" / "models").glob("proxy-*-start*"))) == 4 * (len(CANDIDATES) - 1 + RANDOM_REPLICAS)
+
+
 def test_proxies_from_scratch_use_the_whole_split(tmp_path, monkeypatch):
     monkeypatch.setattr(auto_selection, "PROXY_START", "scratch")
     config = PruneConfig(prune_rate=0.3, selection="auto", train=TrainConfig(**FAST))

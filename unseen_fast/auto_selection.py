@@ -59,6 +59,7 @@ PROXY_MIN_STEPS, PROXY_MIN_BATCH = 100, 32
 # samples help) rather than in a model's first epoch (where easy ones do). "scratch": the fast network
 # from random weights (also the fallback when no fold model exists: framework fitting or proxy).
 PROXY_START = "fold"
+PROXY_FOLDS = 1  # fine-tune this many fold models per candidate (the budget split among them)
 PROXY_FINETUNE_LR = 1.0  # a fine-tuning proxy's peak learning rate, as a share of the training's (0.5 measured)
 VALIDATION_SHARE, VALIDATION_MAX, VALIDATION_MIN = 0.1, 10_000, 50
 REPORT = "auto_selection.json"
@@ -169,13 +170,15 @@ def decide(accuracy: dict[str, float], random_accuracy: list[float], validation_
 
 def choose_selection(run: RunDir, config, index: ImageIndex, scores: np.ndarray, k: int, exclude: np.ndarray,
                      validation: np.ndarray, *, stage1_images: int, common: dict,
-                     warm_start: WarmStart | None = None):
+                     warm_starts: list[WarmStart] = ()):
     """The candidate strategy whose proxy beats Random on ``validation``
     (Random when none does beyond noise); returns ``config`` with that
-    selection (its report in auto_selection.json). Proxies fine-tune
-    ``warm_start`` when given (and PROXY_START is "fold")."""
-    warm_start = warm_start if PROXY_START == "fold" else None
-    start = f"fine-tuned {warm_start.arch}" if warm_start else "fastnet from scratch"
+    selection (its report in auto_selection.json). Proxies fine-tune the
+    first PROXY_FOLDS of ``warm_starts`` when given (and PROXY_START is
+    "fold"), else train the fast network from scratch."""
+    starts = list(warm_starts)[:PROXY_FOLDS] if PROXY_START == "fold" else []
+    start = (f"fine-tuned {starts[0].arch} x{len(starts)}" if len(starts) > 1 else
+             f"fine-tuned {starts[0].arch}" if starts else "fastnet from scratch")
     report = read_json(run / REPORT) if (run / REPORT).exists() else None
     if report is not None and (report.get("proxy_start") != start
                                or "discordance_with_random" not in report["candidates"][0]
@@ -183,7 +186,7 @@ def choose_selection(run: RunDir, config, index: ImageIndex, scores: np.ndarray,
         log.warning("auto selection: %s was written by an earlier version of the rule; measuring again", REPORT)
         report = None
     if report is None:
-        report = _measure(run, config, index, scores, k, exclude, validation, stage1_images, common, warm_start)
+        report = _measure(run, config, index, scores, k, exclude, validation, stage1_images, common, starts)
         report["proxy_start"] = start
         write_json(run / REPORT, report)
         _plot(run, report)
@@ -195,8 +198,8 @@ def choose_selection(run: RunDir, config, index: ImageIndex, scores: np.ndarray,
     return strategy_config(config, chosen[1], chosen[2]), chosen[0]
 
 
-def proxy_jobs(run, config, scores, k, labels, excluded, samples: int, init_from: str | None = None
-               ) -> tuple[list, list]:
+def proxy_jobs(run, config, scores, k, labels, excluded, samples: int, init_from: str | None = None,
+               suffix: str = "") -> tuple[list, list]:
     """(TrainJob per proxy, candidate coreset sizes): every candidate, the
     random one RANDOM_REPLICAS times."""
     rng = np.random.Generator(np.random.PCG64([config.seed, 6]))
@@ -208,39 +211,48 @@ def proxy_jobs(run, config, scores, k, labels, excluded, samples: int, init_from
         sizes.append(len(ids))
         if samples < len(ids):  # the budget allows less than one epoch: a fixed share of each candidate
             ids = np.sort(rng.choice(ids, size=samples, replace=False))
-        label = name if name != "random" else f"random-{replica}"
+        label = (name if name != "random" else f"random-{replica}") + suffix
         jobs.append(TrainJob(f"proxy-{label}", ids, str(run / "models" / f"proxy-{label}"),
                              seed=config.seed + 2000 + number, init_from=init_from))
     return jobs, sizes
 
 
-def _measure(run, config, index, scores, k, exclude, validation, stage1_images, common, warm_start) -> dict:
+def _measure(run, config, index, scores, k, exclude, validation, stage1_images, common, starts) -> dict:
     tick = time.perf_counter()
-    proxies = len(CANDIDATES) - 1 + RANDOM_REPLICAS
+    proxies = (len(CANDIDATES) - 1 + RANDOM_REPLICAS) * max(1, len(starts))
     epochs, samples = proxy_plan(stage1_images, k, proxies, config.auto_budget, config.train.epochs)
-    proxy_config = proxy_train_config(config.train, epochs, min(samples, k), warm_start)
+    proxy_config = proxy_train_config(config.train, epochs, min(samples, k), starts[0] if starts else None)
     if samples < proxy_config.batch_size:
         raise UserError(f"--auto-budget {config.auto_budget} gives each of the {proxies} proxies {samples} "
                         f"training images, less than one batch of {proxy_config.batch_size}; raise it")
-    jobs, sizes = proxy_jobs(run, config, scores, k, index.labels, exclude | validation, samples,
-                             init_from=warm_start.model_dir if warm_start else None)
-    # judged only on validation samples the starting model never trained on
-    held_out = np.flatnonzero(validation & ~warm_start.trained_on) if warm_start else np.flatnonzero(validation)
-    log.info("auto selection: %d proxies (%s, %d epoch(s) on %d samples each, batch %d), validation %d "
-             "samples", len(jobs), proxy_config.arch + (" fine-tuned" if warm_start else ""), epochs,
-             min(samples, k), proxy_config.batch_size, len(held_out))
-    factory = common["model_factory"] if warm_start else None  # a fine-tuned user model stays the user's
-    train_many(jobs, proxy_config, index, **dict(common, model_factory=factory))
-    models = [load_model(job.out_dir, index.num_classes, device=common["device"], model_factory=factory)
-              for job in jobs]
-    scored = score_samples(models, index, held_out, proxy_config, "entropy", device=common["device"],
-                           loader_kwargs=common.get("loader_kwargs"))
-    per_proxy = [float(a) for a in np.nanmean(scored.correct, axis=1)]
+    factory = common["model_factory"] if starts else None  # a fine-tuned user model stays the user's
+    correct, jobs = [], []
+    for number, warm in enumerate(starts or [None]):  # one set of proxies per starting model
+        start_jobs, sizes = proxy_jobs(run, config, scores, k, index.labels, exclude | validation, samples,
+                                       init_from=warm.model_dir if warm else None,
+                                       suffix=f"-start{number}" if len(starts) > 1 else "")
+        # judged only on validation samples the starting model never trained on
+        held_out = np.flatnonzero(validation & ~warm.trained_on) if warm else np.flatnonzero(validation)
+        log.info("auto selection: %d proxies (%s, %d epoch(s) on %d samples each, batch %d), validation %d "
+                 "samples", len(start_jobs), proxy_config.arch + (" fine-tuned" if warm else ""), epochs,
+                 min(samples, k), proxy_config.batch_size, len(held_out))
+        train_many(start_jobs, proxy_config, index, **dict(common, model_factory=factory))
+        models = [load_model(job.out_dir, index.num_classes, device=common["device"], model_factory=factory)
+                  for job in start_jobs]
+        correct.append(score_samples(models, index, held_out, proxy_config, "entropy", device=common["device"],
+                                     loader_kwargs=common.get("loader_kwargs")).correct)
+        jobs += start_jobs
+    correct = np.concatenate(correct, axis=1)  # (proxies per start, judgements over all starts)
+    judged = np.zeros(len(validation), dtype=bool)
+    for warm in starts:
+        judged |= validation & ~warm.trained_on
+    distinct = int(judged.sum()) if starts else int(validation.sum())  # the sampling noise counts samples once
+    per_proxy = [float(a) for a in np.nanmean(correct, axis=1)]
     strategies = len(CANDIDATES) - 1
     randoms = per_proxy[strategies:]
     accuracy = dict(zip([name for name, _, _ in CANDIDATES[:-1]], per_proxy), random=float(np.mean(randoms)))
     # per strategy: the share of split samples its proxy and a random one disagree on (mean over replicas)
-    discordance = {name: float(np.mean(scored.correct[number] != scored.correct[strategies:]))
+    discordance = {name: float(np.mean(correct[number] != correct[strategies:]))
                    for number, (name, _, _) in enumerate(CANDIDATES[:-1])}
     candidates = [dict(name=name, selection=strategy, params=params, coreset_size=size,
                        proxy_trained_on=len(job.ids), validation_accuracy=accuracy[name],
@@ -248,8 +260,8 @@ def _measure(run, config, index, scores, k, exclude, validation, stage1_images, 
                   for (name, strategy, params), size, job in zip(CANDIDATES, sizes, jobs)]
     candidates[-1]["replica_accuracy"] = randoms
     images = epochs * sum(len(job.ids) for job in jobs)
-    return dict(**decide(accuracy, randoms, len(held_out), discordance), candidates=candidates,
-                validation_size=len(held_out),
+    return dict(**decide(accuracy, randoms, distinct, discordance), candidates=candidates,
+                validation_size=distinct, proxy_starts=len(starts),
                 proxy_epochs=epochs, proxy_batch_size=proxy_config.batch_size, proxy_images=images,
                 stage1_training_images=stage1_images, proxy_cost_share=images / max(stage1_images, 1),
                 budget=config.auto_budget, seconds=time.perf_counter() - tick)

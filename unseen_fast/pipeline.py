@@ -294,13 +294,14 @@ class _PruneJob:
             self.run.save_npy("validation.npy", validation)
         jobs = self.store.jobs(fold, self.usable)
         stage1_images = self.config.train.epochs * sum(len(job.ids) for job in jobs)
-        warm_start = None
-        if jobs and jobs[0].name.startswith("fold"):  # proxies fine-tune one fold model (seed picks which)
-            job = jobs[self.config.seed % len(jobs)]
-            warm_start = WarmStart(job.out_dir, np.isin(np.arange(len(fold)), job.ids), self.store.train_config.arch)
+        warm_starts = []  # the fold models proxies may fine-tune, in the order seed, seed + 1, ... mod K
+        if jobs and jobs[0].name.startswith("fold"):
+            for job in jobs[self.config.seed % len(jobs):] + jobs[:self.config.seed % len(jobs)]:
+                warm_starts.append(WarmStart(job.out_dir, np.isin(np.arange(len(fold)), job.ids),
+                                             self.store.train_config.arch))
         selecting, _ = choose_selection(self.run, self.config, self.index, scores, sum(self.sizes), excluded,
                                         validation, stage1_images=stage1_images, common=self.common,
-                                        warm_start=warm_start)
+                                        warm_starts=warm_starts)
         return selecting, excluded | validation
 
     def _train_and_score_stage1(self, fold: np.ndarray) -> ScoringPass:
