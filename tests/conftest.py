@@ -61,3 +61,10 @@ def square_folder(tmp_path_factory):
 @pytest.fixture
 def cache_dir(tmp_path):
     return tmp_path / "cache"
+
+
+@pytest.fixture(scope="module")
+def small_index(small_folder):
+    from unseen_fast.data import ImageIndex
+
+    return ImageIndex.from_folder(small_folder)

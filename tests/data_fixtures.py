@@ -75,3 +75,24 @@ def dominant_colour_shares(images) -> list[float]:
     """Share of pixels whose largest (normalized) channel is red, green, blue."""
     winner = images.float().argmax(1)
     return [float((winner == c).float().mean()) for c in range(3)]
+
+
+def collect(loader):
+    """All (images, labels, ids) of one pass of a loader, concatenated on the CPU."""
+    import torch
+
+    parts = list(loader)
+    assert len(parts) == len(loader)
+    images, labels, ids = (torch.cat([p[i].cpu() for p in parts]) for i in range(3))
+    return images, labels, ids
+
+
+def loader(index, ids, backend, cache_dir, **kwargs):
+    """make_loader with the tests' defaults: 32 px, batches of 16, torchvision in-process."""
+    from unseen_fast.data import make_loader
+
+    kwargs.setdefault("image_size", 32)
+    kwargs.setdefault("batch_size", 16)
+    if backend == "torchvision":
+        kwargs.setdefault("workers", 0)
+    return make_loader(index, ids, backend=backend, cache_dir=cache_dir, **kwargs)

@@ -6,33 +6,12 @@ import numpy as np
 import pytest
 import torch
 
+from data_fixtures import collect, loader
 from unseen_fast.data import BadImageError, DataError, ImageIndex, choose_backend, make_loader
-from unseen_fast.data.decode import decode_bytes, decode_file
 from unseen_fast.data.order import as_id_array, batch_slices, epoch_permutation, shard_order
-from unseen_fast.data.transforms import MEAN, STD, normalization_table
+from unseen_fast.data.transforms import MEAN, STD
 
 FILE_BACKENDS = ["resident", "cache", "dali", "nvjpeg", "torchvision"]
-
-
-@pytest.fixture(scope="module")
-def small_index(small_folder):
-    return ImageIndex.from_folder(small_folder)
-
-
-def collect(loader):
-    """All (images, labels, ids) of one pass, concatenated on the CPU."""
-    parts = list(loader)
-    assert len(parts) == len(loader)
-    images, labels, ids = (torch.cat([p[i].cpu() for p in parts]) for i in range(3))
-    return images, labels, ids
-
-
-def loader(index, ids, backend, cache_dir, **kwargs):
-    kwargs.setdefault("image_size", 32)
-    kwargs.setdefault("batch_size", 16)
-    if backend == "torchvision":
-        kwargs.setdefault("workers", 0)
-    return make_loader(index, ids, backend=backend, cache_dir=cache_dir, **kwargs)
 
 
 # ------------------------------------------------------------ order (no I/O)
@@ -211,76 +190,6 @@ def test_random_resized_crop_on_cache(square_folder, cache_dir):
     assert not torch.equal(images, plain[ids])  # crops differ from the center crop
 
 
-# ------------------------------------------------------------ nvjpeg backend
-@pytest.mark.parametrize("folder, image_size, train", [("small_folder", 32, True), ("small_folder", 32, False),
-                                                       ("square_folder", 72, False)])
-def test_nvjpeg_batches_equal_the_cache_batches_on_the_cpu(request, cache_dir, folder, image_size, train,
-                                                           monkeypatch):
-    """Same decoder on the CPU, same square, same per-batch augmentation:
-    bit for bit, mid-epoch resume included; every JPEG in the batched call.
-    (Training crops of large images differ by design: the next test.)"""
-    from unseen_fast.data import nvjpeg_loader
-
-    index = ImageIndex.from_folder(request.getfixturevalue(folder))
-    per_file = []
-    monkeypatch.setattr(nvjpeg_loader, "decode_bytes", lambda *a: per_file.append(a) or decode_bytes(*a))
-    ids = np.random.default_rng(1).permutation(len(index))
-    kwargs = dict(train=train, image_size=image_size, batch_size=10, seed=4, epoch=2)
-    for start_batch in (0, 2):
-        nv = collect(loader(index, ids, "nvjpeg", cache_dir, start_batch=start_batch, **kwargs))
-        cache = collect(loader(index, ids, "cache", cache_dir, start_batch=start_batch, **kwargs))
-        assert all(torch.equal(a, b) for a, b in zip(nv, cache))
-    assert per_file == []  # no file left the batched decode_jpeg call
-
-
-def test_nvjpeg_training_crops_come_from_the_whole_image(tmp_path, cache_dir):
-    """Random-resized crops of large images are taken from the whole decoded
-    image, as torchvision and DALI take them: on red | green | blue striped
-    images they show all three colours; the cache's crops (from its center
-    square) only green."""
-    from data_fixtures import dominant_colour_shares, striped_folder
-
-    index = ImageIndex.from_folder(striped_folder(tmp_path / "striped"))
-    shares = {}
-    for backend in ("nvjpeg", "cache", "torchvision"):
-        images = torch.cat([collect(loader(index, np.arange(len(index)), backend, cache_dir, train=True, image_size=72,
-                                           batch_size=8, seed=1, epoch=epoch))[0] for epoch in range(4)])
-        assert images.shape == (4 * len(index), 3, 72, 72)
-        shares[backend] = dominant_colour_shares(images)
-    red, green, blue = shares["nvjpeg"]
-    assert red > 0.1 and blue > 0.1 and green > 0.2, shares
-    assert shares["cache"][0] < 0.01 and shares["cache"][2] < 0.01, shares
-    # the same crop distribution as torchvision's RandomResizedCrop on the whole image (64 crops: loose)
-    assert np.allclose(shares["nvjpeg"], shares["torchvision"], atol=0.12), shares
-
-
-def test_nvjpeg_decodes_other_formats_on_the_cpu(small_folder, tmp_path, cache_dir):
-    import shutil
-
-    from torchvision.io import write_png
-
-    root = tmp_path / "mixed"
-    shutil.copytree(small_folder, root)
-    jpeg = root / "cat" / "0001.jpg"
-    write_png(decode_file(str(jpeg)), str(root / "cat" / "0001b.png"))  # the same pixels, losslessly
-    index = ImageIndex.from_folder(root)
-    a, b = index.paths.index("cat/0001.jpg"), index.paths.index("cat/0001b.png")
-    images, _, got = collect(loader(index, np.array([a, b]), "nvjpeg", cache_dir, train=False))
-    assert got.tolist() == [a, b] and torch.equal(images[0], images[1])
-
-
-def test_auto_picks_nvjpeg_on_a_gpu_without_dali(small_index, monkeypatch):
-    from unseen_fast.data import loader as loader_module
-
-    monkeypatch.setattr(loader_module, "dali_available", lambda: False)
-    monkeypatch.setattr(loader_module, "gpu_jpeg_decoding", lambda device: True)
-    backend, why = choose_backend(small_index, 224, device="cuda", cache_budget_bytes=1000)
-    assert backend == "nvjpeg" and "DALI is not installed: JPEGs decoded on the GPU" in why
-    assert choose_backend(small_index, 224, device="cpu", cache_budget_bytes=1000)[0] == "torchvision"
-    monkeypatch.setattr(loader_module, "gpu_jpeg_decoding", lambda device: False)  # a CPU-only torchvision
-    assert choose_backend(small_index, 224, device="cuda", cache_budget_bytes=1000)[0] == "torchvision"
-
-
 # ----------------------------------------------------------------- bad files
 @pytest.fixture
 def folder_with_bad_files(small_folder, tmp_path):
@@ -391,34 +300,3 @@ def test_dali_abandoned_pass_leaves_nothing_behind(small_index, cache_dir):
     ids = np.arange(130)[::-1].copy()
     assert collect(loader(small_index, ids, "dali", cache_dir, **kwargs))[2].tolist() == ids.tolist()
     assert collect(loader(small_index, ids[:9], "dali", cache_dir, **kwargs))[2].tolist() == ids[:9].tolist()
-
-
-# ------------------------------------------------------------ resident backend
-@pytest.mark.parametrize("image_size", [8, 20])  # pad-and-crop, and random-resized crops of the 8x8 digits
-def test_resident_augmentation_matches_the_cache_statistics(image_size):
-    """Same augmentation definitions, other random draws (an epoch's worth
-    at once): over a few epochs of the 1,797 digits, per-channel mean and
-    standard deviation and the share of padded (zero) pixels agree."""
-    digits = ImageIndex.digits()
-    stats = {}
-    for backend in ("resident", "cache"):
-        images = torch.cat([collect(loader(digits, np.arange(len(digits)), backend, None, train=True, seed=0,
-                                           epoch=epoch, image_size=image_size, batch_size=256))[0]
-                            for epoch in range(3)]).double()
-        zero = normalization_table(torch.float32, torch.device("cpu"))[0].double().view(1, 3, 1, 1)  # pixel value 0
-        stats[backend] = (images.mean((0, 2, 3)), images.std((0, 2, 3)), (images == zero).double().mean())
-    (m1, s1, z1), (m2, s2, z2) = stats["resident"], stats["cache"]
-    assert torch.allclose(m1, m2, atol=0.005) and torch.allclose(s1, s2, atol=0.005), (m1, m2, s1, s2)
-    assert abs(float(z1 - z2)) < 0.005, (z1, z2)
-
-
-def test_resident_dataset_is_uploaded_once_and_shared(small_index, cache_dir):
-    from unseen_fast.data import release_resident
-
-    release_resident()
-    first = loader(small_index, np.arange(20), "resident", cache_dir, train=True)
-    second = loader(small_index, np.arange(40, 60), "resident", cache_dir, train=False)
-    assert first.pixels is second.pixels  # every loader of this device reads the one tensor
-    assert first.pixels.shape == (len(small_index), 32, 32, 3) and first.pixels.dtype == torch.uint8
-    release_resident()
-    assert loader(small_index, np.arange(5), "resident", cache_dir, train=False).pixels is not first.pixels
