@@ -109,7 +109,9 @@ def test_proxies_from_every_fold_model_share_the_budget_and_the_whole_split(tmp_
     assert report["proxy_start"] == "fine-tuned fastnet x4" and report["proxy_starts"] == 4
     assert report["validation_size"] == 180  # every held-out sample lies outside 3 of the 4 folds
     assert report["proxy_images"] <= 0.25 * report["stage1_training_images"]
-    assert len(list((tmp_path / "run" / "models").glob("proxy-*-start*"))) == 4 * (len(CANDIDATES) - 1 + RANDOM_REPLICAS)
+    folds = {path.name.rsplit("-", 1)[1] for path in (tmp_path / "run" / "models").glob("proxy-*")}
+    assert folds == {"fold0", "fold1", "fold2", "fold3"}  # proxy folders named by the model they started from
+    assert len(list((tmp_path / "run" / "models").glob("proxy-*"))) == 4 * (len(CANDIDATES) - 1 + RANDOM_REPLICAS)
 
 
 def test_proxies_from_scratch_use_the_whole_split(tmp_path, monkeypatch):
@@ -136,7 +138,14 @@ def test_a_report_of_an_earlier_rule_is_measured_again(tmp_path):
     report = json.loads((tmp_path / "run" / "auto_selection.json").read_text())
     stale = dict(chosen="easy", candidates=report["candidates"])  # what the first version wrote
     (tmp_path / "run" / "auto_selection.json").write_text(json.dumps(stale))
+    proxies = sorted((tmp_path / "run" / "models").glob("proxy-*"))
+    assert proxies and all(path.name.endswith("-fold0") for path in proxies)
+    old_proxy = tmp_path / "run" / "models" / "proxy-hard"  # an earlier rule's proxy, under its old name
+    old_proxy.mkdir()
+    written = {path: (path / "checkpoint.pt").stat().st_mtime_ns for path in proxies}
     again = prune(ImageIndex.digits(), out=tmp_path / "run", config=config, resume=True)
+    assert not old_proxy.exists()  # stale proxies are removed, never resumed as the new rule's
+    assert all((path / "checkpoint.pt").stat().st_mtime_ns != mtime for path, mtime in written.items())
     assert again["auto_selection"]["chosen"] in [name for name, _, _ in CANDIDATES] and "margin" in again["auto_selection"]
 
 

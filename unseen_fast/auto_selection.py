@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shutil
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -185,6 +187,8 @@ def choose_selection(run: RunDir, config, index: ImageIndex, scores: np.ndarray,
                                or report["chosen"] not in [c[0] for c in CANDIDATES]):
         log.warning("auto selection: %s was written by an earlier version of the rule; measuring again", REPORT)
         report = None
+        for stale in (run / "models").glob("proxy-*"):  # that rule's proxies: never resumed as this one's
+            shutil.rmtree(stale)
     if report is None:
         report = _measure(run, config, index, scores, k, exclude, validation, stage1_images, common, starts)
         report["proxy_start"] = start
@@ -230,7 +234,7 @@ def _measure(run, config, index, scores, k, exclude, validation, stage1_images, 
     for number, warm in enumerate(starts or [None]):  # one set of proxies per starting model
         start_jobs, sizes = proxy_jobs(run, config, scores, k, index.labels, exclude | validation, samples,
                                        init_from=warm.model_dir if warm else None,
-                                       suffix=f"-start{number}" if len(starts) > 1 else "")
+                                       suffix="-" + (Path(warm.model_dir).name if warm else "scratch"))
         # judged only on validation samples the starting model never trained on
         held_out = np.flatnonzero(validation & ~warm.trained_on) if warm else np.flatnonzero(validation)
         log.info("auto selection: %d proxies (%s, %d epoch(s) on %d samples each, batch %d), validation %d "
