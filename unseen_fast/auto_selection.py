@@ -183,7 +183,6 @@ def choose_selection(run: RunDir, config, index: ImageIndex, scores: np.ndarray,
              f"fine-tuned {starts[0].arch}" if starts else "fastnet from scratch")
     report = read_json(run / REPORT) if (run / REPORT).exists() else None
     if report is not None and (report.get("proxy_start") != start
-                               or "discordance_with_random" not in report["candidates"][0]
                                or report["chosen"] not in [c[0] for c in CANDIDATES]):
         log.warning("auto selection: %s was written by an earlier version of the rule; measuring again", REPORT)
         report = None
@@ -231,12 +230,14 @@ def _measure(run, config, index, scores, k, exclude, validation, stage1_images, 
                         f"training images, less than one batch of {proxy_config.batch_size}; raise it")
     factory = common["model_factory"] if starts else None  # a fine-tuned user model stays the user's
     correct, jobs = [], []
-    for number, warm in enumerate(starts or [None]):  # one set of proxies per starting model
+    judged = np.zeros(len(validation), dtype=bool)  # split samples judged by some proxy (noise counts them once)
+    for warm in starts or [None]:  # one set of proxies per starting model
         start_jobs, sizes = proxy_jobs(run, config, scores, k, index.labels, exclude | validation, samples,
                                        init_from=warm.model_dir if warm else None,
                                        suffix="-" + (Path(warm.model_dir).name if warm else "scratch"))
         # judged only on validation samples the starting model never trained on
         held_out = np.flatnonzero(validation & ~warm.trained_on) if warm else np.flatnonzero(validation)
+        judged[held_out] = True
         log.info("auto selection: %d proxies (%s, %d epoch(s) on %d samples each, batch %d), validation %d "
                  "samples", len(start_jobs), proxy_config.arch + (" fine-tuned" if warm else ""), epochs,
                  min(samples, k), proxy_config.batch_size, len(held_out))
@@ -247,10 +248,7 @@ def _measure(run, config, index, scores, k, exclude, validation, stage1_images, 
                                      loader_kwargs=common.get("loader_kwargs")).correct)
         jobs += start_jobs
     correct = np.concatenate(correct, axis=1)  # (proxies per start, judgements over all starts)
-    judged = np.zeros(len(validation), dtype=bool)
-    for warm in starts:
-        judged |= validation & ~warm.trained_on
-    distinct = int(judged.sum()) if starts else int(validation.sum())  # the sampling noise counts samples once
+    distinct = int(judged.sum())
     per_proxy = [float(a) for a in np.nanmean(correct, axis=1)]
     strategies = len(CANDIDATES) - 1
     randoms = per_proxy[strategies:]

@@ -294,11 +294,10 @@ class _PruneJob:
             self.run.save_npy("validation.npy", validation)
         jobs = self.store.jobs(fold, self.usable)
         stage1_images = self.config.train.epochs * sum(len(job.ids) for job in jobs)
-        warm_starts = []  # the fold models proxies may fine-tune, in the order seed, seed + 1, ... mod K
+        warm_starts = []  # the fold models (job k trains fold k) proxies may fine-tune: seed, seed + 1, ... mod K
         if jobs and jobs[0].name.startswith("fold"):
-            for job in jobs[self.config.seed % len(jobs):] + jobs[:self.config.seed % len(jobs)]:
-                warm_starts.append(WarmStart(job.out_dir, np.isin(np.arange(len(fold)), job.ids),
-                                             self.store.train_config.arch))
+            order = np.roll(np.arange(len(jobs)), -(self.config.seed % len(jobs)))
+            warm_starts = [WarmStart(jobs[k].out_dir, fold == k, self.store.train_config.arch) for k in order]
         selecting, _ = choose_selection(self.run, self.config, self.index, scores, sum(self.sizes), excluded,
                                         validation, stage1_images=stage1_images, common=self.common,
                                         warm_starts=warm_starts)
