@@ -75,7 +75,16 @@ def loss_with_separate_stats(logits, labels):
     return loss, stats
 
 
-@pytest.mark.parametrize("variant", ["fused loss with stats (ours)", "F.cross_entropy + softmax stats"])
+def plain_cross_entropy(logits, labels):  # the floor: no statistics at all
+    return F.cross_entropy(logits, labels, reduction="none"), None
+
+
+LOSS_VARIANTS = {"fused loss with stats (ours)": cross_entropy_with_stats,
+                 "F.cross_entropy + softmax stats": loss_with_separate_stats,
+                 "F.cross_entropy alone": plain_cross_entropy}
+
+
+@pytest.mark.parametrize("variant", list(LOSS_VARIANTS))
 @pytest.mark.parametrize("shape", [(4096, 1000), (65536, 10)])
 def test_loss(benchmark, variant, shape):
     n, c = shape
@@ -84,7 +93,7 @@ def test_loss(benchmark, variant, shape):
         benchmark.extra_info["role"] = "ours"
     logits = torch.randn(n, c, generator=torch.Generator().manual_seed(0)).requires_grad_()
     labels = torch.randint(0, c, (n,))
-    fn = cross_entropy_with_stats if "ours" in variant else loss_with_separate_stats
+    fn = LOSS_VARIANTS[variant]
 
     def run():
         loss, _ = fn(logits, labels)

@@ -10,36 +10,38 @@
 
 namespace unseen_fast {
 
+// `op` names the caller in every message (score, cross_entropy_with_stats).
 inline void check_score_args(const at::Tensor& logits,
                              const c10::optional<at::Tensor>& labels,
-                             at::IntArrayRef methods, bool check_labels) {
-  TORCH_CHECK(logits.dim() == 2, "score: logits must be 2-D [N, C], got shape ",
+                             at::IntArrayRef methods, bool check_labels,
+                             const char* op = "score") {
+  TORCH_CHECK(logits.dim() == 2, op, ": logits must be 2-D [N, C], got shape ",
               logits.sizes());
   const auto dtype = logits.scalar_type();
   TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf,
-              "score: logits must be float32, bfloat16 or float16, got ", dtype);
+              op, ": logits must be float32, bfloat16 or float16, got ", dtype);
   TORCH_CHECK(logits.size(1) >= 1 || logits.size(0) == 0,
-              "score: logits have C=0 classes; need C >= 1");
-  TORCH_CHECK(logits.size(1) <= INT32_MAX, "score: C=", logits.size(1),
+              op, ": logits have C=0 classes; need C >= 1");
+  TORCH_CHECK(logits.size(1) <= INT32_MAX, op, ": C=", logits.size(1),
               " classes is more than 2^31 - 1");
   bool needs_label = false;
   for (const int64_t m : methods) {
-    TORCH_CHECK(m >= 0 && m < kNumMethods, "score: unknown method code ", m);
+    TORCH_CHECK(m >= 0 && m < kNumMethods, op, ": unknown method code ", m);
     needs_label = needs_label || method_needs_label(m);
   }
   if (!labels.has_value()) {
     for (const int64_t m : methods)
-      TORCH_CHECK(!method_needs_label(m), "score: method '", method_name(m),
+      TORCH_CHECK(!method_needs_label(m), op, ": method '", method_name(m),
                   "' needs labels, but labels=None");
     return;
   }
   const at::Tensor& y = *labels;
   TORCH_CHECK(y.dim() == 1 && y.size(0) == logits.size(0),
-              "score: labels must have shape [N]=[", logits.size(0), "], got ",
+              op, ": labels must have shape [N]=[", logits.size(0), "], got ",
               y.sizes());
-  TORCH_CHECK(y.scalar_type() == at::kLong, "score: labels must be int64, got ",
+  TORCH_CHECK(y.scalar_type() == at::kLong, op, ": labels must be int64, got ",
               y.scalar_type());
-  TORCH_CHECK(y.device() == logits.device(), "score: labels are on ", y.device(),
+  TORCH_CHECK(y.device() == logits.device(), op, ": labels are on ", y.device(),
               " but logits are on ", logits.device());
   if (!check_labels || !needs_label || y.numel() == 0) return;
   // One reduction; on CUDA this is the only host sync of score, and
@@ -47,9 +49,26 @@ inline void check_score_args(const at::Tensor& logits,
   const auto bad = y.lt(0).logical_or_(y.ge(logits.size(1)));
   if (bad.any().item<bool>()) {
     const int64_t row = bad.nonzero().select(1, 0)[0].item<int64_t>();
-    TORCH_CHECK(false, "score: label ", y[row].item<int64_t>(), " at row ", row,
+    TORCH_CHECK(false, op, ": label ", y[row].item<int64_t>(), " at row ", row,
                 " is outside [0, C) with C=", logits.size(1));
   }
+}
+
+
+// The fused training loss: the score checks (labels required), eps in [0, 1).
+inline void check_loss_args(const at::Tensor& logits, const at::Tensor& labels,
+                            double label_smoothing, bool check_labels) {
+  const int64_t loss_method[] = {kLoss};
+  check_score_args(logits, labels, loss_method, check_labels, "cross_entropy_with_stats");
+  TORCH_CHECK(label_smoothing >= 0 && label_smoothing < 1,
+              "cross_entropy_with_stats: label_smoothing must be in [0, 1), got ", label_smoothing);
+}
+
+// The gradient's dtype: bfloat16 logits keep bfloat16 (same exponent range as
+// float32); float16 gets float32, because an unscaled float16 gradient would
+// flush the small probabilities that GradScaler's scale exists to keep.
+inline at::ScalarType loss_gradient_dtype(at::ScalarType logits) {
+  return logits == at::kBFloat16 ? at::kBFloat16 : at::kFloat;
 }
 
 }  // namespace unseen_fast

@@ -155,4 +155,66 @@ C10_HOST_DEVICE inline float finalize(const SoftmaxState& s, int64_t method,
   }
 }
 
+// ---- The training loss of fused_loss.py: one kernel per row writes the
+// loss, the statistics and the gradient of the loss by the logits.
+
+// Columns of the statistics, fused_loss.STATS order.
+constexpr int kNumLossStats = 8;
+
+// The target (1 - eps) onehot(y) + eps / C, each term rounded once from
+// double (eps / C in float would round twice: a visible bias at eps / C).
+struct LossTarget {
+  float eps;
+  float smooth;  // eps / C
+  float hit;     // 1 - eps
+};
+
+inline LossTarget loss_target(double eps, int64_t classes) {
+  return LossTarget{static_cast<float>(eps), static_cast<float>(eps / static_cast<double>(classes)),
+                    static_cast<float>(1.0 - eps)};
+}
+
+// What the gradient sweep needs of a finished row: softmax is
+// exp(z - max) / S.
+struct LossRow {
+  bool defined;     // the row's softmax is defined and its label in [0, C)
+  float max;        // the row maximum
+  float inv_total;  // 1 / S, S = sum exp(z - max)
+  float smooth;     // eps / C
+  float hit;        // 1 - eps
+};
+
+C10_HOST_DEVICE inline LossRow loss_row(const SoftmaxState& s, int64_t label, const LossTarget& target) {
+  const bool defined = !s.nan && s.max > neg_inf() && s.max < -neg_inf() && label >= 0;
+  return LossRow{defined, s.max, 1.f / (1.f + s.rest_sum), target.smooth, target.hit};
+}
+
+// d loss / d z for one logit: softmax(z) - target; NaN for an undefined row.
+// exp(-inf) = 0, so a -inf logit gets the gradient -target.
+C10_HOST_DEVICE inline float loss_gradient(const LossRow& r, float z, bool is_label) {
+  if (!r.defined) return std::numeric_limits<float>::quiet_NaN();
+  return expf(z - r.max) * r.inv_total - r.smooth - (is_label ? r.hit : 0.f);
+}
+
+// The smoothed loss and the statistics of a finished row. `mean_d` is the
+// mean of z - max over the row (only read when eps > 0): the smoothing term
+// eps (logsumexp(z) - mean(z)) = eps (log S - mean_d) without the max's
+// cancellation. Statistics: p_true, correct, true_margin, margin, entropy,
+// el2n, loss (unsmoothed), logit_margin = z_y - max_{k != y} z_k.
+C10_HOST_DEVICE inline float loss_and_stats(const SoftmaxState& s, int64_t label,
+                                            float label_logit, const LossTarget& target,
+                                            float mean_d, float* stats) {
+  const float nll = finalize(s, kLoss, label, label_logit);
+  stats[0] = expf(-nll);
+  stats[1] = finalize(s, kCorrect, label, label_logit);
+  stats[2] = finalize(s, kTrueMargin, label, label_logit);
+  stats[3] = finalize(s, kMargin, label, label_logit);
+  stats[4] = finalize(s, kEntropy, label, label_logit);
+  stats[5] = finalize(s, kEl2n, label, label_logit);
+  stats[6] = nll;
+  stats[7] = -finalize(s, kLogitGap, label, label_logit);
+  if (target.eps == 0.f) return nll;
+  return target.hit * nll + target.eps * (log1pf(s.rest_sum) - mean_d);
+}
+
 }  // namespace unseen_fast

@@ -1,64 +1,58 @@
 """Training loss with per-sample statistics from the same read of the logits.
 
-Forward: one call of the fused score kernel gives the unsmoothed loss and
-the statistics; the smoothed loss adds ``eps * (logsumexp - mean(z))``.
-Backward: ``(softmax(z) - target) * grad`` from the saved logsumexp (one exp
-pass; no second softmax reduction), target = (1 - eps) onehot + eps / C.
+Forward: one kernel (``torch.ops.unseen_fast.cross_entropy_with_stats``,
+CPU and CUDA) writes per row the loss, the statistics and the gradient
+``softmax(z) - target`` (target = (1 - eps) onehot + eps / C), as
+Liger-Kernel's cross-entropy does. Backward is then one scale of that
+gradient by the incoming per-sample weights.
+
+The stored gradient is bfloat16 for bfloat16 logits (then rounded twice:
+once stored, once scaled; exact when the scale is a power of two, as the
+trainer's 1/batch with batch 2^k) and float32 otherwise (an unscaled
+float16 gradient would lose the small values GradScaler protects).
 """
 from __future__ import annotations
 
 import torch
 
-from unseen_fast.ops import method_codes, resolve_check_labels
+from unseen_fast.ops import resolve_check_labels
 
-# Columns of the statistics, in order. Each is an importance like the score
-# op's (higher = harder), except p_true, correct and logit_margin (higher =
-# easier; logit_margin = z_y - max_{k != y} z_k is AUM's per-update margin).
+# Columns of the statistics, in order (csrc/score_math.h, loss_and_stats).
+# Each is an importance like the score op's (higher = harder), except
+# p_true, correct and logit_margin (higher = easier; logit_margin =
+# z_y - max_{k != y} z_k is AUM's per-update margin).
 STATS = ("p_true", "correct", "true_margin", "margin", "entropy", "el2n", "loss", "logit_margin")
-_SCORE_METHODS = ("loss", "correct", "true_margin", "margin", "entropy", "el2n", "logit_gap")
+_OP = "unseen_fast::cross_entropy_with_stats"
 
 
-@torch.library.custom_op("unseen_fast::cross_entropy_with_stats", mutates_args=())
-def _cross_entropy_with_stats(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float,
-                              check_labels: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    scores = torch.ops.unseen_fast.score(logits, labels, method_codes(_SCORE_METHODS), check_labels)
-    nll = scores[:, 0]
-    true_logit = logits.gather(1, labels.view(-1, 1)).squeeze(1).float()
-    lse = nll + true_logit
-    if label_smoothing:
-        loss = (1 - label_smoothing) * nll + label_smoothing * (lse - logits.float().mean(1))
-    else:
-        loss = nll.clone()
-    # logit_margin = -logit_gap: from the kernel's running max / second max, no second read of the logits
-    stats = torch.cat([torch.exp(-nll).unsqueeze(1), scores[:, 1:-1], nll.unsqueeze(1), -scores[:, -1:]], 1)
-    return loss, stats, lse
-
-
-@_cross_entropy_with_stats.register_fake
+@torch.library.register_fake(_OP)
 def _(logits, labels, label_smoothing, check_labels):
-    n = logits.shape[0]
+    n, c = logits.shape
+    grad_dtype = torch.bfloat16 if logits.dtype == torch.bfloat16 else torch.float32
     return (logits.new_empty((n,), dtype=torch.float32), logits.new_empty((n, len(STATS)), dtype=torch.float32),
-            logits.new_empty((n,), dtype=torch.float32))
+            logits.new_empty((n, c), dtype=grad_dtype))
 
 
 def _setup_context(ctx, inputs, output):
-    logits, labels, label_smoothing, _ = inputs
-    ctx.save_for_backward(logits, labels, output[2])
-    ctx.label_smoothing = label_smoothing
+    ctx.save_for_backward(output[2])
+    ctx.logits_dtype = inputs[0].dtype
 
 
-def _backward(ctx, grad_loss, grad_stats, grad_lse):
-    logits, labels, lse = ctx.saved_tensors
-    eps, classes = ctx.label_smoothing, logits.shape[1]
-    grad = torch.exp(logits.float() - lse.unsqueeze(1))
-    if eps:
-        grad -= eps / classes
-    grad.scatter_add_(1, labels.view(-1, 1), torch.full_like(lse, -(1 - eps)).unsqueeze(1))
-    grad *= grad_loss.unsqueeze(1)
-    return grad.to(logits.dtype), None, None, None
+def _backward(ctx, grad_loss, grad_stats, grad_grad):
+    (grad,) = ctx.saved_tensors
+    if type(grad) is torch.Tensor and grad.dtype == ctx.logits_dtype:
+        # Eager: in place, as Liger-Kernel (no second [N, C] buffer; a second
+        # backward through the same graph is refused by autograd's version
+        # check). Computed in float32, rounded once to the stored dtype.
+        return grad.mul_(grad_loss.unsqueeze(1)), None, None, None
+    # Traced (torch.compile sees a FunctionalTensor and refuses a mutated
+    # forward output), or float16 logits with a float32 stored gradient.
+    out = torch.empty(grad.shape, dtype=ctx.logits_dtype, device=grad.device)
+    torch.mul(grad, grad_loss.unsqueeze(1), out=out)
+    return out, None, None, None
 
 
-_cross_entropy_with_stats.register_autograd(_backward, setup_context=_setup_context)
+torch.library.register_autograd(_OP, _backward, setup_context=_setup_context)
 
 
 def cross_entropy_with_stats(logits: torch.Tensor, labels: torch.Tensor, *, label_smoothing: float = 0.0,
@@ -93,6 +87,6 @@ def cross_entropy_with_stats(logits: torch.Tensor, labels: torch.Tensor, *, labe
         raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
     if labels.dtype != torch.int64:
         raise ValueError(f"labels must be int64, got {labels.dtype}")
-    loss, stats, _ = _cross_entropy_with_stats(logits, labels, float(label_smoothing),
-                                               resolve_check_labels(check_labels, logits))
+    loss, stats, _ = torch.ops.unseen_fast.cross_entropy_with_stats(logits, labels, float(label_smoothing),
+                                                                    resolve_check_labels(check_labels, logits))
     return loss, stats.detach()

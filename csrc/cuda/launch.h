@@ -10,6 +10,8 @@
 
 #include <cstdint>
 
+#include "../score_math.h"
+
 namespace unseen_fast::cuda {
 
 enum class Element : int { kFloat32, kBFloat16, kFloat16 };
@@ -28,5 +30,20 @@ struct ScoreLaunch {
 };
 
 cudaError_t launch_score(const ScoreLaunch& args, cudaStream_t stream) noexcept;
+
+// cross_entropy_with_stats: per row the loss, kNumLossStats statistics and
+// the gradient d loss / d logits (float32, or bfloat16 for bfloat16 logits).
+struct LossLaunch {
+  const void* logits;
+  Element element;
+  int64_t rows, cols, row_stride, col_stride;  // in elements
+  const int64_t* labels;  // [rows]; out-of-range labels give a NaN row
+  LossTarget target;      // loss_target(label_smoothing, cols)
+  float* loss;            // [rows]
+  float* stats;           // [rows, kNumLossStats], contiguous
+  void* grad;             // [rows, cols], contiguous
+};
+
+cudaError_t launch_loss(const LossLaunch& args, cudaStream_t stream) noexcept;
 
 }  // namespace unseen_fast::cuda

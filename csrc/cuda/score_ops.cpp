@@ -8,21 +8,10 @@
 #include <torch/library.h>
 
 #include "../checks.h"
-#include "launch.h"
+#include "element_of.h"
 
 namespace unseen_fast {
 namespace {
-
-cuda::Element element_of(at::ScalarType dtype) {
-  switch (dtype) {
-    case at::kFloat:
-      return cuda::Element::kFloat32;
-    case at::kBFloat16:
-      return cuda::Element::kBFloat16;
-    default:  // check_score_args allowed only these three
-      return cuda::Element::kFloat16;
-  }
-}
 
 at::Tensor score_cuda(const at::Tensor& logits, const c10::optional<at::Tensor>& labels,
                       at::IntArrayRef methods, bool check_labels) {
@@ -40,7 +29,7 @@ at::Tensor score_cuda(const at::Tensor& logits, const c10::optional<at::Tensor>&
   static_assert(kNumMethods <= 16, "method codes are packed in 4 bits");
   const at::Tensor y = labels.has_value() ? labels->contiguous() : at::Tensor();
   const cuda::ScoreLaunch launch{
-      logits.const_data_ptr(), element_of(logits.scalar_type()), N, logits.size(1),
+      logits.const_data_ptr(), cuda::element_of(logits.scalar_type()), N, logits.size(1),
       logits.stride(0), logits.stride(1), y.defined() ? y.const_data_ptr<int64_t>() : nullptr,
       packed, static_cast<int>(M), out.data_ptr<float>()};
   C10_CUDA_CHECK(cuda::launch_score(launch, c10::cuda::getCurrentCUDAStream()));
