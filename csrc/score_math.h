@@ -115,6 +115,69 @@ C10_HOST_DEVICE inline void push(SoftmaxState& state, float z, int64_t index) {
                 SoftmaxState{z, index, neg_inf(), 0.f, 0.f, 0.f, false});
 }
 
+// The state of V adjacent logits (columns first .. first + valid - 1) in two
+// passes over registers, as the AVX-512 sweeps and quack's softmax do: the
+// maximum first, then the exp sums relative to it. One merge per chunk
+// instead of one per element (push): about 8 operations per logit instead
+// of 25. valid < V leaves the tail of v unread.
+template <int V>
+C10_HOST_DEVICE inline SoftmaxState fold_chunk(const float (&v)[V], int64_t first, int valid) {
+  SoftmaxState s = empty_state();
+  float top = neg_inf();
+  int arg = -1;
+  bool nan = false;
+  for (int i = 0; i < V; ++i) {  // constant bounds, guarded bodies: fully unrolled, v in registers
+    if (i < valid) {
+      nan = nan || v[i] != v[i];
+      if (v[i] > top) {  // strict: the lowest index of a tie
+        top = v[i];
+        arg = i;
+      }
+    }
+  }
+  if (nan) {
+    s.nan = true;
+    return s;
+  }
+  if (arg < 0) {  // only -inf: push's state of its first element
+    if (valid > 0) s.argmax = first;
+    return s;
+  }
+  s.max = top;
+  s.argmax = first + arg;
+  if (!(top < -neg_inf())) return s;  // +inf: finalize gives NaN; no inf - inf here
+  float second = neg_inf(), rest_sum = 0.f, rest_sq = 0.f, ent = 0.f;
+  for (int i = 0; i < V; ++i) {
+    if (i < valid && i != arg) {
+      second = fmaxf(second, v[i]);  // a duplicate of the max counts
+      const float d = fmaxf(v[i] - top, -120.f);  // -inf: e = 0 and e d = 0, not NaN
+      const float e = expf(d);
+      rest_sum += e;
+      rest_sq += e * e;
+      ent += e * d;
+    }
+  }
+  s.second = second;
+  s.rest_sum = rest_sum;
+  s.rest_sq = rest_sq;
+  s.ent_term = ent;
+  return s;
+}
+
+// A whole row folded chunk by chunk (the portable CPU path; T converts to
+// float on the host: float, c10::BFloat16, c10::Half).
+template <int V, typename T>
+inline SoftmaxState fold_row(const T* row, int64_t C) {
+  SoftmaxState s = empty_state();
+  for (int64_t c = 0; c < C; c += V) {
+    const int valid = C - c < V ? static_cast<int>(C - c) : V;
+    float v[V];
+    for (int i = 0; i < V; ++i) v[i] = i < valid ? static_cast<float>(row[c + i]) : 0.f;
+    s = merge(s, fold_chunk<V>(v, c, valid));
+  }
+  return s;
+}
+
 // One score of a finished row. `label` < 0 means "no label"; label methods
 // then give NaN (the host checks labels first, so this only happens when the
 // caller turned the check off). `label_logit` is row[label].

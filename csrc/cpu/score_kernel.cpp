@@ -3,7 +3,7 @@
 // Fast path (AVX-512, avx512_math.h): two sweeps over a row while it sits in
 // L1, or 16 rows as lanes for small C. The result is the same SoftmaxState the
 // online merge builds, finished by the shared finalize(). Portable path: the
-// online merge of score_math.h, one element at a time.
+// chunk fold of score_math.h, 8 logits per merge.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -150,12 +150,8 @@ UF_AVX512 void score_block_avx512(const T* base, int64_t row_stride, int64_t col
 
 #endif  // UF_HAVE_AVX512_PATH
 
-template <typename T>
-SoftmaxState row_state_portable(const T* row, int64_t C) {
-  SoftmaxState s = empty_state();
-  for (int64_t c = 0; c < C; ++c) push(s, static_cast<float>(row[c]), c);
-  return s;
-}
+// Chunks of 8: the chunk fold the CUDA kernels use on 16-byte loads.
+constexpr int kPortableChunk = 8;
 
 // Random split tree over [lo, hi): both halves may be empty, and the merge
 // arguments are swapped at random, to check associativity and commutativity.
@@ -165,6 +161,11 @@ SoftmaxState row_state_tree(const T* row, int64_t lo, int64_t hi, std::mt19937_6
     SoftmaxState s = empty_state();
     if (hi - lo == 1) push(s, static_cast<float>(row[lo]), lo);
     return s;
+  }
+  if (hi - lo <= kPortableChunk && (rng() & 1)) {  // a leaf chunk, folded as CUDA and the portable path do
+    float v[kPortableChunk];
+    for (int64_t i = 0; i < kPortableChunk; ++i) v[i] = lo + i < hi ? static_cast<float>(row[lo + i]) : 0.f;
+    return fold_chunk<kPortableChunk>(v, lo, static_cast<int>(hi - lo));
   }
   const int64_t mid = std::uniform_int_distribution<int64_t>(lo, hi)(rng);
   if (mid == lo || mid == hi) {  // an empty side, then a real split
@@ -228,7 +229,7 @@ void score_rows(const at::Tensor& logits, const int64_t* labels,
         s = row_state_avx512(row, C, has_next ? row + row_stride : nullptr);
 #endif
       } else if (path == RowPath::kPortable) {
-        s = row_state_portable(row, C);
+        s = fold_row<kPortableChunk>(row, C);
       } else {
         std::mt19937_64 rng(static_cast<uint64_t>(seed) * 0x9E3779B97F4A7C15ull + r);
         s = row_state_tree(row, 0, C, rng);

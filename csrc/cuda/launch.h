@@ -23,6 +23,7 @@ struct ScoreLaunch {
   const void* logits;
   Element element;
   int64_t rows, cols, row_stride, col_stride;  // in elements
+  bool aligned;           // rows can be read with 16-byte loads (row_reduce.cuh)
   const int64_t* labels;  // [rows] or nullptr; out-of-range labels give NaN
   uint64_t methods;       // method j = (methods >> 4j) & 15
   int num_methods;
@@ -37,6 +38,7 @@ struct LossLaunch {
   const void* logits;
   Element element;
   int64_t rows, cols, row_stride, col_stride;  // in elements
+  bool aligned;           // rows can be read with 16-byte loads (row_reduce.cuh)
   const int64_t* labels;  // [rows]; out-of-range labels give a NaN row
   LossTarget target;      // loss_target(label_smoothing, cols)
   float* loss;            // [rows]

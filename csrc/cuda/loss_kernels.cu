@@ -18,7 +18,7 @@ __global__ void __launch_bounds__(kBlock) loss_kernel(const LossLaunch a) {
   const RowThread<TPR> t(a.rows);
   const int cols = static_cast<int>(a.cols);
   const T* r = static_cast<const T*>(a.logits) + (t.active ? t.row : 0) * a.row_stride;
-  const SoftmaxState s = row_state<T, TPR, kUnitStride>(t, r, cols, a.col_stride);
+  const SoftmaxState s = row_state<T, TPR, kUnitStride>(t, r, a.cols, a.col_stride, a.aligned);
   int64_t label = -1;
   float label_logit = 0.f;
   if (t.active) {
@@ -32,6 +32,9 @@ __global__ void __launch_bounds__(kBlock) loss_kernel(const LossLaunch a) {
   float sum_d = 0.f;
   if (t.active) {
     G* g = static_cast<G*>(a.grad) + t.row * a.cols;
+    // unrolled by 2: two loads in flight; nvcc's default unroll spilled 4
+    // bytes on sm_80 (float16, 32 threads per row), which the ptxas test refuses
+#pragma unroll 2
     for (int c = t.lane; c < cols; c += TPR) {
       const float z = to_float(kUnitStride ? r[c] : r[c * a.col_stride]);
       sum_d += z - lr.max;

@@ -25,7 +25,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_with_stats_cuda(
   if (N == 0) return {loss, stats, grad};
   const at::Tensor y = labels.contiguous();
   const cuda::LossLaunch launch{logits.const_data_ptr(), cuda::element_of(logits.scalar_type()), N, C,
-                                logits.stride(0), logits.stride(1), y.const_data_ptr<int64_t>(),
+                                logits.stride(0), logits.stride(1), cuda::rows_are_aligned(logits),
+                                y.const_data_ptr<int64_t>(),
                                 loss_target(label_smoothing, C), loss.data_ptr<float>(),
                                 stats.data_ptr<float>(), grad.data_ptr()};
   C10_CUDA_CHECK(cuda::launch_loss(launch, c10::cuda::getCurrentCUDAStream()));

@@ -1,5 +1,5 @@
 // Device helpers shared by the score and loss kernels: TPR threads own one
-// row (1, 8, 32 or 256), each folds a strided slice of it into a
+// row (1, 8, 32 or 256), each folds its 16-byte chunks of it into a
 // SoftmaxState (score_math.h), and the states are merged by warp shuffles,
 // plus shared memory for 256-thread rows. Every thread of the row ends with
 // the whole row's state, merged in the same order (so all agree bit for
@@ -10,6 +10,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <cstdint>
 #include <type_traits>
 
 #include "../score_math.h"
@@ -47,14 +48,61 @@ struct RowThread {
         active(row < rows) {}
 };
 
-// The whole row's state in every thread of the row. kUnitStride: columns
-// adjacent (the common case), so the offset is a 32-bit index instead of a
-// 64-bit multiply per element. All threads of the block must call it.
+// 16-byte loads: kChunk<T> logits each, widened to float exactly (bfloat16
+// and float16 by bit moves, no reinterpretation through memory).
+template <typename T>
+constexpr int kChunk = 16 / static_cast<int>(sizeof(T));
+
+__device__ inline void load_chunk(const float* p, float (&v)[4]) {
+  const float4 q = __ldg(reinterpret_cast<const float4*>(p));
+  v[0] = q.x, v[1] = q.y, v[2] = q.z, v[3] = q.w;
+}
+
+// Two 16-bit logits of one 32-bit word; little-endian: the lower half is the
+// earlier column.
+__device__ inline void widen(unsigned w, __nv_bfloat16, float& a, float& b) {
+  a = __uint_as_float(w << 16);
+  b = __uint_as_float(w & 0xFFFF0000u);
+}
+
+__device__ inline void widen(unsigned w, __half, float& a, float& b) {
+  a = __half2float(__ushort_as_half(static_cast<unsigned short>(w & 0xFFFFu)));
+  b = __half2float(__ushort_as_half(static_cast<unsigned short>(w >> 16)));
+}
+
+template <typename T>  // bfloat16 or float16
+__device__ inline void load_chunk(const T* p, float (&v)[8]) {
+  const uint4 q = __ldg(reinterpret_cast<const uint4*>(p));
+  widen(q.x, T{}, v[0], v[1]);
+  widen(q.y, T{}, v[2], v[3]);
+  widen(q.z, T{}, v[4], v[5]);
+  widen(q.w, T{}, v[6], v[7]);
+}
+
+// The whole row's state in every thread of the row. Thread `lane` folds the
+// chunks lane, lane + TPR, ... of kChunk<T> adjacent logits (a warp reads
+// 512 contiguous bytes per step) with the two-pass fold_chunk, one merge
+// per chunk. kUnitStride: adjacent columns (32-bit-free offsets);
+// `aligned` (element_of.h, rows_are_aligned): 16-byte loads, else scalar loads of the same chunks. All
+// threads of the block must call it.
 template <typename T, int TPR, bool kUnitStride>
-__device__ SoftmaxState row_state(const RowThread<TPR>& t, const T* r, int cols, int64_t col_stride) {
+__device__ SoftmaxState row_state(const RowThread<TPR>& t, const T* r, int64_t cols, int64_t col_stride,
+                                  bool aligned) {
+  constexpr int V = kChunk<T>;
   SoftmaxState s = empty_state();
-  if (t.active)
-    for (int c = t.lane; c < cols; c += TPR) push(s, to_float(kUnitStride ? r[c] : r[c * col_stride]), c);
+  if (t.active) {
+    for (int64_t base = static_cast<int64_t>(t.lane) * V; base < cols; base += static_cast<int64_t>(TPR) * V) {
+      const int valid = cols - base < V ? static_cast<int>(cols - base) : V;
+      float v[V];
+      if (kUnitStride && aligned && valid == V) {
+        load_chunk(r + base, v);
+      } else {
+        for (int i = 0; i < V; ++i)
+          v[i] = i < valid ? to_float(kUnitStride ? r[base + i] : r[(base + i) * col_stride]) : 0.f;
+      }
+      s = merge(s, fold_chunk<V>(v, base, valid));
+    }
+  }
   // xor butterfly: every lane ends with its warp's (part of the) row state
   for (int offset = RowThread<TPR>::kWarp / 2; offset > 0; offset /= 2)
     s = merge(s, shfl_xor(s, offset, RowThread<TPR>::kWarp));

@@ -14,7 +14,7 @@ template <typename T, int TPR, bool kUnitStride>
 __global__ void __launch_bounds__(kBlock) score_kernel(const ScoreLaunch a) {
   const RowThread<TPR> t(a.rows);
   const T* r = static_cast<const T*>(a.logits) + (t.active ? t.row : 0) * a.row_stride;
-  const SoftmaxState s = row_state<T, TPR, kUnitStride>(t, r, static_cast<int>(a.cols), a.col_stride);
+  const SoftmaxState s = row_state<T, TPR, kUnitStride>(t, r, a.cols, a.col_stride, a.aligned);
   if (!t.active) return;
   int64_t label = -1;
   float label_logit = 0.f;

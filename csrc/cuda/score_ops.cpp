@@ -30,7 +30,7 @@ at::Tensor score_cuda(const at::Tensor& logits, const c10::optional<at::Tensor>&
   const at::Tensor y = labels.has_value() ? labels->contiguous() : at::Tensor();
   const cuda::ScoreLaunch launch{
       logits.const_data_ptr(), cuda::element_of(logits.scalar_type()), N, logits.size(1),
-      logits.stride(0), logits.stride(1), y.defined() ? y.const_data_ptr<int64_t>() : nullptr,
+      logits.stride(0), logits.stride(1), cuda::rows_are_aligned(logits), y.defined() ? y.const_data_ptr<int64_t>() : nullptr,
       packed, static_cast<int>(M), out.data_ptr<float>()};
   C10_CUDA_CHECK(cuda::launch_score(launch, c10::cuda::getCurrentCUDAStream()));
   return out;
