@@ -164,20 +164,6 @@ C10_HOST_DEVICE inline SoftmaxState fold_chunk(const float (&v)[V], int64_t firs
   return s;
 }
 
-// A whole row folded chunk by chunk (the portable CPU path; T converts to
-// float on the host: float, c10::BFloat16, c10::Half).
-template <int V, typename T>
-inline SoftmaxState fold_row(const T* row, int64_t C) {
-  SoftmaxState s = empty_state();
-  for (int64_t c = 0; c < C; c += V) {
-    const int valid = C - c < V ? static_cast<int>(C - c) : V;
-    float v[V];
-    for (int i = 0; i < V; ++i) v[i] = i < valid ? static_cast<float>(row[c + i]) : 0.f;
-    s = merge(s, fold_chunk<V>(v, c, valid));
-  }
-  return s;
-}
-
 // One score of a finished row. `label` < 0 means "no label"; label methods
 // then give NaN (the host checks labels first, so this only happens when the
 // caller turned the check off). `label_logit` is row[label].

@@ -85,7 +85,7 @@ void loss_rows(const at::Tensor& logits, const int64_t* labels, const LossTarget
 #ifdef UF_HAVE_AVX512_PATH
       if (simd) s = row_state_avx512(row, C, col_stride == 1 && i + 1 < end ? row + row_stride : nullptr);
 #endif
-      if (!simd) s = fold_row<8>(row, C);  // the score kernel's portable path
+      if (!simd) s = row_state_portable(row, C);  // the score kernel's portable path
       // out-of-range labels (check_labels=False) give a NaN row, as in score
       const int64_t label = labels[i] >= 0 && labels[i] < C ? labels[i] : -1;
       const float label_logit = label >= 0 ? static_cast<float>(row[label]) : 0.f;

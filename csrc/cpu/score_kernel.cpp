@@ -3,7 +3,7 @@
 // Fast path (AVX-512, avx512_math.h): two sweeps over a row while it sits in
 // L1, or 16 rows as lanes for small C. The result is the same SoftmaxState the
 // online merge builds, finished by the shared finalize(). Portable path: the
-// chunk fold of score_math.h, 8 logits per merge.
+// online merge of score_math.h, one element at a time.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -150,8 +150,9 @@ UF_AVX512 void score_block_avx512(const T* base, int64_t row_stride, int64_t col
 
 #endif  // UF_HAVE_AVX512_PATH
 
-// Chunks of 8: the chunk fold the CUDA kernels use on 16-byte loads.
-constexpr int kPortableChunk = 8;
+// Leaves of the split tree may be chunks of 8 folded by fold_chunk, as the
+// CUDA kernels fold their 16-byte loads: the tree test checks it on the CPU.
+constexpr int kTreeChunk = 8;
 
 // Random split tree over [lo, hi): both halves may be empty, and the merge
 // arguments are swapped at random, to check associativity and commutativity.
@@ -162,10 +163,10 @@ SoftmaxState row_state_tree(const T* row, int64_t lo, int64_t hi, std::mt19937_6
     if (hi - lo == 1) push(s, static_cast<float>(row[lo]), lo);
     return s;
   }
-  if (hi - lo <= kPortableChunk && (rng() & 1)) {  // a leaf chunk, folded as CUDA and the portable path do
-    float v[kPortableChunk];
-    for (int64_t i = 0; i < kPortableChunk; ++i) v[i] = lo + i < hi ? static_cast<float>(row[lo + i]) : 0.f;
-    return fold_chunk<kPortableChunk>(v, lo, static_cast<int>(hi - lo));
+  if (hi - lo <= kTreeChunk && (rng() & 1)) {  // a leaf chunk, folded as the CUDA kernels do
+    float v[kTreeChunk];
+    for (int64_t i = 0; i < kTreeChunk; ++i) v[i] = lo + i < hi ? static_cast<float>(row[lo + i]) : 0.f;
+    return fold_chunk<kTreeChunk>(v, lo, static_cast<int>(hi - lo));
   }
   const int64_t mid = std::uniform_int_distribution<int64_t>(lo, hi)(rng);
   if (mid == lo || mid == hi) {  // an empty side, then a real split
@@ -229,7 +230,7 @@ void score_rows(const at::Tensor& logits, const int64_t* labels,
         s = row_state_avx512(row, C, has_next ? row + row_stride : nullptr);
 #endif
       } else if (path == RowPath::kPortable) {
-        s = fold_row<kPortableChunk>(row, C);
+        s = row_state_portable(row, C);
       } else {
         std::mt19937_64 rng(static_cast<uint64_t>(seed) * 0x9E3779B97F4A7C15ull + r);
         s = row_state_tree(row, 0, C, rng);
