@@ -133,7 +133,9 @@ def test_backward_is_a_scale_of_the_forward_gradient(cpu_path, gen):
     logits = (torch.randn(20, 37, generator=gen) * 3).requires_grad_()
     labels = torch.randint(0, 37, (20,), generator=gen)
     weights = torch.randn(20, generator=gen)
-    _, _, stored = OP(logits.detach(), labels, 0.1, True)
+    raw_loss, raw_stats, stored = OP(logits, labels, 0.1, True)
+    assert raw_loss.requires_grad and not raw_stats.requires_grad and not stored.requires_grad
+    stored = stored.clone()
     loss, _ = cross_entropy_with_stats(logits, labels, label_smoothing=0.1)
     (loss * weights).sum().backward()
     assert torch.equal(logits.grad, stored * weights[:, None])

@@ -34,6 +34,7 @@ def _(logits, labels, label_smoothing, check_labels):
 
 
 def _setup_context(ctx, inputs, output):
+    ctx.mark_non_differentiable(output[1], output[2])  # statistics and the stored gradient carry no gradient
     ctx.save_for_backward(output[2])
     ctx.logits_dtype = inputs[0].dtype
 

@@ -16,7 +16,6 @@ __device__ inline void store(__nv_bfloat16* out, float g) { *out = __float2bfloa
 template <typename T, typename G, int TPR, bool kUnitStride>
 __global__ void __launch_bounds__(kBlock) loss_kernel(const LossLaunch a) {
   const RowThread<TPR> t(a.rows);
-  const int cols = static_cast<int>(a.cols);
   const T* r = static_cast<const T*>(a.logits) + (t.active ? t.row : 0) * a.row_stride;
   const SoftmaxState s = row_state<T, TPR, kUnitStride>(t, r, a.cols, a.col_stride, a.aligned);
   int64_t label = -1;
@@ -35,7 +34,7 @@ __global__ void __launch_bounds__(kBlock) loss_kernel(const LossLaunch a) {
     // unrolled by 2: two loads in flight; nvcc's default unroll spilled 4
     // bytes on sm_80 (float16, 32 threads per row), which the ptxas test refuses
 #pragma unroll 2
-    for (int c = t.lane; c < cols; c += TPR) {
+    for (int64_t c = t.lane; c < a.cols; c += TPR) {  // 64-bit: C may be close to 2^31
       const float z = to_float(kUnitStride ? r[c] : r[c * a.col_stride]);
       sum_d += z - lr.max;
       store(g + c, loss_gradient(lr, z, c == label));
@@ -43,7 +42,7 @@ __global__ void __launch_bounds__(kBlock) loss_kernel(const LossLaunch a) {
   }
   sum_d = row_sum<TPR>(sum_d, t.lane);  // every thread joins the reduction
   if (!t.active || t.lane != 0) return;
-  a.loss[t.row] = loss_and_stats(s, label, label_logit, a.target, sum_d / static_cast<float>(cols),
+  a.loss[t.row] = loss_and_stats(s, label, label_logit, a.target, sum_d / static_cast<float>(a.cols),
                                  a.stats + t.row * kNumLossStats);
 }
 
