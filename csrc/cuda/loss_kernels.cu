@@ -50,8 +50,7 @@ template <typename T, typename G, bool kUnitStride>
 cudaError_t launch_typed(const LossLaunch& a, cudaStream_t stream) {
   return launch_by_width(a.cols, [&](auto tpr) {
     constexpr int TPR = decltype(tpr)::value;
-    loss_kernel<T, G, TPR, kUnitStride><<<blocks_for<TPR>(a.rows), kBlock, 0, stream>>>(a);
-    return cudaGetLastError();
+    return launch_kernel(loss_kernel<T, G, TPR, kUnitStride>, blocks_for<TPR>(a.rows), kBlock, stream, a);
   });
 }
 

@@ -7,6 +7,8 @@
 // frame or a spill.
 #pragma once
 
+#include "kernel_launch.cuh"  // first: under emulation it defines the CUDA built-ins
+
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -83,7 +85,7 @@ __device__ inline void load_chunk(const T* p, float (&v)[8]) {
 // chunks lane, lane + TPR, ... of kChunk<T> adjacent logits (a warp reads
 // 512 contiguous bytes per step) with the two-pass fold_chunk, one merge
 // per chunk. kUnitStride: adjacent columns (32-bit-free offsets);
-// `aligned` (element_of.h, rows_are_aligned): 16-byte loads, else scalar loads of the same chunks. All
+// `aligned` (launch_args.h, rows_are_aligned): 16-byte loads, else scalar loads of the same chunks. All
 // threads of the block must call it.
 template <typename T, int TPR, bool kUnitStride>
 __device__ SoftmaxState row_state(const RowThread<TPR>& t, const T* r, int64_t cols, int64_t col_stride,

@@ -35,8 +35,7 @@ template <typename T, bool kUnitStride>
 cudaError_t launch_typed(const ScoreLaunch& a, cudaStream_t stream) {
   return launch_by_width(a.cols, [&](auto tpr) {
     constexpr int TPR = decltype(tpr)::value;
-    score_kernel<T, TPR, kUnitStride><<<blocks_for<TPR>(a.rows), kBlock, 0, stream>>>(a);
-    return cudaGetLastError();
+    return launch_kernel(score_kernel<T, TPR, kUnitStride>, blocks_for<TPR>(a.rows), kBlock, stream, a);
   });
 }
 

@@ -1,0 +1,83 @@
+// The CUDA kernels of csrc/cuda/*.cu built by the C++ compiler on the CUDA
+// emulation (csrc/cuda/emulate.h) and registered as CPU ops in the namespace
+// unseen_fast_emulated, with the host code of the real CUDA ops up to the
+// launch (launch_args.h). tests/test_cuda_emulated.py builds and checks them.
+#include <torch/library.h>
+
+#include "cuda/launch_args.h"
+#include "cuda/loss_kernels.cu"
+#include "cuda/score_kernels.cu"
+
+namespace {
+
+void check_cpu(const at::Tensor& t) {
+  TORCH_CHECK(t.device().is_cpu(), "the emulated CUDA ops take CPU tensors");
+}
+
+void check_launch(cudaError_t status) {
+  TORCH_CHECK(status == cudaSuccess, "emulated launch failed with cudaError_t ", static_cast<int>(status));
+}
+
+at::Tensor score(const at::Tensor& logits, const c10::optional<at::Tensor>& labels, at::IntArrayRef methods,
+                 bool check_labels) {
+  check_cpu(logits);
+  const unseen_fast::cuda::ScoreCall call = unseen_fast::cuda::prepare_score(logits, labels, methods, check_labels);
+  if (!call.empty()) check_launch(unseen_fast::cuda::launch_score(call.launch, nullptr));
+  return call.out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_with_stats(const at::Tensor& logits,
+                                                                        const at::Tensor& labels,
+                                                                        double label_smoothing, bool check_labels) {
+  check_cpu(logits);
+  const unseen_fast::cuda::LossCall call =
+      unseen_fast::cuda::prepare_loss(logits, labels, label_smoothing, check_labels);
+  if (logits.size(0) > 0) check_launch(unseen_fast::cuda::launch_loss(call.launch, nullptr));
+  return {call.loss, call.stats, call.grad};
+}
+
+void set_order_seed(int64_t seed) { unseen_fast::emu::set_order_seed(static_cast<uint32_t>(seed)); }
+
+// Two deliberately wrong kernels: the emulation must catch what they do.
+// Each thread writes its slot of shared memory and reads its neighbour's;
+// without the barrier some reads come before the neighbour's write.
+template <bool kBarrier>
+__global__ void rotate_kernel(const int* in, int* out) {
+  __shared__ int slots[256];
+  slots[threadIdx.x] = in[blockIdx.x * 256 + threadIdx.x];
+  if (kBarrier) __syncthreads();
+  out[blockIdx.x * 256 + threadIdx.x] = slots[(threadIdx.x + 1) % 256];
+}
+
+at::Tensor rotate(const at::Tensor& values, bool barrier) {
+  TORCH_CHECK(values.scalar_type() == at::kInt && values.numel() % 256 == 0 && values.is_contiguous());
+  at::Tensor out = at::full_like(values, -1);
+  const unsigned blocks = static_cast<unsigned>(values.numel() / 256);
+  check_launch(barrier ? unseen_fast::cuda::launch_kernel(rotate_kernel<true>, blocks, 256, nullptr,
+                                                          values.const_data_ptr<int>(), out.data_ptr<int>())
+                       : unseen_fast::cuda::launch_kernel(rotate_kernel<false>, blocks, 256, nullptr,
+                                                          values.const_data_ptr<int>(), out.data_ptr<int>()));
+  return out;
+}
+
+// A barrier inside a branch that only some threads take.
+__global__ void divergent_barrier_kernel(int* out) {
+  if (threadIdx.x < 100) __syncthreads();
+  out[threadIdx.x] = 1;
+}
+
+void divergent_barrier() {
+  at::Tensor out = at::zeros({256}, at::kInt);
+  check_launch(unseen_fast::cuda::launch_kernel(divergent_barrier_kernel, 1, 256, nullptr, out.data_ptr<int>()));
+}
+
+}  // namespace
+
+TORCH_LIBRARY(unseen_fast_emulated, m) {
+  m.def("score(Tensor logits, Tensor? labels, int[] methods, bool check_labels) -> Tensor", &score);
+  m.def("cross_entropy_with_stats(Tensor logits, Tensor labels, float label_smoothing, bool check_labels)"
+        " -> (Tensor, Tensor, Tensor)", &cross_entropy_with_stats);
+  m.def("set_order_seed(int seed) -> ()", &set_order_seed);
+  m.def("rotate(Tensor values, bool barrier) -> Tensor", &rotate);
+  m.def("divergent_barrier() -> ()", &divergent_barrier);
+}

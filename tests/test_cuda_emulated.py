@@ -1,0 +1,147 @@
+"""The CUDA kernels run on the CPU: csrc/cuda/*.cu built by the C++ compiler
+on the CUDA emulation (csrc/cuda/emulate.h: every CUDA thread a fiber,
+barriers and warp shuffles honoured, the fiber order shuffled) and checked
+like the real CUDA ops, so their logic is tested on machines without a GPU:
+every threads-per-row width, the 16-byte and scalar load paths, tails,
+adversarial rows, the loss gradient. Not their speed or the device's math
+library (expf here is glibc's): tests/test_score.py and friends run the real
+kernels where there is a GPU."""
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from test_fused_loss import loss_error_bounds, reference_loss
+from test_score import ALL, adversarial_rows
+from unseen_fast import ops, reference
+
+ROOT = Path(__file__).resolve().parents[1]
+CUDA_INCLUDE = Path(os.environ.get("CUDA_HOME", "/usr/local/cuda")) / "include"
+WIDTHS = [1, 10, 16, 17, 40, 64, 65, 1000, 2048, 2049, 3000]  # every threads-per-row width and its edges
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+
+
+@pytest.fixture(scope="module")
+def emulated(tmp_path_factory):
+    if not (CUDA_INCLUDE / "cuda_bf16.h").exists():
+        pytest.skip(f"no CUDA headers under {CUDA_INCLUDE} (set CUDA_HOME)")
+    from torch.utils.cpp_extension import load
+
+    build = tmp_path_factory.mktemp("cuda_emulated")
+    load(name="unseen_fast_emulated", sources=[str(ROOT / "tests" / "cuda_emulated" / "emulated_ops.cpp")],
+         extra_include_paths=[str(ROOT / "csrc"), str(CUDA_INCLUDE)],
+         extra_cflags=["-O2", "-DUNSEEN_FAST_EMULATE_CUDA"], build_directory=str(build), is_python_module=False)
+    return torch.ops.unseen_fast_emulated
+
+
+def rows_for(c):
+    """Enough rows for two blocks at one thread per row, a partial last block
+    at every width."""
+    return 300 if c <= 16 else 70
+
+
+def test_the_emulation_catches_a_missing_barrier(emulated):
+    values = torch.arange(512, dtype=torch.int32)
+    want = values.view(2, 256).roll(-1, 1).reshape(-1)
+    assert torch.equal(emulated.rotate(values, True), want)
+    assert not torch.equal(emulated.rotate(values, False), want)
+
+
+def test_the_emulation_refuses_a_barrier_not_every_thread_reaches(emulated):
+    with pytest.raises(RuntimeError, match="no thread can go on"):
+        emulated.divergent_barrier()
+
+
+@pytest.mark.parametrize("c", WIDTHS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_emulated_score_matches_float64(emulated, gen, c, dtype):
+    n = rows_for(c)
+    logits = (torch.randn(n, c, generator=gen) * 4).to(dtype)
+    labels = torch.randint(0, c, (n,), generator=gen)
+    got = emulated.score(logits, labels, list(range(len(ALL))), True)
+    want = reference.score(logits, labels, ALL)
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6, equal_nan=True)
+
+
+@pytest.mark.parametrize("c", [10, 17, 40, 1000, 3000])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_emulated_score_same_bits_on_every_load_path(emulated, gen, c, dtype):
+    """16-byte loads (aligned contiguous rows), scalar loads (a misaligned
+    base or row pitch) and strided columns fold the same chunks."""
+    n = rows_for(c)
+    data = (torch.randn(n, c, generator=gen) * 4).to(dtype)
+    labels = torch.randint(0, c, (n,), generator=gen)
+    methods = list(range(len(ALL)))
+    want = emulated.score(data, labels, methods, True)
+    shifted = torch.empty(n, c + 8, dtype=dtype)  # base off by one element
+    shifted[:, 1:c + 1] = data
+    pitched = torch.empty(n, c + 1, dtype=dtype)  # row pitch not a multiple of 16 bytes
+    pitched[:, :c] = data
+    for view in (shifted[:, 1:c + 1], pitched[:, :c], data.t().contiguous().t()):
+        assert torch.equal(emulated.score(view, labels, methods, True), want)
+
+
+def test_emulated_score_adversarial_rows(emulated):
+    for c in (12, 40, 3000):
+        logits = adversarial_rows(c).repeat(3, 1)
+        labels = torch.tensor([0, c - 1, 3, 5, 0, c - 1, 1, 1, 2, 0, 0, 0, 7]).repeat(3)
+        got = emulated.score(logits, labels, list(range(len(ALL))), True)
+        torch.testing.assert_close(got, ops.score(logits, labels, ALL), rtol=1e-5, atol=1e-6, equal_nan=True)
+
+
+def test_emulated_score_unchecked_bad_labels_give_nan_label_methods(emulated, gen):
+    logits = torch.randn(40, 30, generator=gen)
+    labels = torch.randint(0, 30, (40,), generator=gen)
+    labels[[3, 17]] = torch.tensor([30, -1])
+    got = emulated.score(logits, labels, list(range(len(ALL))), False)
+    needs_label = [m not in ops.LABEL_FREE_METHODS for m in ALL]
+    assert got[[3, 17]][:, needs_label].isnan().all()
+    assert got[[3, 17]][:, [not x for x in needs_label]].isfinite().all()
+    good = torch.ones(40, dtype=torch.bool).index_fill_(0, torch.tensor([3, 17]), False)
+    torch.testing.assert_close(got[good], ops.score(logits[good], labels[good], ALL), rtol=1e-5, atol=1e-6)
+
+
+def test_emulated_results_do_not_depend_on_the_thread_order(emulated, gen):
+    logits = torch.randn(70, 3000, generator=gen)
+    labels = torch.randint(0, 3000, (70,), generator=gen)
+    results = []
+    for seed in (1, 2, 3):
+        emulated.set_order_seed(seed)
+        results.append((emulated.score(logits, labels, list(range(len(ALL))), True),
+                        *emulated.cross_entropy_with_stats(logits, labels, 0.1, True)))
+    for other in results[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(results[0], other))
+
+
+@pytest.mark.parametrize("c", WIDTHS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+def test_emulated_loss_within_float64_bounds(emulated, gen, c, dtype, eps):
+    n = rows_for(c)
+    logits = (torch.randn(n, c, generator=gen) * 4).to(dtype)
+    labels = torch.randint(0, c, (n,), generator=gen)
+    loss, stats, grad = emulated.cross_entropy_with_stats(logits, labels, eps, True)
+    z, expected = reference_loss(logits, labels, eps)
+    expected.sum().backward()
+    loss_err, grad_err = loss_error_bounds(logits, labels, torch.ones(n), eps)
+    assert ((loss.double() - expected).abs() <= loss_err).all()
+    assert grad.dtype == (torch.bfloat16 if dtype == torch.bfloat16 else torch.float32)
+    assert ((grad.double() - z.grad).abs() <= grad_err).all()
+    _, cpu_stats, _ = ops.torch.ops.unseen_fast.cross_entropy_with_stats(logits, labels, eps, True)
+    torch.testing.assert_close(stats, cpu_stats, rtol=1e-4, atol=1e-5, equal_nan=True)
+
+
+def test_emulated_loss_adversarial_rows_strides_and_bad_labels(emulated, gen):
+    inf, nan = float("inf"), float("nan")
+    rows = torch.tensor([[1.0, nan, 0.0], [inf, 0.0, 0.0], [-inf, -inf, -inf], [-inf, 2.0, 0.0], [5.0, 5.0, 5.0]])
+    labels = torch.tensor([0, 1, 2, 4, 2])  # 4 is out of range: unchecked, a NaN row
+    got = emulated.cross_entropy_with_stats(rows, labels, 0.1, False)
+    want = torch.ops.unseen_fast.cross_entropy_with_stats(rows, labels, 0.1, False)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6, equal_nan=True)
+    base = torch.randn(3000, 20, generator=gen)
+    y = torch.randint(0, 3000, (20,), generator=gen)
+    for g, w in zip(emulated.cross_entropy_with_stats(base.t(), y, 0.1, True),
+                    emulated.cross_entropy_with_stats(base.t().contiguous(), y, 0.1, True)):
+        assert torch.equal(g, w)
