@@ -16,9 +16,6 @@ TORCH_LIBRARY(unseen_fast, m) {
   m.def("normalize(Tensor scores) -> Tensor");
   // Indices of the k highest scores, ties to the lower index.
   m.def("select_topk(Tensor scores, int k, Tensor? labels, bool balanced, Tensor? exclude, bool sorted) -> Tensor");
-  // Test hook: the same selection by device-wide tensor ops (what CUDA runs),
-  // on any device, to check that code on the CPU against the radix kernel.
-  m.def("_select_topk_by_sorting(Tensor scores, int k, Tensor? labels, bool balanced, Tensor? exclude, bool sorted) -> Tensor");
   // out[..., c] = table[pixels[..., c], c]: uint8 pixels (channels last) to
   // normalized floats in one pass (CPU; other devices use plain torch ops).
   m.def("apply_lut(Tensor pixels, Tensor table) -> Tensor");

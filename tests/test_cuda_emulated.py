@@ -14,6 +14,7 @@ import torch
 
 from test_fused_loss import loss_error_bounds, reference_loss
 from test_score import ALL, adversarial_rows
+from test_select import random_scores
 from unseen_fast import ops, reference
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -145,3 +146,79 @@ def test_emulated_loss_adversarial_rows_strides_and_bad_labels(emulated, gen):
     for g, w in zip(emulated.cross_entropy_with_stats(base.t(), y, 0.1, True),
                     emulated.cross_entropy_with_stats(base.t().contiguous(), y, 0.1, True)):
         assert torch.equal(g, w)
+
+
+# ---------------------------------------------------------------- select_topk
+def emulated_select(emulated, scores, k, labels=None, balanced=False, exclude=None, sorted=False,
+                    num_classes=None, precheck=True):
+    """The CUDA select_topk's host code and kernels; without ``precheck`` the
+    errors come from what the kernels recorded, read after the launch."""
+    if num_classes is None:
+        num_classes = int(labels.max()) + 1 if labels is not None and len(labels) else 1
+    return emulated.select_topk(scores, k, labels, balanced, exclude, sorted, num_classes, precheck)
+
+
+@pytest.mark.parametrize("n", [1, 7, 1000, 2048, 2049, 20001])
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_emulated_select_equals_the_cpu_kernel(emulated, gen, n, ties, dtype):
+    """Bit for bit (the CPU kernel is checked against the float64 reference
+    in test_select.py): global, excluded and balanced, both orders, k from 0
+    to every eligible sample; 2048 = one compaction tile."""
+    scores = random_scores(gen, n, ties, dtype)
+    labels = (torch.rand(n, generator=gen) ** 2 * 7).long()
+    exclude = torch.rand(n, generator=gen) < 0.3
+    eligible = int((~exclude).sum())
+    for k in sorted({0, min(1, eligible), eligible // 3, (7 * eligible) // 10, eligible}):
+        for kw in (dict(), dict(exclude=exclude), dict(labels=labels, balanced=True, exclude=exclude)):
+            for order in (False, True):
+                want = ops.select_topk(scores, k, sorted=order, **kw)
+                assert torch.equal(emulated_select(emulated, scores, k, sorted=order, **kw), want), (k, kw, order)
+
+
+def test_emulated_select_on_adversarial_scores(emulated, gen):
+    """Signed zeros, infinities, the smallest subnormals, huge magnitudes, all ties."""
+    for dtype in (torch.float32, torch.float64):
+        tiny = torch.finfo(dtype).smallest_normal * torch.finfo(dtype).eps
+        values = torch.tensor([0.0, -0.0, float("inf"), -float("inf"), tiny, -tiny, torch.finfo(dtype).max,
+                               -torch.finfo(dtype).max, 1.0, 1.0], dtype=dtype)
+        for _ in range(10):
+            scores = values[torch.randint(0, len(values), (300,), generator=gen)]
+            labels = torch.randint(0, 4, (300,), generator=gen)
+            for k in (1, 77, 150, 300):
+                for kw in (dict(), dict(labels=labels, balanced=True)):
+                    assert torch.equal(emulated_select(emulated, scores, k, **kw), reference.select_topk(scores, k, **kw))
+                    assert torch.equal(emulated_select(emulated, scores, k, sorted=True, **kw),
+                                       ops.select_topk(scores, k, sorted=True, **kw))
+    same = torch.full((5000,), 2.5)
+    assert emulated_select(emulated, same, 2100).tolist() == list(range(2100))  # all tied: the lowest indices
+
+
+def test_emulated_select_many_classes_and_empty_ones(emulated, gen):
+    """Quotas on the device with 300 classes, some without any sample."""
+    scores = torch.rand(9000, generator=gen)
+    labels = torch.randint(0, 300, (9000,), generator=gen) // 3 * 3  # two thirds of the classes empty
+    for k in (1, 299, 4500, 9000):
+        want = ops.select_topk(scores, k, labels=labels, balanced=True)
+        assert torch.equal(emulated_select(emulated, scores, k, labels=labels, balanced=True), want)
+
+
+@pytest.mark.parametrize("precheck", [True, False])
+def test_emulated_select_refuses_what_the_cpu_kernel_refuses(emulated, precheck):
+    """With the checks first (the op) or from the kernels' recorded errors
+    (nothing read before the launch): the same messages."""
+    cases = [((torch.tensor([0.5, float("nan"), 0.1]), 1), {}, "score at index 1 is NaN"),
+             ((torch.rand(3), 1), dict(labels=torch.tensor([0, -2, -5]), balanced=True, num_classes=1),
+              "label -2 at index 1 is negative"),
+             ((torch.rand(3), 3), dict(exclude=torch.tensor([False, True, False])),
+              r"k=3 is more than the 2 eligible samples \(N=3"),
+             ((torch.rand(3), -1), {}, "k must be >= 0")]
+    for args, kw, message in cases:
+        if not precheck and "k must" in message:
+            continue  # a negative k never reaches the kernels: prepare_select cannot allocate it
+        with pytest.raises(RuntimeError, match=message):
+            emulated_select(emulated, *args, precheck=precheck, **kw)
+    if not precheck:  # labels beyond the classes the caller announced
+        with pytest.raises(RuntimeError, match="label at index 2 is not below num_classes=2"):
+            emulated_select(emulated, torch.rand(3), 1, labels=torch.tensor([0, 1, 5]), balanced=True,
+                            num_classes=2, precheck=False)

@@ -137,56 +137,6 @@ def test_normalize_errors(device):
         ops.normalize(torch.ones(3, dtype=torch.int64, device=device))
 
 
-# ------------------------------------------------- the CUDA path, on the CPU
-def by_sorting(scores, k, labels=None, balanced=False, exclude=None, sorted=False):
-    """What the CUDA select_topk runs (device-wide tensor ops), on any device."""
-    return torch.ops.unseen_fast._select_topk_by_sorting(scores, k, labels, balanced, exclude, sorted)
-
-
-@pytest.mark.parametrize("n", [1, 7, 1000, 20001])
-@pytest.mark.parametrize("ties", [False, True])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_the_cuda_selector_equals_the_cpu_kernel(gen, n, ties, dtype):
-    """The CPU kernel is checked against the float64 reference above."""
-    scores = random_scores(gen, n, ties, dtype)
-    labels = (torch.rand(n, generator=gen) ** 2 * 7).long()
-    exclude = torch.rand(n, generator=gen) < 0.3
-    eligible = int((~exclude).sum())
-    for k in sorted({0, min(1, eligible), eligible // 3, (7 * eligible) // 10, eligible}):
-        for kw in (dict(), dict(exclude=exclude), dict(labels=labels, balanced=True, exclude=exclude)):
-            for order in (False, True):
-                want = ops.select_topk(scores, k, sorted=order, **kw)
-                assert torch.equal(by_sorting(scores, k, sorted=order, **kw), want), (k, kw, order)
-
-
-def test_the_cuda_selector_on_adversarial_scores(gen):
-    """Signed zeros, infinities, the smallest subnormals, huge magnitudes, all ties."""
-    for dtype in (torch.float32, torch.float64):
-        tiny = torch.finfo(dtype).smallest_normal * torch.finfo(dtype).eps
-        values = torch.tensor([0.0, -0.0, float("inf"), -float("inf"), tiny, -tiny, torch.finfo(dtype).max,
-                               -torch.finfo(dtype).max, 1.0, 1.0], dtype=dtype)
-        for _ in range(20):
-            scores = values[torch.randint(0, len(values), (300,), generator=gen)]
-            labels = torch.randint(0, 4, (300,), generator=gen)
-            for k in (1, 77, 150, 300):
-                for kw in (dict(), dict(labels=labels, balanced=True)):
-                    assert torch.equal(by_sorting(scores, k, **kw), reference.select_topk(scores, k, **kw))
-                    assert torch.equal(by_sorting(scores, k, sorted=True, **kw),
-                                       ops.select_topk(scores, k, sorted=True, **kw))
-    same = torch.full((50,), 2.5)
-    assert by_sorting(same, 20).tolist() == list(range(20))  # all tied: the lowest indices
-
-
-def test_the_cuda_selector_refuses_what_the_kernel_refuses():
-    scores = torch.tensor([0.5, float("nan"), 0.1])
-    with pytest.raises(RuntimeError, match="score at index 1 is NaN"):
-        by_sorting(scores, 1)
-    with pytest.raises(RuntimeError, match="label -2 at index 1 is negative"):
-        by_sorting(torch.rand(3), 1, labels=torch.tensor([0, -2, -5]), balanced=True)
-    with pytest.raises(RuntimeError, match=r"k=3 is more than the 2 eligible samples \(N=3, excluded 1\)"):
-        by_sorting(torch.rand(3), 3, exclude=torch.tensor([False, True, False]))
-
-
 @pytest.mark.cuda
 def test_cuda_select_topk_reads_the_host_once():
     """The argument checks read every fact in one copy; the selection itself

@@ -30,6 +30,7 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <memory>
 #include <random>
 #include <stdexcept>
 #include <string>
@@ -70,7 +71,7 @@ struct Block {
   uint3 block_dim;
   uint3 grid_dim;
   std::vector<Fiber> fibers;
-  std::vector<char> stacks;
+  std::unique_ptr<char[]> stacks;  // not zero-filled: untouched pages cost nothing
   ucontext_t scheduler;
   std::function<void()> body;
   Fiber* running = nullptr;
@@ -163,7 +164,7 @@ inline void run_block(Block& b, std::mt19937& order_rng) {
     f = Fiber{};
     f.thread_idx = uint3{static_cast<unsigned>(i), 0, 0};
     getcontext(&f.context);
-    f.context.uc_stack.ss_sp = b.stacks.data() + i * kFiberStack;
+    f.context.uc_stack.ss_sp = b.stacks.get() + i * kFiberStack;
     f.context.uc_stack.ss_size = kFiberStack;
     f.context.uc_link = &b.scheduler;
     makecontext(&f.context, fiber_entry, 0);
@@ -293,6 +294,12 @@ T atomicMax(T* address, T v) {
   return old;
 }
 template <typename T>
+T atomicMin(T* address, T v) {
+  const T old = *address;
+  *address = std::min(old, v);
+  return old;
+}
+template <typename T>
 T atomicCAS(T* address, T compare, T v) {
   const T old = *address;
   if (old == compare) *address = v;
@@ -318,7 +325,7 @@ cudaError_t launch_kernel(void (*kernel)(Params...), unsigned blocks, unsigned t
   b.block_dim = uint3{threads, 1, 1};
   b.grid_dim = uint3{blocks, 1, 1};
   b.fibers.resize(threads);
-  b.stacks.resize(static_cast<size_t>(threads) * emu::kFiberStack);
+  b.stacks.reset(new char[static_cast<size_t>(threads) * emu::kFiberStack]);
   b.body = [&] { kernel(args...); };
   emu::Block*& slot = emu::block_slot();
   emu::Block* const outer = slot;

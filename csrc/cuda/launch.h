@@ -48,4 +48,41 @@ struct LossLaunch {
 
 cudaError_t launch_loss(const LossLaunch& args, cudaStream_t stream) noexcept;
 
+// select_topk as a radix select that never waits for the host: every sample
+// gets a unique 128-bit key (the score's order key, then the bitwise NOT of
+// its index, so ties go to the lowest index), 11-bit digits from the top
+// pick each group's quota-th largest key on the device, and a scan compacts
+// the winners in index order. Groups: the classes when balanced, else one.
+// Bad input is reported in `errors`, never raised here (select_ops.cpp
+// reads it): [first NaN index, first negative label index, first label
+// index >= groups (INT64_MAX when none), eligible samples].
+struct SelectGroup {  // device workspace, one per group
+  uint64_t prefix_hi, prefix_lo;  // the key bits found so far; the threshold at the end
+  int64_t need;                   // how many of the keys under the prefix are still wanted
+  int64_t quota;                  // how many the group takes (largest remainder when balanced)
+  int64_t count;                  // its eligible samples
+};
+
+constexpr int kSelectErrors = 4;
+constexpr int kSelectTile = 2048;  // samples per block in the compaction
+
+struct SelectLaunch {
+  const void* scores;
+  bool is_double;         // float64 scores, else float32
+  int64_t n, k;
+  const bool* exclude;    // [n] or nullptr
+  const int64_t* labels;  // [n] or nullptr
+  bool balanced;          // per-group quotas over the labels (labels required)
+  int64_t groups;         // number of classes when balanced, else 1
+  unsigned* hist;         // [groups, 2048] workspace
+  SelectGroup* group;     // [groups] workspace
+  unsigned* tile_counts;  // [tiles(n)] workspace
+  int64_t* errors;        // [kSelectErrors]
+  int64_t* out;           // [k]: the winners in ascending index order
+};
+
+C10_HOST_DEVICE inline int64_t select_tiles(int64_t n) { return (n + kSelectTile - 1) / kSelectTile; }
+
+cudaError_t launch_select(const SelectLaunch& args, cudaStream_t stream) noexcept;
+
 }  // namespace unseen_fast::cuda

@@ -6,6 +6,7 @@
 
 #include <ATen/ATen.h>
 
+#include <limits>
 #include <tuple>
 
 #include "../checks.h"
@@ -80,6 +81,76 @@ inline LossCall prepare_loss(const at::Tensor& logits, const at::Tensor& labels,
                            call.labels.const_data_ptr<int64_t>(), loss_target(label_smoothing, C),
                            call.loss.data_ptr<float>(), call.stats.data_ptr<float>(), call.grad.data_ptr()};
   return call;
+}
+
+struct SelectCall {
+  at::Tensor out;                            // [k] int64, ascending index order
+  at::Tensor errors;                         // [kSelectErrors] int64 (launch.h)
+  at::Tensor scores, labels, exclude;        // contiguous, kept alive until the launch
+  at::Tensor hist, groups, tile_counts;      // device workspace
+  SelectLaunch launch;
+};
+
+// `groups`: the number of classes when balanced (labels must lie below it),
+// else 1. Checks nothing that needs the data.
+inline SelectCall prepare_select(const at::Tensor& scores, int64_t k, const at::Tensor& labels, bool balanced,
+                                 const at::Tensor& exclude, int64_t groups) {
+  const int64_t N = scores.size(0);
+  TORCH_CHECK(N <= INT32_MAX, "select_topk: N=", N, " samples is more than 2^31 - 1 on CUDA; split it");
+  TORCH_CHECK(groups >= 1 && groups <= INT32_MAX, "select_topk: ", groups, " classes is out of range");
+  SelectCall call;
+  call.scores = scores.contiguous();
+  call.labels = labels.defined() ? labels.contiguous() : labels;
+  call.exclude = exclude.defined() ? exclude.contiguous() : exclude;
+  const auto opts = scores.options();
+  call.out = at::empty({k}, opts.dtype(at::kLong));
+  call.errors = at::empty({kSelectErrors}, opts.dtype(at::kLong));
+  call.hist = at::empty({groups * 2048}, opts.dtype(at::kInt));
+  call.groups = at::empty({groups * static_cast<int64_t>(sizeof(SelectGroup))}, opts.dtype(at::kByte));
+  call.tile_counts = at::empty({std::max<int64_t>(select_tiles(N), 1)}, opts.dtype(at::kInt));
+  call.launch = SelectLaunch{call.scores.const_data_ptr(), scores.scalar_type() == at::kDouble, N, k,
+                             call.exclude.defined() ? call.exclude.const_data_ptr<bool>() : nullptr,
+                             call.labels.defined() ? call.labels.const_data_ptr<int64_t>() : nullptr, balanced,
+                             groups, reinterpret_cast<unsigned*>(call.hist.data_ptr<int>()),
+                             reinterpret_cast<SelectGroup*>(call.groups.data_ptr<uint8_t>()),
+                             reinterpret_cast<unsigned*>(call.tile_counts.data_ptr<int>()),
+                             call.errors.data_ptr<int64_t>(), call.out.data_ptr<int64_t>()};
+  return call;
+}
+
+// int64 keys in the scores' order (-0.0 == +0.0): float32 through its bits,
+// float64 through the signed-magnitude flip.
+inline at::Tensor order_keys(const at::Tensor& scores) {
+  const at::Tensor positive_zero = at::where(scores == 0, at::zeros_like(scores), scores);
+  if (scores.scalar_type() == at::kFloat) {
+    const at::Tensor bits = positive_zero.view(at::kInt).to(at::kLong);  // sign-extended
+    return at::bitwise_xor(bits, at::bitwise_and(bits.__rshift__(31), 0x7fffffff));
+  }
+  const at::Tensor bits = positive_zero.view(at::kLong);
+  return at::bitwise_xor(bits, at::bitwise_and(bits.__rshift__(63), std::numeric_limits<int64_t>::max()));
+}
+
+// The winners (ascending index) in descending score order, ties in index
+// order: a stable sort of their keys, no host sync.
+inline at::Tensor by_descending_score(const at::Tensor& scores, const at::Tensor& winners) {
+  const at::Tensor keys = order_keys(scores.index_select(0, winners));
+  return winners.index_select(0, std::get<1>(keys.sort(/*stable=*/true, 0, /*descending=*/true)));
+}
+
+// The errors the kernels recorded (one host read), with check_select_args'
+// messages.
+inline void check_select_errors(const SelectCall& call) {
+  const at::Tensor host = call.errors.cpu();
+  const int64_t* e = host.const_data_ptr<int64_t>();
+  const int64_t none = std::numeric_limits<int64_t>::max();
+  TORCH_CHECK(e[0] == none, "select_topk: score at index ", e[0], " is NaN");
+  if (e[1] != none) {
+    const int64_t label = call.labels.select(0, e[1]).item<int64_t>();
+    TORCH_CHECK(false, "select_topk: label ", label, " at index ", e[1], " is negative");
+  }
+  TORCH_CHECK(e[2] == none, "select_topk: label at index ", e[2], " is not below num_classes=", call.launch.groups);
+  TORCH_CHECK(call.launch.k <= e[3], "select_topk: k=", call.launch.k, " is more than the ", e[3],
+              " eligible samples (N=", call.launch.n, ")");
 }
 
 }  // namespace unseen_fast::cuda

@@ -1,14 +1,16 @@
 // Host side of the CUDA select_topk and normalize ops, compiled by the C++
 // compiler. select_topk: the argument checks read every data-dependent fact
-// in one host copy (the op's only host sync), then select_by_sorting.cpp's
-// device-wide tensor ops, which never wait for the device; the result equals
-// the CPU kernel's bit for bit (tested on the CPU through the same code).
+// in one host copy (the op's only host sync), then the radix-select kernels
+// (select_kernels.cu), which never wait for the host; the result equals the
+// CPU kernel's bit for bit (tests/test_cuda_emulated.py runs the same
+// kernels and host code on the CPU).
 #include <ATen/ATen.h>
+#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include "../checks.h"
-#include "../select_by_sorting.h"
+#include "launch_args.h"
 
 namespace unseen_fast {
 namespace {
@@ -18,8 +20,12 @@ at::Tensor select_topk_cuda(const at::Tensor& scores, int64_t k,
                             const c10::optional<at::Tensor>& exclude, bool sorted) {
   const SelectFacts facts = check_select_args(scores, k, labels, balanced, exclude);
   const c10::cuda::CUDAGuard guard(scores.device());
-  return select_topk_by_sorting(scores, k, labels.value_or(at::Tensor()), balanced,
-                                exclude.value_or(at::Tensor()), sorted, facts.num_classes);
+  const cuda::SelectCall call = cuda::prepare_select(scores, k, labels.value_or(at::Tensor()), balanced,
+                                                     exclude.value_or(at::Tensor()),
+                                                     balanced ? facts.num_classes : 1);
+  if (k == 0) return call.out;
+  C10_CUDA_CHECK(cuda::launch_select(call.launch, c10::cuda::getCurrentCUDAStream()));
+  return sorted ? cuda::by_descending_score(call.scores, call.out) : call.out;
 }
 
 at::Tensor normalize_cuda(const at::Tensor& scores) {

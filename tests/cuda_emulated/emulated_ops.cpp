@@ -7,6 +7,7 @@
 #include "cuda/launch_args.h"
 #include "cuda/loss_kernels.cu"
 #include "cuda/score_kernels.cu"
+#include "cuda/select_kernels.cu"
 
 namespace {
 
@@ -34,6 +35,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_with_stats(const at
       unseen_fast::cuda::prepare_loss(logits, labels, label_smoothing, check_labels);
   if (logits.size(0) > 0) check_launch(unseen_fast::cuda::launch_loss(call.launch, nullptr));
   return {call.loss, call.stats, call.grad};
+}
+
+// The CUDA select_topk: with `precheck` the op's own path (check_select_args
+// first); without it the kernels' recorded errors are read afterwards (what
+// a caller that must not wait for the device would do later).
+at::Tensor select_topk(const at::Tensor& scores, int64_t k, const c10::optional<at::Tensor>& labels, bool balanced,
+                       const c10::optional<at::Tensor>& exclude, bool sorted, int64_t num_classes, bool precheck) {
+  check_cpu(scores);
+  if (precheck) {
+    const unseen_fast::SelectFacts facts = unseen_fast::check_select_args(scores, k, labels, balanced, exclude);
+    num_classes = facts.num_classes;
+  }
+  const unseen_fast::cuda::SelectCall call = unseen_fast::cuda::prepare_select(
+      scores, k, labels.value_or(at::Tensor()), balanced, exclude.value_or(at::Tensor()), balanced ? num_classes : 1);
+  if (k == 0) return call.out;
+  check_launch(unseen_fast::cuda::launch_select(call.launch, nullptr));
+  if (!precheck) unseen_fast::cuda::check_select_errors(call);
+  return sorted ? unseen_fast::cuda::by_descending_score(call.scores, call.out) : call.out;
 }
 
 void set_order_seed(int64_t seed) { unseen_fast::emu::set_order_seed(static_cast<uint32_t>(seed)); }
@@ -77,6 +96,8 @@ TORCH_LIBRARY(unseen_fast_emulated, m) {
   m.def("score(Tensor logits, Tensor? labels, int[] methods, bool check_labels) -> Tensor", &score);
   m.def("cross_entropy_with_stats(Tensor logits, Tensor labels, float label_smoothing, bool check_labels)"
         " -> (Tensor, Tensor, Tensor)", &cross_entropy_with_stats);
+  m.def("select_topk(Tensor scores, int k, Tensor? labels, bool balanced, Tensor? exclude, bool sorted,"
+        " int num_classes, bool precheck) -> Tensor", &select_topk);
   m.def("set_order_seed(int seed) -> ()", &set_order_seed);
   m.def("rotate(Tensor values, bool barrier) -> Tensor", &rotate);
   m.def("divergent_barrier() -> ()", &divergent_barrier);

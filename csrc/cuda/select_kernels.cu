@@ -1,0 +1,314 @@
+// CUDA kernels of select_topk (launch.h: SelectLaunch), after the multi-block
+// radix select of PyTorch's TensorTopK.cu: the prefix found so far and the
+// count still wanted stay on the device between passes, so nothing waits for
+// the host. Each sample's key is unique (order key of the score, then the
+// NOT of its index: ties go to the lowest index, as on the CPU), so each
+// group's threshold T is one key and the winners are exactly the keys >= T.
+//
+//   init -> hist(0) -> quotas -> pick(0) -> hist(1) -> pick(1) ... -> count -> scan -> write
+//
+// hist: 11-bit digit histograms of the candidates under their group's prefix
+// (block-private in shared memory for one group); pass 0 also records bad
+// input. quotas: eligible counts from pass 0's histogram, largest-remainder
+// quotas per class on the device. pick: a block per group finds the digit
+// holding its need-th largest key. count / scan / write: the winners
+// compacted in index order (ballots per warp, a block scan per 256 samples).
+// Launchers only: checks are in select_ops.cpp.
+#include "kernel_launch.cuh"
+#include "launch.h"
+#include "../select_math.h"
+
+#include <cstdint>
+
+namespace unseen_fast::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kDigitBits = 11;
+constexpr int kBuckets = 1 << kDigitBits;
+constexpr int kBinsPerThread = kBuckets / kThreads;
+constexpr int kRounds = kSelectTile / kThreads;
+constexpr unsigned kFull = 0xffffffffu;
+
+// 128-bit key, compared as (hi, lo); only the top kKeyBits<F> bits are used.
+struct Key {
+  uint64_t hi, lo;
+};
+
+template <typename F>
+constexpr int kKeyBits = sizeof(F) == 4 ? 64 : 96;
+
+template <typename F>
+constexpr int kPasses = (kKeyBits<F> + kDigitBits - 1) / kDigitBits;
+
+__device__ inline Key make_key(float s, int64_t i) {
+  return Key{(static_cast<uint64_t>(float_key(s)) << 32) | static_cast<uint32_t>(~static_cast<uint32_t>(i)), 0};
+}
+
+__device__ inline Key make_key(double s, int64_t i) {
+  return Key{float_key(s), static_cast<uint64_t>(~static_cast<uint32_t>(i)) << 32};
+}
+
+__device__ inline bool at_least(const Key& a, const Key& b) { return a.hi > b.hi || (a.hi == b.hi && a.lo >= b.lo); }
+
+// Bits [from, from + width) of the key (bit 127 is the top of hi).
+__device__ inline unsigned key_bits(const Key& k, int from, int width) {
+  uint64_t v;
+  if (from >= 64) v = k.hi >> (from - 64);
+  else if (from == 0) v = k.lo;
+  else v = (k.lo >> from) | (k.hi << (64 - from));
+  return static_cast<unsigned>(v & ((uint64_t{1} << width) - 1));
+}
+
+// Whether bits [top, 128) of a and b agree.
+__device__ inline bool same_above(const Key& a, const Key& b, int top) {
+  if (top >= 128) return true;
+  if (top >= 64) return (a.hi >> (top - 64)) == (b.hi >> (top - 64));
+  if (a.hi != b.hi) return false;
+  return top == 0 ? a.lo == b.lo : (a.lo >> top) == (b.lo >> top);
+}
+
+__device__ inline void set_bits(uint64_t& hi, uint64_t& lo, unsigned digit, int from) {
+  if (from >= 64) {
+    hi |= static_cast<uint64_t>(digit) << (from - 64);
+  } else {
+    lo |= static_cast<uint64_t>(digit) << from;
+    if (from > 64 - kDigitBits) hi |= static_cast<uint64_t>(digit) >> (64 - from);
+  }
+}
+
+// The bits pass `pass` decides: [from, top).
+template <typename F>
+struct Digit {
+  int top, from, width;
+  __device__ explicit Digit(int pass) : top(128 - kDigitBits * pass) {
+    from = top - kDigitBits > 128 - kKeyBits<F> ? top - kDigitBits : 128 - kKeyBits<F>;
+    width = top - from;
+  }
+};
+
+// Whether sample i competes, with its key and group.
+template <typename F>
+__device__ inline bool candidate(const SelectLaunch& a, int64_t i, Key& key, int64_t& group) {
+  const F s = static_cast<const F*>(a.scores)[i];
+  if (s != s || (a.exclude != nullptr && a.exclude[i])) return false;
+  group = 0;
+  if (a.balanced) {
+    const int64_t y = a.labels[i];
+    if (y < 0 || y >= a.groups) return false;
+    group = y;
+  }
+  key = make_key(s, i);
+  return true;
+}
+
+template <typename F>
+__device__ inline bool taken(const SelectLaunch& a, int64_t i) {
+  Key key;
+  int64_t g;
+  if (i >= a.n || !candidate<F>(a, i, key, g)) return false;
+  const SelectGroup& s = a.group[g];
+  return s.quota > 0 && at_least(key, Key{s.prefix_hi, s.prefix_lo});
+}
+
+__device__ inline void record_min(int64_t* slot, int64_t i) {
+  atomicMin(reinterpret_cast<long long*>(slot), static_cast<long long>(i));
+}
+
+// Exclusive prefix sum in thread order over the block; `total` gets the sum.
+// Every thread of the block must call it.
+template <typename T>
+__device__ T block_exclusive_scan(T v, T& total) {
+  __shared__ T warp_totals[kThreads / 32];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  T inclusive = v;
+  for (int offset = 1; offset < 32; offset *= 2) {
+    const T up = __shfl_up_sync(kFull, inclusive, offset);
+    if (lane >= offset) inclusive += up;
+  }
+  if (lane == 31) warp_totals[warp] = inclusive;
+  __syncthreads();
+  T before = 0;
+  total = 0;
+  for (int w = 0; w < kThreads / 32; ++w) {
+    before += w < warp ? warp_totals[w] : T{0};
+    total += warp_totals[w];
+  }
+  __syncthreads();  // warp_totals is reused by the next call
+  return before + inclusive - v;
+}
+
+__global__ void __launch_bounds__(kThreads) init_kernel(const SelectLaunch a) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
+  const int64_t first = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  for (int64_t b = first; b < a.groups * kBuckets; b += stride) a.hist[b] = 0;
+  for (int64_t g = first; g < a.groups; g += stride) a.group[g] = SelectGroup{0, 0, 0, 0, 0};
+  if (first < kSelectErrors) a.errors[first] = first == kSelectErrors - 1 ? 0 : INT64_MAX;
+}
+
+template <typename F>
+__global__ void __launch_bounds__(kThreads) hist_kernel(const SelectLaunch a, int pass) {
+  __shared__ unsigned local[kBuckets];
+  const bool one_group = !a.balanced;  // the same for the whole block
+  const Digit<F> digit(pass);
+  if (one_group) {
+    for (int b = threadIdx.x; b < kBuckets; b += kThreads) local[b] = 0;
+    __syncthreads();
+  }
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < a.n; i += stride) {
+    if (pass == 0) {  // bad input, as check_select_args reports it
+      const F s = static_cast<const F*>(a.scores)[i];
+      if (s != s) record_min(a.errors + 0, i);
+      if (a.labels != nullptr && a.labels[i] < 0) record_min(a.errors + 1, i);
+      if (a.balanced && a.labels[i] >= a.groups) record_min(a.errors + 2, i);
+    }
+    Key key;
+    int64_t g;
+    if (!candidate<F>(a, i, key, g)) continue;
+    if (pass > 0) {
+      const SelectGroup& s = a.group[g];
+      if (s.quota == 0 || !same_above(key, Key{s.prefix_hi, s.prefix_lo}, digit.top)) continue;
+    }
+    const unsigned d = key_bits(key, digit.from, digit.width);
+    if (one_group) atomicAdd(&local[d], 1u);
+    else atomicAdd(&a.hist[g * kBuckets + d], 1u);
+  }
+  if (one_group) {
+    __syncthreads();
+    for (int b = threadIdx.x; b < kBuckets; b += kThreads)
+      if (local[b] != 0) atomicAdd(&a.hist[b], local[b]);
+  }
+}
+
+// One block: eligible counts from pass 0's histograms, then the quotas
+// (largest remainder, ties to the lower class: select_math.h's rule).
+__global__ void __launch_bounds__(kThreads) quota_kernel(const SelectLaunch a) {
+  long long mine = 0;
+  for (int64_t g = threadIdx.x; g < a.groups; g += kThreads) {
+    long long count = 0;
+    for (int b = 0; b < kBuckets; ++b) count += a.hist[g * kBuckets + b];
+    a.group[g].count = count;
+    mine += count;
+  }
+  long long n;
+  block_exclusive_scan(mine, n);
+  if (threadIdx.x == 0) a.errors[kSelectErrors - 1] = n;
+  if (a.k > n) return;  // reported by the host; every quota stays 0
+  if (!a.balanced) {
+    if (threadIdx.x == 0) a.group[0].quota = a.group[0].need = a.k;
+    return;
+  }
+  long long base_sum = 0;
+  for (int64_t g = threadIdx.x; g < a.groups; g += kThreads) base_sum += a.k * a.group[g].count / n;
+  long long given;
+  block_exclusive_scan(base_sum, given);
+  const long long extra = a.k - given;
+  for (int64_t g = threadIdx.x; g < a.groups; g += kThreads) {
+    const long long rem = a.k * a.group[g].count % n;
+    long long rank = 0;  // classes whose remainder comes first
+    for (int64_t h = 0; h < a.groups; ++h) {
+      const long long other = a.k * a.group[h].count % n;
+      rank += other > rem || (other == rem && h < g);
+    }
+    const long long quota = a.k * a.group[g].count / n + (rank < extra ? 1 : 0);
+    a.group[g].quota = quota;
+    a.group[g].need = quota;
+  }
+}
+
+// A block per group: thread t holds the 8 bins below the top 8t, a scan
+// gives the count above each thread's bins, and the thread whose bins hold
+// the need-th largest key extends the prefix. Clears the histogram.
+template <typename F>
+__global__ void __launch_bounds__(kThreads) pick_kernel(const SelectLaunch a, int pass) {
+  const int64_t g = blockIdx.x;
+  SelectGroup* s = a.group + g;
+  unsigned* h = a.hist + g * kBuckets;
+  const int top_bin = kBuckets - kBinsPerThread * static_cast<int>(threadIdx.x);  // bins [top_bin - 8, top_bin)
+  unsigned bins[kBinsPerThread];
+  long long sum = 0;
+  for (int j = 0; j < kBinsPerThread; ++j) {
+    bins[j] = h[top_bin - 1 - j];
+    h[top_bin - 1 - j] = 0;
+    sum += bins[j];
+  }
+  long long total;
+  const long long above = block_exclusive_scan(sum, total);
+  const long long quota = s->quota, need = s->need;
+  __syncthreads();  // everyone has read need before it changes
+  if (quota == 0) return;
+  if (above < need && need <= above + sum) {
+    long long left = need - above;
+    int j = 0;
+    while (left > bins[j]) left -= bins[j++];
+    const Digit<F> digit(pass);
+    set_bits(s->prefix_hi, s->prefix_lo, static_cast<unsigned>(top_bin - 1 - j), digit.from);
+    s->need = left;
+  }
+  if (total < need && threadIdx.x == 0) s->quota = 0;  // inconsistent input: the errors say why
+}
+
+template <typename F>
+__global__ void __launch_bounds__(kThreads) count_kernel(const SelectLaunch a) {
+  unsigned count = 0;
+  for (int r = 0; r < kRounds; ++r)
+    count += taken<F>(a, static_cast<int64_t>(blockIdx.x) * kSelectTile + r * kThreads + threadIdx.x);
+  unsigned total;
+  block_exclusive_scan(count, total);
+  if (threadIdx.x == 0) a.tile_counts[blockIdx.x] = total;
+}
+
+// One block: tile counts -> each tile's first output position.
+__global__ void __launch_bounds__(kThreads) scan_kernel(const SelectLaunch a) {
+  const int64_t tiles = select_tiles(a.n);
+  unsigned carry = 0;
+  for (int64_t base = 0; base < tiles; base += kThreads) {
+    const int64_t t = base + threadIdx.x;
+    const unsigned v = t < tiles ? a.tile_counts[t] : 0u;
+    unsigned total;
+    const unsigned before = block_exclusive_scan(v, total);
+    if (t < tiles) a.tile_counts[t] = carry + before;
+    carry += total;
+  }
+}
+
+template <typename F>
+__global__ void __launch_bounds__(kThreads) write_kernel(const SelectLaunch a) {
+  long long offset = a.tile_counts[blockIdx.x];
+  for (int r = 0; r < kRounds; ++r) {
+    const int64_t i = static_cast<int64_t>(blockIdx.x) * kSelectTile + r * kThreads + threadIdx.x;
+    const unsigned take = taken<F>(a, i) ? 1u : 0u;
+    unsigned total;
+    const unsigned before = block_exclusive_scan(take, total);
+    if (take && offset + before < a.k) a.out[offset + before] = i;
+    offset += total;
+  }
+}
+
+template <typename F>
+cudaError_t launch_typed(const SelectLaunch& a, cudaStream_t stream) {
+  const int64_t tiles = select_tiles(a.n);
+  const unsigned spread = static_cast<unsigned>(tiles < 4096 ? tiles : 4096);
+  const unsigned groups = static_cast<unsigned>(a.groups);
+  cudaError_t status = launch_kernel(init_kernel, spread, kThreads, stream, a);
+  for (int pass = 0; pass < kPasses<F> && status == cudaSuccess; ++pass) {
+    status = launch_kernel(hist_kernel<F>, spread, kThreads, stream, a, pass);
+    if (pass == 0 && status == cudaSuccess) status = launch_kernel(quota_kernel, 1, kThreads, stream, a);
+    if (status == cudaSuccess) status = launch_kernel(pick_kernel<F>, groups, kThreads, stream, a, pass);
+  }
+  if (status == cudaSuccess) status = launch_kernel(count_kernel<F>, static_cast<unsigned>(tiles), kThreads, stream, a);
+  if (status == cudaSuccess) status = launch_kernel(scan_kernel, 1, kThreads, stream, a);
+  if (status == cudaSuccess) status = launch_kernel(write_kernel<F>, static_cast<unsigned>(tiles), kThreads, stream, a);
+  return status;
+}
+
+}  // namespace
+
+cudaError_t launch_select(const SelectLaunch& a, cudaStream_t stream) noexcept {
+  if (a.n == 0 || a.k == 0) return cudaSuccess;
+  if (a.n > INT32_MAX || a.groups < 1 || a.groups > INT32_MAX) return cudaErrorInvalidValue;
+  return a.is_double ? launch_typed<double>(a, stream) : launch_typed<float>(a, stream);
+}
+
+}  // namespace unseen_fast::cuda
