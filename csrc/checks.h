@@ -4,9 +4,11 @@
 
 #include <ATen/ATen.h>
 
+#include <limits>
 #include <vector>
 
 #include "score_math.h"
+#include "select_math.h"
 
 namespace unseen_fast {
 
@@ -93,19 +95,25 @@ struct SelectFacts {
   int64_t num_classes = 0;  // labels' max + 1 (0 without labels or samples)
 };
 
-inline SelectFacts check_select_args(const at::Tensor& scores, int64_t k,
-                                     const c10::optional<at::Tensor>& labels, bool balanced,
-                                     const c10::optional<at::Tensor>& exclude) {
+// What can be checked without reading the data.
+inline void check_select_shapes(const at::Tensor& scores, int64_t k, const c10::optional<at::Tensor>& labels,
+                                bool balanced, const c10::optional<at::Tensor>& exclude) {
   TORCH_CHECK(scores.dim() == 1, "select_topk: scores must be 1-D [N], got shape ",
               scores.sizes());
   const auto dtype = scores.scalar_type();
   TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble,
               "select_topk: scores must be float32 or float64, got ", dtype);
-  const int64_t N = scores.size(0);
   TORCH_CHECK(k >= 0, "select_topk: k must be >= 0, got k=", k);
   if (exclude.has_value()) check_companion(*exclude, at::kBool, "exclude", "a bool", scores);
   TORCH_CHECK(!balanced || labels.has_value(), "select_topk: balanced=True needs labels");
   if (labels.has_value()) check_companion(*labels, at::kLong, "labels", "an int64", scores);
+}
+
+inline SelectFacts check_select_args(const at::Tensor& scores, int64_t k,
+                                     const c10::optional<at::Tensor>& labels, bool balanced,
+                                     const c10::optional<at::Tensor>& exclude) {
+  check_select_shapes(scores, k, labels, balanced, exclude);
+  const int64_t N = scores.size(0);
   SelectFacts facts;
   int64_t excluded = 0;
   if (N > 0) {
@@ -133,6 +141,27 @@ inline SelectFacts check_select_args(const at::Tensor& scores, int64_t k,
   TORCH_CHECK(k <= N - excluded, "select_topk: k=", k, " is more than the ", N - excluded,
               " eligible samples (N=", N, ", excluded ", excluded, ")");
   return facts;
+}
+
+// The errors a select that did not wait recorded (select_math.h:
+// SelectError), read now (one host copy), with check_select_args' messages.
+inline void check_select_errors(const at::Tensor& errors, const c10::optional<at::Tensor>& labels, int64_t k,
+                                int64_t n, int64_t num_classes) {
+  TORCH_CHECK(errors.scalar_type() == at::kLong && errors.dim() == 1 && errors.size(0) == kNumSelectErrors,
+              "check_select_errors: errors must be the int64 [", int(kNumSelectErrors),
+              "] tensor that select_topk_deferred returned, got ", errors.scalar_type(), " of shape ", errors.sizes());
+  const at::Tensor host = errors.cpu();
+  const int64_t* e = host.const_data_ptr<int64_t>();
+  const int64_t none = std::numeric_limits<int64_t>::max();
+  TORCH_CHECK(e[kFirstNan] == none, "select_topk: score at index ", e[kFirstNan], " is NaN");
+  if (e[kFirstNegativeLabel] != none && labels.has_value()) {
+    const int64_t label = labels->select(0, e[kFirstNegativeLabel]).item<int64_t>();
+    TORCH_CHECK(false, "select_topk: label ", label, " at index ", e[kFirstNegativeLabel], " is negative");
+  }
+  TORCH_CHECK(e[kFirstLabelBeyond] == none, "select_topk: label at index ", e[kFirstLabelBeyond],
+              " is not below num_classes=", num_classes);
+  TORCH_CHECK(k <= e[kEligible], "select_topk: k=", k, " is more than the ", e[kEligible],
+              " eligible samples (N=", n, ")");
 }
 
 // Sum of normalize must be finite and positive; name the first bad score.

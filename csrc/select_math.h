@@ -12,6 +12,16 @@
 
 namespace unseen_fast {
 
+// What a select_topk that must not wait for the device records about bad
+// input instead of raising (int64 each; checks.h turns it into the error).
+enum SelectError : int {
+  kFirstNan,            // index of the first NaN score, INT64_MAX when none
+  kFirstNegativeLabel,  // index of the first negative label, INT64_MAX when none
+  kFirstLabelBeyond,    // index of the first label >= num_classes, INT64_MAX when none
+  kEligible,            // samples that can be selected
+  kNumSelectErrors,
+};
+
 // Radix select works on 8-bit digits, most significant first.
 constexpr int kRadixBits = 8;
 constexpr int kRadixBuckets = 1 << kRadixBits;

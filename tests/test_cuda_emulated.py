@@ -218,6 +218,9 @@ def test_emulated_select_refuses_what_the_cpu_kernel_refuses(emulated, precheck)
             continue  # a negative k never reaches the kernels: prepare_select cannot allocate it
         with pytest.raises(RuntimeError, match=message):
             emulated_select(emulated, *args, precheck=precheck, **kw)
+    if not precheck:  # recorded even when nothing is selected
+        with pytest.raises(RuntimeError, match="score at index 2 is NaN"):
+            emulated_select(emulated, torch.tensor([0.5, 0.2, float("nan")]), 0, precheck=False)
     if not precheck:  # labels beyond the classes the caller announced
         with pytest.raises(RuntimeError, match="label at index 2 is not below num_classes=2"):
             emulated_select(emulated, torch.rand(3), 1, labels=torch.tensor([0, 1, 5]), balanced=True,

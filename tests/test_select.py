@@ -156,3 +156,46 @@ def test_cuda_select_topk_reads_the_host_once():
             torch.cuda.set_sync_debug_mode("default")
         syncs = [w for w in caught if "synchroniz" in str(w.message)]
         assert len(syncs) == 1, [str(w.message) for w in syncs]
+
+
+def test_deferred_select_equals_select_topk(device, gen):
+    scores = random_scores(gen, 5000, True).to(device)
+    labels = torch.randint(0, 7, (5000,), generator=gen).to(device)
+    exclude = (torch.rand(5000, generator=gen) < 0.2).to(device)
+    for k in (0, 1, 1234, 4000):
+        for kw in (dict(), dict(exclude=exclude), dict(labels=labels, balanced=True, exclude=exclude)):
+            for order in (False, True):
+                got, check = ops.select_topk_deferred(scores, k, sorted=order, num_classes=7, **kw)
+                check()
+                assert torch.equal(got, ops.select_topk(scores, k, sorted=order, **kw)), (k, kw, order)
+
+
+def test_deferred_select_raises_on_the_cpu_at_once():
+    with pytest.raises(RuntimeError, match="score at index 1 is NaN"):
+        ops.select_topk_deferred(torch.tensor([0.5, float("nan"), 0.1]), 1)
+    with pytest.raises(RuntimeError, match="label 4 is not below num_classes=3"):
+        ops.select_topk_deferred(torch.rand(3), 1, labels=torch.tensor([0, 4, 1]), balanced=True, num_classes=3)
+    with pytest.raises(RuntimeError, match="errors must be the int64"):
+        torch.ops.unseen_fast.check_select_errors(torch.zeros(3), None, 1, 3, 1)
+
+
+@pytest.mark.cuda
+def test_deferred_cuda_select_never_waits_and_raises_in_check():
+    scores = torch.rand(1_281_167, device="cuda")
+    labels = torch.randint(0, 1000, (scores.numel(),), device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        plain, check_plain = ops.select_topk_deferred(scores, 400_000)
+        per_class, check_per_class = ops.select_topk_deferred(scores, 400_000, labels=labels, balanced=True,
+                                                              num_classes=1000)
+        bad, check_bad = ops.select_topk_deferred(scores.index_fill(0, torch.tensor([77], device="cuda"),
+                                                                    float("nan")), 10)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    check_plain()
+    check_per_class()
+    assert torch.equal(plain, ops.select_topk(scores, 400_000))
+    assert torch.equal(per_class, ops.select_topk(scores, 400_000, labels=labels, balanced=True))
+    with pytest.raises(RuntimeError, match="score at index 77 is NaN"):
+        check_bad()

@@ -7,7 +7,7 @@ with fake (meta) kernels, so they trace under ``torch.compile``.
 from __future__ import annotations
 
 import numbers
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 
@@ -145,6 +145,37 @@ def select_topk(
     return torch.ops.unseen_fast.select_topk(scores, int(k), labels, balanced, exclude, sorted)
 
 
+def select_topk_deferred(
+    scores: torch.Tensor,
+    k: int,
+    *,
+    labels: Optional[torch.Tensor] = None,
+    balanced: bool = False,
+    exclude: Optional[torch.Tensor] = None,
+    sorted: bool = False,
+    num_classes: int = 1,
+) -> tuple[torch.Tensor, Callable[[], None]]:
+    """``select_topk`` that never waits for the GPU: returns ``(indices, check)``.
+
+    On CUDA the argument checks that need the data (NaN scores, labels outside
+    ``[0, num_classes)``, ``k`` above the eligible count) are recorded on the
+    device; ``check()`` reads them (one host sync: call it where you read the
+    result anyway) and raises what ``select_topk`` would have. Until then
+    ``indices`` of bad input are unspecified (never out of bounds). On the CPU
+    bad input raises at once. ``num_classes`` sizes the per-class work of
+    ``balanced`` (``select_topk`` reads it from the labels, which is a sync).
+    """
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral):
+        raise UserError(f"select_topk: k must be a whole number, got {k!r}")
+    indices, errors = torch.ops.unseen_fast.select_topk_deferred(scores, int(k), labels, balanced, exclude, sorted,
+                                                                 int(num_classes))
+
+    def check() -> None:
+        torch.ops.unseen_fast.check_select_errors(errors, labels, int(k), scores.shape[0], int(num_classes))
+
+    return indices, check
+
+
 @torch.library.register_fake("unseen_fast::score")
 def _score_fake(logits, labels, methods, check_labels=True):
     return logits.new_empty((logits.shape[0], len(methods)), dtype=torch.float32)
@@ -165,4 +196,10 @@ def _select_topk_fake(scores, k, labels, balanced, exclude, sorted):
     return scores.new_empty((k,), dtype=torch.int64)
 
 
-__all__ = ["METHODS", "LABEL_FREE_METHODS", "apply_lut", "method_codes", "score", "normalize", "select_topk"]
+@torch.library.register_fake("unseen_fast::select_topk_deferred")
+def _select_topk_deferred_fake(scores, k, labels, balanced, exclude, sorted, num_classes):
+    return scores.new_empty((k,), dtype=torch.int64), scores.new_empty((4,), dtype=torch.int64)
+
+
+__all__ = ["METHODS", "LABEL_FREE_METHODS", "apply_lut", "method_codes", "score", "normalize", "select_topk",
+           "select_topk_deferred"]

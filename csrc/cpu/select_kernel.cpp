@@ -11,6 +11,7 @@
 #include <torch/library.h>
 
 #include <array>
+#include <limits>
 #include <vector>
 
 #include "../checks.h"
@@ -192,6 +193,29 @@ at::Tensor select_topk_cpu(const at::Tensor& scores, int64_t k,
   });
 }
 
+// On the CPU nothing is gained by deferring: bad input raises now, and the
+// returned errors say "none".
+std::tuple<at::Tensor, at::Tensor> select_topk_deferred_cpu(const at::Tensor& scores, int64_t k,
+                                                             const c10::optional<at::Tensor>& labels, bool balanced,
+                                                             const c10::optional<at::Tensor>& exclude, bool sorted,
+                                                             int64_t num_classes) {
+  const SelectFacts facts = check_select_args(scores, k, labels, balanced, exclude);
+  TORCH_CHECK(!balanced || facts.num_classes <= num_classes, "select_topk: label ", facts.num_classes - 1,
+              " is not below num_classes=", num_classes);
+  const int64_t excluded = exclude.has_value() ? exclude->sum().item<int64_t>() : 0;
+  const int64_t none = std::numeric_limits<int64_t>::max();
+  at::Tensor errors = at::empty({kNumSelectErrors}, scores.options().dtype(at::kLong));
+  int64_t* e = errors.data_ptr<int64_t>();
+  e[kFirstNan] = e[kFirstNegativeLabel] = e[kFirstLabelBeyond] = none;
+  e[kEligible] = scores.size(0) - excluded;
+  const at::Tensor y = labels.value_or(at::Tensor());
+  const at::Tensor ex = exclude.value_or(at::Tensor());
+  at::Tensor out = AT_DISPATCH_FLOATING_TYPES(scores.scalar_type(), "select_topk", [&] {
+    return select_typed<scalar_t>(scores, k, y, balanced, ex, sorted);
+  });
+  return {out, errors};
+}
+
 template <typename F>
 at::Tensor normalize_typed(const at::Tensor& scores_in) {
   const at::Tensor scores = scores_in.contiguous();
@@ -226,6 +250,7 @@ at::Tensor normalize_cpu(const at::Tensor& scores) {
 
 TORCH_LIBRARY_IMPL(unseen_fast, CPU, m) {
   m.impl("select_topk", &select_topk_cpu);
+  m.impl("select_topk_deferred", &select_topk_deferred_cpu);
   m.impl("normalize", &normalize_cpu);
 }
 

@@ -11,6 +11,7 @@
 #include <cstdint>
 
 #include "../score_math.h"
+#include "../select_math.h"
 
 namespace unseen_fast::cuda {
 
@@ -53,9 +54,8 @@ cudaError_t launch_loss(const LossLaunch& args, cudaStream_t stream) noexcept;
 // its index, so ties go to the lowest index), 11-bit digits from the top
 // pick each group's quota-th largest key on the device, and a scan compacts
 // the winners in index order. Groups: the classes when balanced, else one.
-// Bad input is reported in `errors`, never raised here (select_ops.cpp
-// reads it): [first NaN index, first negative label index, first label
-// index >= groups (INT64_MAX when none), eligible samples].
+// Bad input is recorded in `errors` (select_math.h: SelectError), never
+// raised here.
 struct SelectGroup {  // device workspace, one per group
   uint64_t prefix_hi, prefix_lo;  // the key bits found so far; the threshold at the end
   int64_t need;                   // how many of the keys under the prefix are still wanted
@@ -63,7 +63,6 @@ struct SelectGroup {  // device workspace, one per group
   int64_t count;                  // its eligible samples
 };
 
-constexpr int kSelectErrors = 4;
 constexpr int kSelectTile = 2048;  // samples per block in the compaction
 
 struct SelectLaunch {
@@ -77,7 +76,7 @@ struct SelectLaunch {
   unsigned* hist;         // [groups, 2048] workspace
   SelectGroup* group;     // [groups] workspace
   unsigned* tile_counts;  // [tiles(n)] workspace
-  int64_t* errors;        // [kSelectErrors]
+  int64_t* errors;        // [kNumSelectErrors]
   int64_t* out;           // [k]: the winners in ascending index order
 };
 

@@ -85,7 +85,7 @@ inline LossCall prepare_loss(const at::Tensor& logits, const at::Tensor& labels,
 
 struct SelectCall {
   at::Tensor out;                            // [k] int64, ascending index order
-  at::Tensor errors;                         // [kSelectErrors] int64 (launch.h)
+  at::Tensor errors;                         // [kNumSelectErrors] int64 (select_math.h)
   at::Tensor scores, labels, exclude;        // contiguous, kept alive until the launch
   at::Tensor hist, groups, tile_counts;      // device workspace
   SelectLaunch launch;
@@ -104,7 +104,7 @@ inline SelectCall prepare_select(const at::Tensor& scores, int64_t k, const at::
   call.exclude = exclude.defined() ? exclude.contiguous() : exclude;
   const auto opts = scores.options();
   call.out = at::empty({k}, opts.dtype(at::kLong));
-  call.errors = at::empty({kSelectErrors}, opts.dtype(at::kLong));
+  call.errors = at::empty({kNumSelectErrors}, opts.dtype(at::kLong));
   call.hist = at::empty({groups * 2048}, opts.dtype(at::kInt));
   call.groups = at::empty({groups * static_cast<int64_t>(sizeof(SelectGroup))}, opts.dtype(at::kByte));
   call.tile_counts = at::empty({std::max<int64_t>(select_tiles(N), 1)}, opts.dtype(at::kInt));
@@ -135,22 +135,6 @@ inline at::Tensor order_keys(const at::Tensor& scores) {
 inline at::Tensor by_descending_score(const at::Tensor& scores, const at::Tensor& winners) {
   const at::Tensor keys = order_keys(scores.index_select(0, winners));
   return winners.index_select(0, std::get<1>(keys.sort(/*stable=*/true, 0, /*descending=*/true)));
-}
-
-// The errors the kernels recorded (one host read), with check_select_args'
-// messages.
-inline void check_select_errors(const SelectCall& call) {
-  const at::Tensor host = call.errors.cpu();
-  const int64_t* e = host.const_data_ptr<int64_t>();
-  const int64_t none = std::numeric_limits<int64_t>::max();
-  TORCH_CHECK(e[0] == none, "select_topk: score at index ", e[0], " is NaN");
-  if (e[1] != none) {
-    const int64_t label = call.labels.select(0, e[1]).item<int64_t>();
-    TORCH_CHECK(false, "select_topk: label ", label, " at index ", e[1], " is negative");
-  }
-  TORCH_CHECK(e[2] == none, "select_topk: label at index ", e[2], " is not below num_classes=", call.launch.groups);
-  TORCH_CHECK(call.launch.k <= e[3], "select_topk: k=", call.launch.k, " is more than the ", e[3],
-              " eligible samples (N=", call.launch.n, ")");
 }
 
 }  // namespace unseen_fast::cuda

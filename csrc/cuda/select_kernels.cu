@@ -16,7 +16,6 @@
 // Launchers only: checks are in select_ops.cpp.
 #include "kernel_launch.cuh"
 #include "launch.h"
-#include "../select_math.h"
 
 #include <cstdint>
 
@@ -143,7 +142,7 @@ __global__ void __launch_bounds__(kThreads) init_kernel(const SelectLaunch a) {
   const int64_t first = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
   for (int64_t b = first; b < a.groups * kBuckets; b += stride) a.hist[b] = 0;
   for (int64_t g = first; g < a.groups; g += stride) a.group[g] = SelectGroup{0, 0, 0, 0, 0};
-  if (first < kSelectErrors) a.errors[first] = first == kSelectErrors - 1 ? 0 : INT64_MAX;
+  if (first < kNumSelectErrors) a.errors[first] = first == kEligible ? 0 : INT64_MAX;
 }
 
 template <typename F>
@@ -159,9 +158,9 @@ __global__ void __launch_bounds__(kThreads) hist_kernel(const SelectLaunch a, in
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < a.n; i += stride) {
     if (pass == 0) {  // bad input, as check_select_args reports it
       const F s = static_cast<const F*>(a.scores)[i];
-      if (s != s) record_min(a.errors + 0, i);
-      if (a.labels != nullptr && a.labels[i] < 0) record_min(a.errors + 1, i);
-      if (a.balanced && a.labels[i] >= a.groups) record_min(a.errors + 2, i);
+      if (s != s) record_min(a.errors + kFirstNan, i);
+      if (a.labels != nullptr && a.labels[i] < 0) record_min(a.errors + kFirstNegativeLabel, i);
+      if (a.balanced && a.labels[i] >= a.groups) record_min(a.errors + kFirstLabelBeyond, i);
     }
     Key key;
     int64_t g;
@@ -193,7 +192,7 @@ __global__ void __launch_bounds__(kThreads) quota_kernel(const SelectLaunch a) {
   }
   long long n;
   block_exclusive_scan(mine, n);
-  if (threadIdx.x == 0) a.errors[kSelectErrors - 1] = n;
+  if (threadIdx.x == 0) a.errors[kEligible] = n;
   if (a.k > n) return;  // reported by the host; every quota stays 0
   if (!a.balanced) {
     if (threadIdx.x == 0) a.group[0].quota = a.group[0].need = a.k;
@@ -289,12 +288,16 @@ __global__ void __launch_bounds__(kThreads) write_kernel(const SelectLaunch a) {
 template <typename F>
 cudaError_t launch_typed(const SelectLaunch& a, cudaStream_t stream) {
   const int64_t tiles = select_tiles(a.n);
-  const unsigned spread = static_cast<unsigned>(tiles < 4096 ? tiles : 4096);
+  const unsigned spread = static_cast<unsigned>(tiles < 1 ? 1 : tiles < 4096 ? tiles : 4096);
   const unsigned groups = static_cast<unsigned>(a.groups);
   cudaError_t status = launch_kernel(init_kernel, spread, kThreads, stream, a);
+  if (a.n == 0 || status != cudaSuccess) return status;
+  // pass 0's histogram also records bad input and the eligible count, even for k = 0
+  status = launch_kernel(hist_kernel<F>, spread, kThreads, stream, a, 0);
+  if (status == cudaSuccess) status = launch_kernel(quota_kernel, 1, kThreads, stream, a);
+  if (a.k == 0) return status;
   for (int pass = 0; pass < kPasses<F> && status == cudaSuccess; ++pass) {
-    status = launch_kernel(hist_kernel<F>, spread, kThreads, stream, a, pass);
-    if (pass == 0 && status == cudaSuccess) status = launch_kernel(quota_kernel, 1, kThreads, stream, a);
+    if (pass > 0) status = launch_kernel(hist_kernel<F>, spread, kThreads, stream, a, pass);
     if (status == cudaSuccess) status = launch_kernel(pick_kernel<F>, groups, kThreads, stream, a, pass);
   }
   if (status == cudaSuccess) status = launch_kernel(count_kernel<F>, static_cast<unsigned>(tiles), kThreads, stream, a);
@@ -306,7 +309,6 @@ cudaError_t launch_typed(const SelectLaunch& a, cudaStream_t stream) {
 }  // namespace
 
 cudaError_t launch_select(const SelectLaunch& a, cudaStream_t stream) noexcept {
-  if (a.n == 0 || a.k == 0) return cudaSuccess;
   if (a.n > INT32_MAX || a.groups < 1 || a.groups > INT32_MAX) return cudaErrorInvalidValue;
   return a.is_double ? launch_typed<double>(a, stream) : launch_typed<float>(a, stream);
 }

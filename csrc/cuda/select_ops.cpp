@@ -28,6 +28,20 @@ at::Tensor select_topk_cuda(const at::Tensor& scores, int64_t k,
   return sorted ? cuda::by_descending_score(call.scores, call.out) : call.out;
 }
 
+std::tuple<at::Tensor, at::Tensor> select_topk_deferred_cuda(const at::Tensor& scores, int64_t k,
+                                                              const c10::optional<at::Tensor>& labels, bool balanced,
+                                                              const c10::optional<at::Tensor>& exclude, bool sorted,
+                                                              int64_t num_classes) {
+  check_select_shapes(scores, k, labels, balanced, exclude);
+  TORCH_CHECK(!balanced || num_classes >= 1, "select_topk: balanced selection needs num_classes >= 1, got ",
+              num_classes);
+  const c10::cuda::CUDAGuard guard(scores.device());
+  const cuda::SelectCall call = cuda::prepare_select(scores, k, labels.value_or(at::Tensor()), balanced,
+                                                     exclude.value_or(at::Tensor()), balanced ? num_classes : 1);
+  C10_CUDA_CHECK(cuda::launch_select(call.launch, c10::cuda::getCurrentCUDAStream()));
+  return {sorted && k > 0 ? cuda::by_descending_score(call.scores, call.out) : call.out, call.errors};
+}
+
 at::Tensor normalize_cuda(const at::Tensor& scores) {
   TORCH_CHECK(scores.scalar_type() == at::kFloat || scores.scalar_type() == at::kDouble,
               "normalize: scores must be float32 or float64, got ", scores.scalar_type());
@@ -43,6 +57,7 @@ at::Tensor normalize_cuda(const at::Tensor& scores) {
 
 TORCH_LIBRARY_IMPL(unseen_fast, CUDA, m) {
   m.impl("select_topk", &select_topk_cuda);
+  m.impl("select_topk_deferred", &select_topk_deferred_cuda);
   m.impl("normalize", &normalize_cuda);
 }
 

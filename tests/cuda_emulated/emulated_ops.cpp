@@ -49,9 +49,10 @@ at::Tensor select_topk(const at::Tensor& scores, int64_t k, const c10::optional<
   }
   const unseen_fast::cuda::SelectCall call = unseen_fast::cuda::prepare_select(
       scores, k, labels.value_or(at::Tensor()), balanced, exclude.value_or(at::Tensor()), balanced ? num_classes : 1);
-  if (k == 0) return call.out;
+  if (k == 0 && precheck) return call.out;
   check_launch(unseen_fast::cuda::launch_select(call.launch, nullptr));
-  if (!precheck) unseen_fast::cuda::check_select_errors(call);
+  if (!precheck) unseen_fast::check_select_errors(call.errors, labels, k, scores.size(0), num_classes);
+  if (k == 0) return call.out;
   return sorted ? unseen_fast::cuda::by_descending_score(call.scores, call.out) : call.out;
 }
 
