@@ -105,12 +105,15 @@ SELECT_SIZES = [50_000, 1_281_167, 10_000_000]
 
 @pytest.mark.parametrize("fraction", [0.3, 0.7])
 @pytest.mark.parametrize("n", SELECT_SIZES)
-@pytest.mark.parametrize("variant", ["select_topk (ours)", "torch.topk sorted=False"])
+@pytest.mark.parametrize("variant", ["select_topk (ours)", "select_topk_deferred (ours, no sync)",
+                                     "torch.topk sorted=False"])
 def test_select(benchmark, n, fraction, variant):
     scores = torch.rand(n // SCALE, generator=torch.Generator(device=DEVICE).manual_seed(0), device=DEVICE)
     k = int(scores.numel() * fraction)
     benchmark.group = f"select N={n} k={fraction:.0%} on {DEVICE}"
-    if "ours" in variant:
+    if "deferred" in variant:
+        timed(benchmark, lambda: ops.select_topk_deferred(scores, k)[0], items=scores.numel(), role="ours")
+    elif "ours" in variant:
         timed(benchmark, lambda: ops.select_topk(scores, k), items=scores.numel(), role="ours")
     else:
         timed(benchmark, lambda: torch.topk(scores, k, sorted=False), items=scores.numel())
