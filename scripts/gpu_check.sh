@@ -62,7 +62,7 @@ case $part in
     step former-segfaults 120 $PY -m pytest -q -p no:cacheprovider \
       "tests/test_score.py::test_empty_and_shapes" "tests/test_select.py::test_select_errors"
     step cuda-tests 330 $PY -m pytest -q -p no:cacheprovider -rs tests \
-      -k "cuda or gpu_path or resident or concurrent or sync"
+      -k "(cuda or gpu_path or resident or concurrent or sync or deferred) and not emulated"
     step ops-bench 150 $PY -m pytest -q -p no:cacheprovider bench/test_gpu_ops_bench.py --benchmark-only \
       --benchmark-columns=median,iqr,rounds
     ;;
