@@ -7,6 +7,7 @@ adversarial rows, the loss gradient. Not their speed or the device's math
 library (expf here is glibc's): tests/test_score.py and friends run the real
 kernels where there is a GPU."""
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,8 @@ DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
 @pytest.fixture(scope="module")
 def emulated(tmp_path_factory):
+    if sys.platform != "linux":
+        pytest.skip("the CUDA emulation uses ucontext fibers (glibc)")
     if not (CUDA_INCLUDE / "cuda_bf16.h").exists():
         pytest.skip(f"no CUDA headers under {CUDA_INCLUDE} (set CUDA_HOME)")
     from torch.utils.cpp_extension import load
