@@ -193,6 +193,9 @@ def test_emulated_select_on_adversarial_scores(emulated, gen):
                     assert torch.equal(emulated_select(emulated, scores, k, **kw), reference.select_topk(scores, k, **kw))
                     assert torch.equal(emulated_select(emulated, scores, k, sorted=True, **kw),
                                        ops.select_topk(scores, k, sorted=True, **kw))
+    none = torch.empty(0)
+    empty_labels = torch.empty(0, dtype=torch.long)
+    assert emulated.select_topk(none, 0, empty_labels, True, None, False, 1, True).shape == (0,)
     same = torch.full((5000,), 2.5)
     assert emulated_select(emulated, same, 2100).tolist() == list(range(2100))  # all tied: the lowest indices
 

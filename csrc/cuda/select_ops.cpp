@@ -22,7 +22,7 @@ at::Tensor select_topk_cuda(const at::Tensor& scores, int64_t k,
   const c10::cuda::CUDAGuard guard(scores.device());
   const cuda::SelectCall call = cuda::prepare_select(scores, k, labels.value_or(at::Tensor()), balanced,
                                                      exclude.value_or(at::Tensor()),
-                                                     balanced ? facts.num_classes : 1);
+                                                     balanced ? std::max<int64_t>(facts.num_classes, 1) : 1);  // no samples: 0 classes
   if (k == 0) return call.out;
   C10_CUDA_CHECK(cuda::launch_select(call.launch, c10::cuda::getCurrentCUDAStream()));
   return sorted ? cuda::by_descending_score(call.scores, call.out) : call.out;

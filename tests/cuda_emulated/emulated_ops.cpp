@@ -45,7 +45,7 @@ at::Tensor select_topk(const at::Tensor& scores, int64_t k, const c10::optional<
   check_cpu(scores);
   if (precheck) {
     const unseen_fast::SelectFacts facts = unseen_fast::check_select_args(scores, k, labels, balanced, exclude);
-    num_classes = facts.num_classes;
+    num_classes = std::max<int64_t>(facts.num_classes, 1);  // no samples: 0 classes
   }
   const unseen_fast::cuda::SelectCall call = unseen_fast::cuda::prepare_select(
       scores, k, labels.value_or(at::Tensor()), balanced, exclude.value_or(at::Tensor()), balanced ? num_classes : 1);
