@@ -93,6 +93,7 @@ inline void check_companion(const at::Tensor& t, at::ScalarType dtype, const cha
 // copy (the only host sync of a CUDA select_topk).
 struct SelectFacts {
   int64_t num_classes = 0;  // labels' max + 1 (0 without labels or samples)
+  int64_t eligible = 0;     // samples not excluded
 };
 
 // What can be checked without reading the data.
@@ -140,6 +141,7 @@ inline SelectFacts check_select_args(const at::Tensor& scores, int64_t k,
   }
   TORCH_CHECK(k <= N - excluded, "select_topk: k=", k, " is more than the ", N - excluded,
               " eligible samples (N=", N, ", excluded ", excluded, ")");
+  facts.eligible = N - excluded;
   return facts;
 }
 

@@ -107,6 +107,12 @@ def normalize(scores: torch.Tensor) -> torch.Tensor:
     return torch.ops.unseen_fast.normalize(scores)
 
 
+def _whole_k(k) -> int:
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral):  # 2.5 must not become 2
+        raise UserError(f"select_topk: k must be a whole number, got {k!r}")
+    return int(k)
+
+
 def select_topk(
     scores: torch.Tensor,
     k: int,
@@ -140,9 +146,7 @@ def select_topk(
         Ties between equal scores go to the lower index; the result is the
         same on every run and on CPU and CUDA.
     """
-    if isinstance(k, bool) or not isinstance(k, numbers.Integral):  # 2.5 must not become 2
-        raise UserError(f"select_topk: k must be a whole number, got {k!r}")
-    return torch.ops.unseen_fast.select_topk(scores, int(k), labels, balanced, exclude, sorted)
+    return torch.ops.unseen_fast.select_topk(scores, _whole_k(k), labels, balanced, exclude, sorted)
 
 
 def select_topk_deferred(
@@ -165,13 +169,12 @@ def select_topk_deferred(
     bad input raises at once. ``num_classes`` sizes the per-class work of
     ``balanced`` (``select_topk`` reads it from the labels, which is a sync).
     """
-    if isinstance(k, bool) or not isinstance(k, numbers.Integral):
-        raise UserError(f"select_topk: k must be a whole number, got {k!r}")
-    indices, errors = torch.ops.unseen_fast.select_topk_deferred(scores, int(k), labels, balanced, exclude, sorted,
+    k = _whole_k(k)
+    indices, errors = torch.ops.unseen_fast.select_topk_deferred(scores, k, labels, balanced, exclude, sorted,
                                                                  int(num_classes))
 
     def check() -> None:
-        torch.ops.unseen_fast.check_select_errors(errors, labels, int(k), scores.shape[0], int(num_classes))
+        torch.ops.unseen_fast.check_select_errors(errors, labels, k, scores.shape[0], int(num_classes))
 
     return indices, check
 

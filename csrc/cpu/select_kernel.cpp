@@ -202,12 +202,11 @@ std::tuple<at::Tensor, at::Tensor> select_topk_deferred_cpu(const at::Tensor& sc
   const SelectFacts facts = check_select_args(scores, k, labels, balanced, exclude);
   TORCH_CHECK(!balanced || facts.num_classes <= num_classes, "select_topk: label ", facts.num_classes - 1,
               " is not below num_classes=", num_classes);
-  const int64_t excluded = exclude.has_value() ? exclude->sum().item<int64_t>() : 0;
   const int64_t none = std::numeric_limits<int64_t>::max();
   at::Tensor errors = at::empty({kNumSelectErrors}, scores.options().dtype(at::kLong));
   int64_t* e = errors.data_ptr<int64_t>();
   e[kFirstNan] = e[kFirstNegativeLabel] = e[kFirstLabelBeyond] = none;
-  e[kEligible] = scores.size(0) - excluded;
+  e[kEligible] = facts.eligible;
   const at::Tensor y = labels.value_or(at::Tensor());
   const at::Tensor ex = exclude.value_or(at::Tensor());
   at::Tensor out = AT_DISPATCH_FLOATING_TYPES(scores.scalar_type(), "select_topk", [&] {
