@@ -20,11 +20,15 @@ enum class Element : int { kFloat32, kBFloat16, kFloat16 };
 // score: up to kMaxScoreMethods method codes, 4 bits each (codes < 16).
 constexpr int kMaxScoreMethods = 16;
 
+// Rows of at most this many columns get one thread each (row_reduce.cuh).
+constexpr int kOneThreadMaxCols = 16;
+
 struct ScoreLaunch {
   const void* logits;
   Element element;
   int64_t rows, cols, row_stride, col_stride;  // in elements
   bool aligned;           // rows can be read with 16-byte loads (row_reduce.cuh)
+  bool tiled;             // one contiguous 16-byte aligned [rows, <= kOneThreadMaxCols] block: staged through shared memory
   const int64_t* labels;  // [rows] or nullptr; out-of-range labels give NaN
   uint64_t methods;       // method j = (methods >> 4j) & 15
   int num_methods;

@@ -33,6 +33,14 @@ inline bool rows_are_aligned(const at::Tensor& logits) {
          (logits.stride(0) * logits.element_size()) % 16 == 0;
 }
 
+// Whether score may stage a block's rows through shared memory as one tile:
+// few columns, contiguous rows, a 16-byte aligned base (a block's 256 rows
+// then start 16-byte aligned too).
+inline bool rows_form_tiles(const at::Tensor& logits) {
+  return logits.size(1) <= kOneThreadMaxCols && logits.is_contiguous() &&
+         reinterpret_cast<uintptr_t>(logits.const_data_ptr()) % 16 == 0;
+}
+
 struct ScoreCall {
   at::Tensor out;     // [N, M] float32
   at::Tensor labels;  // kept alive until the launch
@@ -54,7 +62,7 @@ inline ScoreCall prepare_score(const at::Tensor& logits, const c10::optional<at:
   static_assert(kNumMethods <= 16, "method codes are packed in 4 bits");
   call.labels = labels.has_value() ? labels->contiguous() : at::Tensor();
   call.launch = ScoreLaunch{logits.const_data_ptr(), element_of(logits.scalar_type()), N, logits.size(1),
-                            logits.stride(0), logits.stride(1), rows_are_aligned(logits),
+                            logits.stride(0), logits.stride(1), rows_are_aligned(logits), rows_form_tiles(logits),
                             call.labels.defined() ? call.labels.const_data_ptr<int64_t>() : nullptr, packed,
                             static_cast<int>(M), call.out.data_ptr<float>()};
   return call;

@@ -1,7 +1,7 @@
 // CUDA kernel of cross_entropy_with_stats, as Liger-Kernel's cross-entropy:
-// the row state (row_reduce.cuh), then a second sweep over the row (from L1
-// / L2) writes the gradient softmax(z) - target and sums z - max for label
-// smoothing; lane 0 writes the loss and the statistics with the formulas of
+// the row state (row_reduce.cuh), then a second sweep over the row's chunks
+// (from L1 / L2; 16-byte loads and stores where aligned) writes the
+// gradient softmax(z) - target and sums z - max for label smoothing; lane 0 writes the loss and the statistics with the formulas of
 // score_math.h shared with the CPU kernel. Backward is then a scale.
 // Launchers only: checks are in loss_ops.cpp.
 #include "launch.h"
@@ -12,6 +12,26 @@ namespace {
 
 __device__ inline void store(float* out, float g) { *out = g; }
 __device__ inline void store(__nv_bfloat16* out, float g) { *out = __float2bfloat16_rn(g); }
+
+// A chunk of V gradients with 16-byte stores (g 16-byte aligned).
+__device__ inline void store_chunk(float* g, const float (&v)[4]) {
+  *reinterpret_cast<float4*>(g) = make_float4(v[0], v[1], v[2], v[3]);
+}
+
+__device__ inline void store_chunk(float* g, const float (&v)[8]) {  // float16 logits, float32 gradient
+  reinterpret_cast<float4*>(g)[0] = make_float4(v[0], v[1], v[2], v[3]);
+  reinterpret_cast<float4*>(g)[1] = make_float4(v[4], v[5], v[6], v[7]);
+}
+
+// Two bfloat16 in one word, the earlier column in the lower half (little-endian).
+__device__ inline unsigned pack(float a, float b) {
+  return static_cast<unsigned>(__bfloat16_as_ushort(__float2bfloat16_rn(a))) |
+         (static_cast<unsigned>(__bfloat16_as_ushort(__float2bfloat16_rn(b))) << 16);
+}
+
+__device__ inline void store_chunk(__nv_bfloat16* g, const float (&v)[8]) {
+  *reinterpret_cast<uint4*>(g) = make_uint4(pack(v[0], v[1]), pack(v[2], v[3]), pack(v[4], v[5]), pack(v[6], v[7]));
+}
 
 template <typename T, typename G, int TPR, bool kUnitStride>
 __global__ void __launch_bounds__(kBlock) loss_kernel(const LossLaunch a) {
@@ -30,14 +50,30 @@ __global__ void __launch_bounds__(kBlock) loss_kernel(const LossLaunch a) {
   const LossRow lr = loss_row(s, label, a.target);
   float sum_d = 0.f;
   if (t.active) {
+    // the chunks of row_state, in its order, on every load path (so strided
+    // and contiguous rows sum z - max in the same order: the same bits)
+    constexpr int V = kChunk<T>;
     G* g = static_cast<G*>(a.grad) + t.row * a.cols;
-    // unrolled by 2: two loads in flight; nvcc's default unroll spilled 4
-    // bytes on sm_80 (float16, 32 threads per row), which the ptxas test refuses
-#pragma unroll 2
-    for (int64_t c = t.lane; c < a.cols; c += TPR) {  // 64-bit: C may be close to 2^31
-      const float z = to_float(kUnitStride ? r[c] : r[c * a.col_stride]);
-      sum_d += z - lr.max;
-      store(g + c, loss_gradient(lr, z, c == label));
+    const bool store_aligned =
+        (a.cols * sizeof(G)) % 16 == 0 && reinterpret_cast<uintptr_t>(a.grad) % 16 == 0;
+    for (int64_t base = static_cast<int64_t>(t.lane) * V; base < a.cols; base += static_cast<int64_t>(TPR) * V) {
+      const int valid = a.cols - base < V ? static_cast<int>(a.cols - base) : V;  // 64-bit: C may be close to 2^31
+      float v[V];
+      if (kUnitStride && a.aligned && valid == V) {
+        load_chunk(r + base, v);
+      } else {
+        for (int i = 0; i < V; ++i)
+          v[i] = i < valid ? to_float(kUnitStride ? r[base + i] : r[(base + i) * a.col_stride]) : 0.f;
+      }
+      for (int i = 0; i < V; ++i) {
+        if (i < valid) sum_d += v[i] - lr.max;
+        v[i] = loss_gradient(lr, v[i], base + i == label);
+      }
+      if (store_aligned && valid == V) {
+        store_chunk(g + base, v);
+      } else {
+        for (int i = 0; i < valid; ++i) store(g + base + i, v[i]);
+      }
     }
   }
   sum_d = row_sum<TPR>(sum_d, t.lane);  // every thread joins the reduction

@@ -16,6 +16,7 @@
 #include <type_traits>
 
 #include "../score_math.h"
+#include "launch.h"
 
 namespace unseen_fast::cuda {
 
@@ -144,7 +145,7 @@ inline unsigned blocks_for(int64_t rows) {
 // sharing a 40-byte row spent most of their time merging states).
 template <typename Launch>
 cudaError_t launch_by_width(int64_t cols, Launch&& launch) {
-  if (cols <= 16) return launch(std::integral_constant<int, 1>{});
+  if (cols <= kOneThreadMaxCols) return launch(std::integral_constant<int, 1>{});
   if (cols <= 64) return launch(std::integral_constant<int, 8>{});
   if (cols <= 2048) return launch(std::integral_constant<int, 32>{});
   return launch(std::integral_constant<int, 256>{});

@@ -1,7 +1,7 @@
-// CUDA kernel of score: TPR threads per row (row_reduce.cuh) build the row's
-// SoftmaxState with the shared online merge, then lanes write the row's
-// outputs side by side with the same finalize as the CPU kernel
-// (score_math.h). Method codes are unpacked from one 64-bit word (no
+// CUDA kernels of score: TPR threads per row (row_reduce.cuh) build the
+// row's SoftmaxState with the shared online merge, then lanes write the
+// row's outputs side by side with the same finalize as the CPU kernel
+// (score_math.h); few contiguous columns go through a shared-memory tile. Method codes are unpacked from one 64-bit word (no
 // dynamically indexed list in local memory). Launchers only: checks are in
 // score_ops.cpp.
 #include "launch.h"
@@ -31,8 +31,63 @@ __global__ void __launch_bounds__(kBlock) score_kernel(const ScoreLaunch a) {
   }
 }
 
+// C <= kOneThreadMaxCols, contiguous rows: with one thread per row a warp's
+// loads would land 4C bytes apart (rows of 40 bytes are not even 16-byte
+// aligned, so one scalar load per logit). Instead the block copies its rows,
+// one contiguous tile, into shared memory with 16-byte loads; each thread
+// folds its row from there in the order of row_state<T, 1> (same bits), and
+// the outputs leave through the same buffer, coalesced.
+template <typename T>
+__global__ void __launch_bounds__(kBlock) score_tile_kernel(const ScoreLaunch a) {
+  constexpr int V = kChunk<T>;
+  // 16 KB: the rows (256 x 16 x 4 bytes at most), then the outputs (256 x 16 floats)
+  __shared__ uint4 tile[kBlock * kOneThreadMaxCols * sizeof(float) / sizeof(uint4)];
+  static_assert(kMaxScoreMethods <= kOneThreadMaxCols, "the outputs reuse the row buffer");
+  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kBlock;
+  const int rows_here = static_cast<int>(a.rows - row0 < kBlock ? a.rows - row0 : kBlock);
+  const int cols = static_cast<int>(a.cols);
+  const int elements = rows_here * cols;
+  const T* src = static_cast<const T*>(a.logits) + row0 * cols;
+  T* rows = reinterpret_cast<T*>(tile);
+  for (int i = threadIdx.x; i < elements / V; i += kBlock) tile[i] = __ldg(reinterpret_cast<const uint4*>(src) + i);
+  for (int e = elements / V * V + threadIdx.x; e < elements; e += kBlock) rows[e] = src[e];
+  __syncthreads();
+  const bool active = static_cast<int>(threadIdx.x) < rows_here;
+  SoftmaxState s = empty_state();
+  int64_t label = -1;
+  float label_logit = 0.f;
+  if (active) {
+    const T* r = rows + threadIdx.x * cols;
+    for (int base = 0; base < cols; base += V) {
+      const int valid = cols - base < V ? cols - base : V;
+      float v[V];
+      for (int i = 0; i < V; ++i) v[i] = i < valid ? to_float(r[base + i]) : 0.f;
+      s = merge(s, fold_chunk<V>(v, base, valid));
+    }
+    if (a.labels != nullptr) {
+      const int64_t y = a.labels[row0 + threadIdx.x];
+      if (y >= 0 && y < cols) {  // out of range: the label methods give NaN
+        label = y;
+        label_logit = to_float(r[y]);
+      }
+    }
+  }
+  __syncthreads();  // every row is folded: the buffer takes the outputs
+  float* outs = reinterpret_cast<float*>(tile);
+  if (active) {
+    for (int j = 0; j < a.num_methods; ++j) {
+      const int64_t method = static_cast<int64_t>((a.methods >> (4 * j)) & 15u);
+      outs[threadIdx.x * a.num_methods + j] = finalize(s, method, label, label_logit);
+    }
+  }
+  __syncthreads();
+  float* out = a.out + row0 * a.num_methods;
+  for (int e = threadIdx.x; e < rows_here * a.num_methods; e += kBlock) out[e] = outs[e];
+}
+
 template <typename T, bool kUnitStride>
 cudaError_t launch_typed(const ScoreLaunch& a, cudaStream_t stream) {
+  if (a.tiled) return launch_kernel(score_tile_kernel<T>, blocks_for<1>(a.rows), kBlock, stream, a);
   return launch_by_width(a.cols, [&](auto tpr) {
     constexpr int TPR = decltype(tpr)::value;
     return launch_kernel(score_kernel<T, TPR, kUnitStride>, blocks_for<TPR>(a.rows), kBlock, stream, a);
