@@ -202,12 +202,29 @@ def test_emulated_select_on_adversarial_scores(emulated, gen):
 
 
 def test_emulated_select_many_classes_and_empty_ones(emulated, gen):
-    """Quotas on the device with 300 classes, some without any sample."""
+    """Quotas on the device: 300 classes, some without any sample, all tied,
+    1,000 classes, none eligible."""
     scores = torch.rand(9000, generator=gen)
     labels = torch.randint(0, 300, (9000,), generator=gen) // 3 * 3  # two thirds of the classes empty
     for k in (1, 299, 4500, 9000):
         want = ops.select_topk(scores, k, labels=labels, balanced=True)
         assert torch.equal(emulated_select(emulated, scores, k, labels=labels, balanced=True), want)
+    # equal classes: every remainder tied, the extra seats go to the lowest classes (over two 256-class rounds)
+    same_size = torch.arange(9000) % 300
+    for k in (4501, 4650, 4799):
+        got = emulated_select(emulated, scores, k, labels=same_size, balanced=True)
+        assert torch.equal(got, ops.select_topk(scores, k, labels=same_size, balanced=True))
+        per_class = torch.bincount(same_size[got], minlength=300)
+        assert per_class.tolist() == [16] * (k - 4500) + [15] * (300 - (k - 4500))
+    # 1,000 classes of random sizes: the bisection over remainders against the CPU's sort
+    many = (torch.rand(9000, generator=gen) ** 3 * 1000).long()
+    for k in (1, 777, 4321, 8999):
+        want = ops.select_topk(scores, k, labels=many, balanced=True)
+        assert torch.equal(emulated_select(emulated, scores, k, labels=many, balanced=True), want)
+    # nothing eligible, nothing asked: no quota divides by the zero eligible count
+    everything = torch.ones(9000, dtype=torch.bool)
+    got = emulated_select(emulated, scores, 0, labels=labels, balanced=True, exclude=everything, precheck=False)
+    assert got.shape == (0,)
 
 
 @pytest.mark.parametrize("precheck", [True, False])
