@@ -113,9 +113,9 @@ def test_checkpoint_every_n_epochs_resumes_from_the_last_one(tmp_path, monkeypat
     saved = []
     real_save = train_module._save_checkpoint
 
-    def record(writer, config, model, opt, epochs_done):
+    def record(writer, config, job, model, opt, epochs_done):
         saved.append(epochs_done)
-        real_save(writer, config, model, opt, epochs_done)
+        real_save(writer, config, job, model, opt, epochs_done)
 
     monkeypatch.setattr(train_module, "_save_checkpoint", record)
     train(config, digits, ids, tmp_path / "straight")
@@ -299,6 +299,33 @@ def test_a_job_can_start_from_a_trained_model(tmp_path):
     weights = [k for k in source if k.endswith("weight") and source[k].ndim > 1]  # conv / linear: no BN statistics
     assert weights and all(torch.equal(source[k], tuned[k]) for k in weights)
     assert not any(torch.equal(source[k], fresh[k]) for k in weights)
+
+
+def test_a_checkpoint_is_resumed_only_for_its_own_samples_and_starting_model(tmp_path):
+    """A rerun into a folder whose checkpoint was trained on other ids, or
+    from another starting model, is refused (it would have been resumed or
+    returned as finished); the same job, even with its source folder moved,
+    is resumed."""
+    import shutil
+
+    digits = ImageIndex.digits()
+    config = digits_config(epochs=1)
+    train(config, digits, np.arange(0, 1797, 2), tmp_path / "a")
+    train(config, digits, np.arange(1, 1797, 2), tmp_path / "b")
+    ids = np.arange(0, 900)
+    train(config, digits, ids, tmp_path / "tuned", init_from=str(tmp_path / "a"))
+    before = state(tmp_path / "tuned")
+    with pytest.raises(UserError, match=r"trained on other samples.*'samples': \(900, 899\)"):
+        train(config, digits, ids[:-1], tmp_path / "tuned", init_from=str(tmp_path / "a"))
+    with pytest.raises(UserError, match="trained on other samples or from another starting model.*ids_sha256"):
+        train(config, digits, ids[::-1].copy(), tmp_path / "tuned", init_from=str(tmp_path / "a"))
+    with pytest.raises(UserError, match="another starting model.*starts_from"):
+        train(config, digits, ids, tmp_path / "tuned", init_from=str(tmp_path / "b"))
+    with pytest.raises(UserError, match="starts_from"):
+        train(config, digits, ids, tmp_path / "tuned")  # a fresh start
+    shutil.move(tmp_path / "a", tmp_path / "moved")
+    train(config, digits, ids, tmp_path / "tuned", init_from=str(tmp_path / "moved"))  # finished: returned
+    assert same_weights(before, state(tmp_path / "tuned"))
 
 
 def test_failing_worker_stops_the_run_and_keeps_finished_models(tmp_path):

@@ -5,7 +5,6 @@ GPU, or N gloo workers on CPU)."""
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import os
 import sys
@@ -20,7 +19,7 @@ import torch
 from unseen_fast.data import ImageIndex
 from unseen_fast.errors import UserError
 from unseen_fast.checkpoint import stop_on_sigterm
-from unseen_fast.train import TrainConfig, load_model, train
+from unseen_fast.train import TrainConfig, train
 
 log = logging.getLogger("unseen_fast.train")
 
@@ -41,14 +40,9 @@ def _run_job(job: TrainJob, config: TrainConfig, index: ImageIndex, device, load
     # A job reads all of its ids (or, under DDP, its group's share): never
     # shard them by the worker's global rank.
     kwargs = dict(loader_kwargs or {}, rank=0, world_size=1)
-    if job.init_from:  # the saved model (its own architecture) instead of a fresh one
-        model_factory = functools.partial(_saved_model, job.init_from, model_factory)
     train(dataclasses.replace(config, seed=job.seed), index, job.ids, job.out_dir, device=device,
-          progress=progress, loader_kwargs=kwargs, model_factory=model_factory, ddp_group=ddp_group)
-
-
-def _saved_model(out_dir: str, model_factory, num_classes: int) -> torch.nn.Module:
-    return load_model(out_dir, num_classes, model_factory=model_factory).train()
+          progress=progress, loader_kwargs=kwargs, model_factory=model_factory, ddp_group=ddp_group,
+          init_from=job.init_from)
 
 
 def train_many(jobs: list[TrainJob], config: TrainConfig, index: ImageIndex, *, device="cpu",

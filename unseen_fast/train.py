@@ -3,6 +3,8 @@ ids, checkpoints after every epoch, resumable to the same weights."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
 import math
 import threading
@@ -96,11 +98,15 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
 
 
 def train(config: TrainConfig, index: ImageIndex, ids, out_dir, *, device="cpu", progress: bool = False,
-          loader_kwargs: dict | None = None, model_factory=None, ddp_group=None) -> nn.Module:
+          loader_kwargs: dict | None = None, model_factory=None, ddp_group=None,
+          init_from: str | None = None) -> nn.Module:
     """Train one model on ``ids`` of ``index``; checkpoint to ``out_dir``.
 
-    A checkpoint already in ``out_dir`` (same config) is resumed from the
-    epoch after it; a finished one is loaded and returned without training.
+    A checkpoint already in ``out_dir`` (same config, same ids, same
+    ``init_from``) is resumed from the epoch after it; a finished one is
+    loaded and returned without training; one written for other ids or
+    another starting model is refused. ``init_from``: a train() output
+    folder whose model (its own architecture) starts this one (fine-tuning).
     ``ddp_group`` (a torch.distributed process group): train data-parallel
     over its ranks, each reading its share of the ids in batches of
     ``batch_size / ranks``, so a step sees ``batch_size`` samples and N
@@ -117,13 +123,15 @@ def train(config: TrainConfig, index: ImageIndex, ids, out_dir, *, device="cpu",
     group_rank, group_size = _group_position(ddp_group)
     loader_kwargs = dict(loader_kwargs or {}, **({"rank": group_rank, "world_size": group_size} if ddp_group else {}))
 
+    source = _load_state(init_from) if init_from else None
     with _SEEDED_INIT:  # concurrent jobs (threads on CUDA streams) must not interleave their seeded inits
         torch.manual_seed(config.seed)
-        model = _new_model(config, index.num_classes, model_factory)
+        model = _new_model(config, index.num_classes, model_factory, source)
     model = model.to(device)
     rank_batch = max(1, config.batch_size // group_size)  # the global batch split over the ranks
     opt = _Optimization.create(config, model, device, per_rank=-(-len(ids) // group_size), batch=rank_batch)
-    start_epoch = _resume(out_dir, config, model, opt)
+    job = job_identity(ids, source)
+    start_epoch = _resume(out_dir, config, job, model, opt)
     recorder = _open_recorder(config, out_dir, index, group_rank, ddp_group)
     step_model = torch.compile(model) if config.compile else model
     if ddp_group is not None:  # gradients averaged over the group after each backward
@@ -140,7 +148,7 @@ def train(config: TrainConfig, index: ImageIndex, ids, out_dir, *, device="cpu",
                 stopping = _agreed_stop(stop.requested, device, ddp_group)
                 if writer is not None and (stopping or epoch + 1 == config.epochs
                                            or (epoch + 1) % config.checkpoint_every == 0):
-                    _save_checkpoint(writer, config, model, opt, epoch + 1)
+                    _save_checkpoint(writer, config, job, model, opt, epoch + 1)
                 if ddp_group is not None:
                     torch.distributed.barrier(ddp_group)  # nobody runs ahead of a checkpoint
                 if stopping:
@@ -356,16 +364,28 @@ def logged_progress(loader, desc: str, every_s: float):
             last = now
 
 
-def _save_checkpoint(writer: CheckpointWriter, config, model, opt: _Optimization, epochs_done: int) -> None:
+def job_identity(ids: np.ndarray, source: dict | None) -> dict:
+    """What a checkpoint was trained on besides its config: the ids (count
+    and hash) and the model it started from, named by that model's own
+    identity rather than its folder, so a moved run folder still matches."""
+    starts_from = None
+    if source is not None:
+        origin = dict(config=config_identity(source["config"]), job=source.get("job"), epochs=source["epochs_done"])
+        starts_from = hashlib.sha256(json.dumps(origin, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    digest = hashlib.sha256(np.ascontiguousarray(ids, dtype=np.int64).tobytes()).hexdigest()[:16]
+    return dict(samples=int(len(ids)), ids_sha256=digest, starts_from=starts_from)
+
+
+def _save_checkpoint(writer: CheckpointWriter, config, job: dict, model, opt: _Optimization, epochs_done: int) -> None:
     """Snapshot the training state (a copy on the CPU) and hand it to the
     writer thread: the file is serialized and written while training goes on."""
-    state = dict(config=dataclasses.asdict(config), epochs_done=epochs_done, model=model.state_dict(),
+    state = dict(config=dataclasses.asdict(config), job=job, epochs_done=epochs_done, model=model.state_dict(),
                  optimizer=opt.optimizer.state_dict(), scheduler=opt.scheduler.state_dict(),
                  scaler=opt.scaler.state_dict(), torch_rng=torch.get_rng_state(), numpy_rng=np.random.get_state())
     writer.save(to_cpu_copy(state))
 
 
-def _resume(out_dir: Path, config, model, opt: _Optimization) -> int:
+def _resume(out_dir: Path, config, job: dict, model, opt: _Optimization) -> int:
     path = out_dir / CHECKPOINT
     if not path.exists():
         return 0
@@ -375,6 +395,11 @@ def _resume(out_dir: Path, config, model, opt: _Optimization) -> int:
         diff = {k: (saved.get(k), v) for k, v in config_identity(config).items() if saved.get(k) != v}
         raise UserError(f"{path} was written with a different training config (saved, now): {diff}; "
                          f"use another output folder or the same settings")
+    saved_job = state.get("job", job)  # checkpoints from before 2026-11-23 carry no job: trusted
+    if saved_job != job:
+        diff = {k: (saved_job.get(k), v) for k, v in job.items() if saved_job.get(k) != v}
+        raise UserError(f"{path} was trained on other samples or from another starting model (saved, now): "
+                         f"{diff}; use another output folder")
     model.load_state_dict(state["model"])
     opt.optimizer.load_state_dict(state["optimizer"])
     opt.scheduler.load_state_dict(state["scheduler"])
@@ -385,16 +410,22 @@ def _resume(out_dir: Path, config, model, opt: _Optimization) -> int:
     return state["epochs_done"]
 
 
-def _new_model(config: TrainConfig, num_classes: int, model_factory=None) -> nn.Module:
-    """config.arch from the registry, or the user's factory(num_classes)."""
+def _new_model(config: TrainConfig, num_classes: int, model_factory=None, source: dict | None = None) -> nn.Module:
+    """config.arch from the registry, the user's factory(num_classes), or
+    the model of a saved checkpoint ``source`` (its own architecture)."""
+    if source is not None:
+        model = _new_model(TrainConfig(**source["config"]), num_classes, model_factory)
+        model.load_state_dict(source["model"])
+        return model
     if model_factory is not None:
         return model_factory(num_classes).to(memory_format=torch.channels_last)
     return build_model(config.arch, num_classes, image_size=config.image_size)
 
 
+def _load_state(out_dir) -> dict:
+    return torch.load(Path(out_dir) / CHECKPOINT, map_location="cpu", weights_only=False)
+
+
 def load_model(out_dir, num_classes: int, *, device="cpu", model_factory=None) -> nn.Module:
     """The model of a checkpoint written by :func:`train`, in eval mode."""
-    state = torch.load(Path(out_dir) / CHECKPOINT, map_location="cpu", weights_only=False)
-    model = _new_model(TrainConfig(**state["config"]), num_classes, model_factory)
-    model.load_state_dict(state["model"])
-    return model.to(device).eval()
+    return _new_model(None, num_classes, model_factory, _load_state(out_dir)).to(device).eval()
