@@ -553,7 +553,7 @@ def test_progress_in_logs_that_are_not_a_terminal(caplog):
     default; every batch here), never as a bar."""
     import logging
 
-    from unseen_fast.train import logged_progress
+    from unseen_fast.progress import logged_progress
 
     batches = [(None, torch.zeros(64), None)] * 3
     with caplog.at_level(logging.INFO, logger="unseen_fast.train"):

@@ -1,21 +1,27 @@
 """Checkpoint plumbing of the training loop: what identifies a training
-config, a background writer (the file is serialized and written while
+config and a job (its ids and starting model), the checks before a resume,
+a background writer (the file is serialized and written while
 training goes on), and SIGTERM as a request to checkpoint and stop."""
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
+import json
 import logging
 import signal
 import threading
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from unseen_fast.errors import UserError
 from unseen_fast.rundir import atomic_path
 
 log = logging.getLogger("unseen_fast.train")
 
+CHECKPOINT = "checkpoint.pt"
 RUN_ONLY_FIELDS = ("checkpoint_every",)
 
 
@@ -24,6 +30,43 @@ def config_identity(config) -> dict:
     model: everything but how often it is checkpointed."""
     fields = config if isinstance(config, dict) else dataclasses.asdict(config)
     return {k: v for k, v in fields.items() if k not in RUN_ONLY_FIELDS}
+
+
+def job_identity(ids: np.ndarray, source: dict | None) -> dict:
+    """What a checkpoint was trained on besides its config: the ids (count
+    and hash) and the model it started from (``source``, that checkpoint's
+    state), named by that model's own identity rather than its folder, so a
+    moved run folder still matches."""
+    starts_from = None
+    if source is not None:
+        origin = dict(config=config_identity(source["config"]), job=source.get("job"), epochs=source["epochs_done"])
+        starts_from = hashlib.sha256(json.dumps(origin, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    digest = hashlib.sha256(np.ascontiguousarray(ids, dtype=np.int64).tobytes()).hexdigest()[:16]
+    return dict(samples=int(len(ids)), ids_sha256=digest, starts_from=starts_from)
+
+
+def load_state(out_dir) -> dict:
+    """The saved state in a train() output folder."""
+    return torch.load(Path(out_dir) / CHECKPOINT, map_location="cpu", weights_only=False)
+
+
+def checked_checkpoint(path: Path, identity: dict, job: dict) -> dict | None:
+    """The checkpoint at ``path`` if there is one; refused (UserError naming
+    the difference) when it was written for another config identity or job."""
+    if not path.exists():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    saved = config_identity(state["config"])
+    if saved != identity:
+        diff = {k: (saved.get(k), v) for k, v in identity.items() if saved.get(k) != v}
+        raise UserError(f"{path} was written with a different training config (saved, now): {diff}; "
+                         f"use another output folder or the same settings")
+    saved_job = state.get("job", job)  # checkpoints from before 2026-11-23 carry no job: trusted
+    if saved_job != job:
+        diff = {k: (saved_job.get(k), v) for k, v in job.items() if saved_job.get(k) != v}
+        raise UserError(f"{path} was trained on other samples or from another starting model (saved, now): "
+                         f"{diff}; use another output folder")
+    return state
 
 
 def to_cpu_copy(value):

@@ -3,8 +3,6 @@ ids, checkpoints after every epoch, resumable to the same weights."""
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
 import math
 import threading
@@ -17,21 +15,21 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from unseen_fast.checkpoint import CheckpointWriter, config_identity, stop_on_sigterm, to_cpu_copy
-from unseen_fast.constants import AMP_MODES, amp_dtype, can_draw_bars, input_dtype, resolve_amp
+from unseen_fast.checkpoint import (CHECKPOINT, CheckpointWriter, checked_checkpoint, config_identity, job_identity,
+                                    load_state, stop_on_sigterm, to_cpu_copy)
+from unseen_fast.constants import AMP_MODES, amp_dtype, input_dtype, resolve_amp
 from unseen_fast.data import ImageIndex, make_loader
 from unseen_fast.dynamics import DynamicsRecorder
 from unseen_fast.errors import UserError
 from unseen_fast.fused_loss import cross_entropy_with_stats
 from unseen_fast.models import build_model
+from unseen_fast.progress import progress_of
 from unseen_fast.rundir import atomic_path
 
 log = logging.getLogger("unseen_fast.train")
-CHECKPOINT = "checkpoint.pt"
 # Model initialization draws from the global RNG: one job at a time, so a
 # job's weights depend on its seed only, whatever other threads do.
 _SEEDED_INIT = threading.Lock()
-PROGRESS_LOG_EVERY_S = 30.0  # progress lines in logs that are not a terminal
 
 
 @dataclass
@@ -102,11 +100,10 @@ def train(config: TrainConfig, index: ImageIndex, ids, out_dir, *, device="cpu",
           init_from: str | None = None) -> nn.Module:
     """Train one model on ``ids`` of ``index``; checkpoint to ``out_dir``.
 
-    A checkpoint already in ``out_dir`` (same config, same ids, same
-    ``init_from``) is resumed from the epoch after it; a finished one is
-    loaded and returned without training; one written for other ids or
-    another starting model is refused. ``init_from``: a train() output
-    folder whose model (its own architecture) starts this one (fine-tuning).
+    A checkpoint already in ``out_dir`` (same config, ids and ``init_from``,
+    else refused) is resumed from the epoch after it; a finished one is
+    returned without training. ``init_from``: a train() output folder whose
+    model (its own architecture) starts this one (fine-tuning).
     ``ddp_group`` (a torch.distributed process group): train data-parallel
     over its ranks, each reading its share of the ids in batches of
     ``batch_size / ranks``, so a step sees ``batch_size`` samples and N
@@ -123,11 +120,8 @@ def train(config: TrainConfig, index: ImageIndex, ids, out_dir, *, device="cpu",
     group_rank, group_size = _group_position(ddp_group)
     loader_kwargs = dict(loader_kwargs or {}, **({"rank": group_rank, "world_size": group_size} if ddp_group else {}))
 
-    source = _load_state(init_from) if init_from else None
-    with _SEEDED_INIT:  # concurrent jobs (threads on CUDA streams) must not interleave their seeded inits
-        torch.manual_seed(config.seed)
-        model = _new_model(config, index.num_classes, model_factory, source)
-    model = model.to(device)
+    source = load_state(init_from) if init_from else None
+    model = _seeded_model(config, index.num_classes, model_factory, source).to(device)
     rank_batch = max(1, config.batch_size // group_size)  # the global batch split over the ranks
     opt = _Optimization.create(config, model, device, per_rank=-(-len(ids) // group_size), batch=rank_batch)
     job = job_identity(ids, source)
@@ -199,7 +193,7 @@ class _EpochContext:
                              drop_last=self.opt.drop_last, **self.loader_kwargs)
         if first:
             log.info("training on %d samples with the %s data backend", len(self.ids), loader.backend)
-        batches = _progress(loader, self.progress, f"epoch {epoch + 1}/{config.epochs}")
+        batches = progress_of(loader, self.progress, f"epoch {epoch + 1}/{config.epochs}")
         start = time.perf_counter()
         sums = _train_epoch(config, self.step_model, self.opt, batches, self.recorder, epoch, self.device)
         _report_epoch(config, self.out_dir.name, epoch, *sums, start)
@@ -336,46 +330,6 @@ def _open_recorder(config: TrainConfig, out_dir: Path, index: ImageIndex, group_
     return recorder if recorder is not None else open_it()
 
 
-def _progress(loader, enabled: bool, desc: str):
-    """A bar where one can be drawn (a terminal, a Jupyter notebook), else a
-    log line every PROGRESS_LOG_EVERY_S seconds; nothing when not enabled."""
-    if not enabled:
-        return loader
-    if can_draw_bars():
-        from tqdm.auto import tqdm  # a notebook widget in Jupyter, a text bar on a terminal
-
-        return tqdm(loader, desc=desc, unit="batch", leave=False)
-    return logged_progress(loader, desc, PROGRESS_LOG_EVERY_S)
-
-
-def logged_progress(loader, desc: str, every_s: float):
-    """Yield the batches of ``loader``, logging batches and samples done,
-    img/s and the time left at most every ``every_s`` seconds (for logs
-    that are not a terminal: minutes without a line look like a hang)."""
-    total, seen = len(loader), 0
-    start = last = time.perf_counter()
-    for done, batch in enumerate(loader, 1):
-        yield batch
-        seen += len(batch[1])  # a shape, not a value: no wait for the device
-        now = time.perf_counter()
-        if now - last >= every_s and done < total:
-            log.info("%s: %d/%d batches, %d samples, %.0f img/s, about %.0f s left", desc, done, total, seen,
-                     seen / (now - start), (now - start) / done * (total - done))
-            last = now
-
-
-def job_identity(ids: np.ndarray, source: dict | None) -> dict:
-    """What a checkpoint was trained on besides its config: the ids (count
-    and hash) and the model it started from, named by that model's own
-    identity rather than its folder, so a moved run folder still matches."""
-    starts_from = None
-    if source is not None:
-        origin = dict(config=config_identity(source["config"]), job=source.get("job"), epochs=source["epochs_done"])
-        starts_from = hashlib.sha256(json.dumps(origin, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    digest = hashlib.sha256(np.ascontiguousarray(ids, dtype=np.int64).tobytes()).hexdigest()[:16]
-    return dict(samples=int(len(ids)), ids_sha256=digest, starts_from=starts_from)
-
-
 def _save_checkpoint(writer: CheckpointWriter, config, job: dict, model, opt: _Optimization, epochs_done: int) -> None:
     """Snapshot the training state (a copy on the CPU) and hand it to the
     writer thread: the file is serialized and written while training goes on."""
@@ -386,20 +340,9 @@ def _save_checkpoint(writer: CheckpointWriter, config, job: dict, model, opt: _O
 
 
 def _resume(out_dir: Path, config, job: dict, model, opt: _Optimization) -> int:
-    path = out_dir / CHECKPOINT
-    if not path.exists():
+    state = checked_checkpoint(out_dir / CHECKPOINT, config_identity(config), job)
+    if state is None:
         return 0
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    saved = config_identity(state["config"])
-    if saved != config_identity(config):
-        diff = {k: (saved.get(k), v) for k, v in config_identity(config).items() if saved.get(k) != v}
-        raise UserError(f"{path} was written with a different training config (saved, now): {diff}; "
-                         f"use another output folder or the same settings")
-    saved_job = state.get("job", job)  # checkpoints from before 2026-11-23 carry no job: trusted
-    if saved_job != job:
-        diff = {k: (saved_job.get(k), v) for k, v in job.items() if saved_job.get(k) != v}
-        raise UserError(f"{path} was trained on other samples or from another starting model (saved, now): "
-                         f"{diff}; use another output folder")
     model.load_state_dict(state["model"])
     opt.optimizer.load_state_dict(state["optimizer"])
     opt.scheduler.load_state_dict(state["scheduler"])
@@ -408,6 +351,12 @@ def _resume(out_dir: Path, config, job: dict, model, opt: _Optimization) -> int:
     np.random.set_state(state["numpy_rng"])
     log.info("resuming %s after epoch %d", out_dir, state["epochs_done"])
     return state["epochs_done"]
+
+
+def _seeded_model(config: TrainConfig, num_classes: int, model_factory, source: dict | None) -> nn.Module:
+    with _SEEDED_INIT:  # concurrent jobs (threads on CUDA streams) must not interleave their seeded inits
+        torch.manual_seed(config.seed)
+        return _new_model(config, num_classes, model_factory, source)
 
 
 def _new_model(config: TrainConfig, num_classes: int, model_factory=None, source: dict | None = None) -> nn.Module:
@@ -422,10 +371,6 @@ def _new_model(config: TrainConfig, num_classes: int, model_factory=None, source
     return build_model(config.arch, num_classes, image_size=config.image_size)
 
 
-def _load_state(out_dir) -> dict:
-    return torch.load(Path(out_dir) / CHECKPOINT, map_location="cpu", weights_only=False)
-
-
 def load_model(out_dir, num_classes: int, *, device="cpu", model_factory=None) -> nn.Module:
     """The model of a checkpoint written by :func:`train`, in eval mode."""
-    return _new_model(None, num_classes, model_factory, _load_state(out_dir)).to(device).eval()
+    return _new_model(None, num_classes, model_factory, load_state(out_dir)).to(device).eval()
