@@ -65,7 +65,9 @@ def score_case(request):
     gen = torch.Generator(device=DEVICE).manual_seed(0)
     logits = (torch.randn(n // SCALE, c, generator=gen, device=DEVICE) * 3).to(dtype)
     labels = torch.randint(0, c, (n // SCALE,), generator=gen, device=DEVICE)
-    return request.param, logits, labels
+    # the same values, contiguous, one element off a 16-byte boundary: no 16-byte loads, no shared-memory tile
+    shifted = torch.empty(logits.numel() + 1, dtype=dtype, device=DEVICE)[1:].view_as(logits).copy_(logits)
+    return request.param, logits, labels, shifted
 
 
 def plain_scores(logits, labels):
@@ -84,6 +86,8 @@ def plain_scores(logits, labels):
 
 SCORERS = {
     "fused score, all methods (ours)": lambda z, y: ops.score(z, y, ALL, check_labels=False),
+    "fused score, all methods, base off 16 bytes (ours, scalar loads)":
+        lambda z, y: ops.score(z, y, ALL, check_labels=False),
     "fused score, entropy (ours)": lambda z, y: ops.score(z, None, ["entropy"]),
     "plain PyTorch, all methods": plain_scores,
     "device copy of the logits": lambda z, y: z.clone(),
@@ -92,7 +96,8 @@ SCORERS = {
 
 @pytest.mark.parametrize("variant", list(SCORERS))
 def test_score_bandwidth(benchmark, score_case, variant):
-    name, logits, labels = score_case
+    name, logits, labels, shifted = score_case
+    logits = shifted if "off 16 bytes" in variant else logits
     benchmark.group = f"score {name} on {DEVICE}"
     nbytes = logits.numel() * logits.element_size()
     copy = "copy" in variant

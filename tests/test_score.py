@@ -113,6 +113,21 @@ def test_any_strides_give_the_contiguous_result(device, cpu_path, gen):
                                ops.score(rows.contiguous(), labels[::3].contiguous(), ALL), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("C", [1, 10, 16, 40, 1000])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_every_load_path_gives_the_same_bits(device, gen, C, dtype):
+    """On CUDA: the shared-memory tile (C <= 16, contiguous, aligned), 16-byte
+    loads, and scalar loads (a base one element off 16 bytes, a row pitch
+    that is not a multiple of 16 bytes) fold the same chunks in one order."""
+    data = (torch.randn(301, C, generator=gen) * 4).to(dtype).to(device)
+    labels = torch.randint(0, C, (301,), generator=gen).to(device)
+    want = ops.score(data, labels, ALL)
+    shifted = torch.empty(data.numel() + 1, dtype=dtype, device=device)[1:].view_as(data).copy_(data)
+    pitched = torch.empty(301, C + 1, dtype=dtype, device=device)[:, :C].copy_(data)
+    for view in (shifted, pitched):
+        torch.testing.assert_close(ops.score(view, labels, ALL), want, rtol=0, atol=0, equal_nan=True)
+
+
 def test_offsets_beyond_2_pow_31(cpu_path):
     # Two rows 2^31 elements apart in one (lazily allocated) bf16 buffer.
     C = 64
