@@ -69,7 +69,7 @@ def test_emulated_score_matches_float64(emulated, gen, c, dtype):
     torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6, equal_nan=True)
 
 
-@pytest.mark.parametrize("c", [1, 10, 16, 17, 40, 1000, 3000])
+@pytest.mark.parametrize("c", [1, 10, 12, 16, 17, 40, 1000, 3000])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_emulated_score_same_bits_on_every_load_path(emulated, gen, c, dtype):
     """16-byte loads (aligned contiguous rows), scalar loads (a misaligned

@@ -113,7 +113,7 @@ def test_any_strides_give_the_contiguous_result(device, cpu_path, gen):
                                ops.score(rows.contiguous(), labels[::3].contiguous(), ALL), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("C", [1, 10, 16, 40, 1000])
+@pytest.mark.parametrize("C", [1, 10, 12, 16, 40, 1000])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_every_load_path_gives_the_same_bits(device, gen, C, dtype):
     """On CUDA: the shared-memory tile (C <= 16, contiguous, aligned), 16-byte

@@ -33,12 +33,17 @@ inline bool rows_are_aligned(const at::Tensor& logits) {
          (logits.stride(0) * logits.element_size()) % 16 == 0;
 }
 
-// Whether score may stage a block's rows through shared memory as one tile:
+// Whether score stages a block's rows through shared memory as one tile:
 // few columns, contiguous rows, a 16-byte aligned base (a block's 256 rows
-// then start 16-byte aligned too).
+// then start 16-byte aligned too), and a row pitch that is not a multiple of
+// 16 bytes. Such rows (C = 10 float32: 40 bytes) cannot be read with 16-byte
+// loads in place, and threads reading them from shared memory meet at most
+// 2-way bank conflicts; rows of 16-byte multiples (C = 16 float32: up to
+// 16-way conflicts there) are read in place with 16-byte loads instead.
 inline bool rows_form_tiles(const at::Tensor& logits) {
   return logits.size(1) <= kOneThreadMaxCols && logits.is_contiguous() &&
-         reinterpret_cast<uintptr_t>(logits.const_data_ptr()) % 16 == 0;
+         reinterpret_cast<uintptr_t>(logits.const_data_ptr()) % 16 == 0 &&
+         (logits.size(1) * logits.element_size()) % 16 != 0;
 }
 
 struct ScoreCall {
