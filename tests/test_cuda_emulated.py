@@ -87,6 +87,19 @@ def test_emulated_score_same_bits_on_every_load_path(emulated, gen, c, dtype):
         assert torch.equal(emulated.score(view, labels, methods, True), want)
 
 
+@pytest.mark.parametrize("count", [1, 2, 3, 8, 16])
+def test_emulated_score_tile_outputs_at_every_method_count(emulated, gen, count):
+    """The tile writes its outputs at an odd pitch (count | 1) and reads them
+    back row-major: every count from one method to the most per call (16,
+    codes repeated) gives the columns of the all-methods call."""
+    c, n = 10, 301  # 40-byte rows: the tiled path
+    logits = torch.randn(n, c, generator=gen) * 4
+    labels = torch.randint(0, c, (n,), generator=gen)
+    everything = emulated.score(logits, labels, list(range(len(ALL))), True)
+    methods = [int(m) for m in torch.randint(0, len(ALL), (count,), generator=gen)]
+    assert torch.equal(emulated.score(logits, labels, methods, True), everything[:, methods])
+
+
 def test_emulated_score_adversarial_rows(emulated):
     for c in (12, 40, 3000):
         logits = adversarial_rows(c).repeat(3, 1)

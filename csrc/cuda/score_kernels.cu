@@ -40,9 +40,11 @@ __global__ void __launch_bounds__(kBlock) score_kernel(const ScoreLaunch a) {
 template <typename T>
 __global__ void __launch_bounds__(kBlock) score_tile_kernel(const ScoreLaunch a) {
   constexpr int V = kChunk<T>;
-  // 16 KB: the rows (256 x 16 x 4 bytes at most), then the outputs (256 x 16 floats)
-  __shared__ uint4 tile[kBlock * kOneThreadMaxCols * sizeof(float) / sizeof(uint4)];
-  static_assert(kMaxScoreMethods <= kOneThreadMaxCols, "the outputs reuse the row buffer");
+  // The rows (256 x 16 x 4 bytes at most), then the outputs at an odd pitch
+  // (a warp's writes of one method land in 32 different banks): 17 KB.
+  constexpr int kTileWords = kBlock * (kMaxScoreMethods + 1);
+  static_assert(kBlock * kOneThreadMaxCols <= kTileWords, "the rows fit the buffer");
+  __shared__ uint4 tile[kTileWords * sizeof(float) / sizeof(uint4)];
   const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kBlock;
   const int rows_here = static_cast<int>(a.rows - row0 < kBlock ? a.rows - row0 : kBlock);
   const int cols = static_cast<int>(a.cols);
@@ -74,15 +76,19 @@ __global__ void __launch_bounds__(kBlock) score_tile_kernel(const ScoreLaunch a)
   }
   __syncthreads();  // every row is folded: the buffer takes the outputs
   float* outs = reinterpret_cast<float*>(tile);
+  const int methods = a.num_methods, pitch = methods | 1;
   if (active) {
-    for (int j = 0; j < a.num_methods; ++j) {
+    for (int j = 0; j < methods; ++j) {
       const int64_t method = static_cast<int64_t>((a.methods >> (4 * j)) & 15u);
-      outs[threadIdx.x * a.num_methods + j] = finalize(s, method, label, label_logit);
+      outs[threadIdx.x * pitch + j] = finalize(s, method, label, label_logit);
     }
   }
   __syncthreads();
-  float* out = a.out + row0 * a.num_methods;
-  for (int e = threadIdx.x; e < rows_here * a.num_methods; e += kBlock) out[e] = outs[e];
+  float* out = a.out + row0 * methods;
+  for (int e = threadIdx.x; e < rows_here * methods; e += kBlock) {
+    const int row = e / methods;
+    out[e] = outs[row * pitch + (e - row * methods)];
+  }
 }
 
 template <typename T, bool kUnitStride>
