@@ -561,3 +561,21 @@ def test_progress_in_logs_that_are_not_a_terminal(caplog):
     lines = [r.getMessage() for r in caplog.records]
     assert lines[0].startswith("epoch 1/2: 1/3 batches, 64 samples,") and "s left" in lines[0]
     assert len(lines) == 2  # none after the last batch: the epoch line follows
+
+
+def test_train_quiet_prints_only_the_results(tmp_path):
+    """`train --quiet`: no log lines or progress bars on stderr, the results
+    on stdout; without it the log says what it trains."""
+    import subprocess
+    import sys
+
+    def run(*extra):
+        args = ["train", "--data", "builtin:digits", "--epochs", "1", "--out", str(tmp_path / str(len(extra))), *extra]
+        code = f"import sys; from unseen_fast.cli import main; sys.exit(main({args!r}))"
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+
+    quiet, loud = run("--quiet"), run()
+    assert quiet.returncode == 0 and loud.returncode == 0, quiet.stderr[-2000:] + loud.stderr[-2000:]
+    assert quiet.stderr == "", quiet.stderr[-2000:]
+    assert "validation top1" in quiet.stdout and "model:" in quiet.stdout
+    assert "training model on" in loud.stderr

@@ -125,7 +125,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from unseen_fast.splits import stratified_holdout
     from unseen_fast.train import load_model
 
-    _logging()
+    _logging(args.quiet)
     out = Path(args.out)
     index = open_index(args.data, file_list=args.file_list)
     ids = subset_ids(index, args.subset) if args.subset else np.arange(len(index))
@@ -146,7 +146,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     write_json(out / "train_config.json", dict(vars(config), train_samples=len(ids), val_samples=len(val_ids)))
     loader_kwargs = dict(cache_dir=out / "cache")
     train_many([TrainJob("model", ids, str(out), seed=args.seed)], config, index, device=device,
-               nproc=args.nproc, gpus=args.gpus, loader_kwargs=loader_kwargs, progress=True)
+               nproc=args.nproc, gpus=args.gpus, loader_kwargs=loader_kwargs, progress=not args.quiet)
     if len(val_ids):
         model = load_model(out, index.num_classes, device=device)
         logits = predict_logits(model, val_index, val_ids, image_size=config.image_size, device=device,
@@ -287,6 +287,7 @@ def _add_training_options(parser: argparse.ArgumentParser, epochs_help: str) -> 
     group.add_argument("--compile", action="store_true", help="torch.compile the model (measure it: docs/BENCHMARKS.md)")
     group.add_argument("--seed", type=int, default=0)
     group.add_argument("--checkpoint-every", type=_count, default=1, help="epochs between checkpoints")
+    group.add_argument("--quiet", action="store_true", help="warnings only: no progress bars or log lines")
     _add_device_options(group)
 
 
@@ -334,7 +335,6 @@ def _add_prune_options(pr: argparse.ArgumentParser) -> None:
                     help="keep stage-1 models, scores and the decoded cache in DIR for reuse by runs that "
                          "differ only in prune rate, stages, selection or score")
     pr.add_argument("--resume", action="store_true", help="continue the run in --out")
-    pr.add_argument("--quiet", action="store_true", help="warnings only")
 
 
 def build_parser() -> argparse.ArgumentParser:
