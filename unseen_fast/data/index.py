@@ -294,6 +294,9 @@ class ImageIndex:
             index = cls.digits()
             if len(paths) != len(index):
                 index = index.subset([int(path.rsplit("/", 1)[1]) for path in paths])
+            # the pixels are built in; the labels are the run's (a user may have relabelled them)
+            index = cls(root=None, paths=paths, labels=labels, classes=index.classes, source=index.source,
+                        images=index.images)
         else:
             index = cls(root=meta["root"], paths=paths, labels=labels, classes=meta["classes"],
                         source=meta["source"])
