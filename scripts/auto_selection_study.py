@@ -77,8 +77,10 @@ def main() -> None:
                             share_dir=args.experiment / "shared")
             report = summary["auto_selection"]
             accuracy = {c["name"]: c["validation_accuracy"] for c in report["candidates"]}
+            probability = {c["name"]: c.get("validation_label_probability") for c in report["candidates"]}
             rows.append(dict(rate=rate, seed=seed, chosen=report["chosen"], **accuracy,
                              replicas=report["candidates"][-1].get("replica_accuracy"),
+                             label_probability=probability,
                              margin=report["margin"], batch=report.get("proxy_batch_size"),
                              seconds=time.perf_counter() - tick))
             print(json.dumps(rows[-1]), flush=True)

@@ -58,12 +58,16 @@ def test_auto_picks_the_best_proxy_and_never_selects_the_validation_split(tmp_pa
     report = json.loads((tmp_path / "run" / "auto_selection.json").read_text())
     assert [c["name"] for c in report["candidates"]] == [name for name, _, _ in CANDIDATES]
     accuracy = {c["name"]: c["validation_accuracy"] for c in report["candidates"]}
-    replicas = report["candidates"][-1]["replica_accuracy"]
-    assert len(replicas) == RANDOM_REPLICAS and accuracy["random"] == pytest.approx(np.mean(replicas))
-    discordance = {c["name"]: c["discordance_with_random"] for c in report["candidates"][:-1]}
-    assert all(0 <= d <= 1 for d in discordance.values())
-    assert report["chosen"] == decide(accuracy, replicas, report["validation_size"], discordance)["chosen"]
-    assert all(0 <= a <= 1 for a in accuracy.values())
+    metric = {c["name"]: c["validation_label_probability"] for c in report["candidates"]}
+    replicas = report["candidates"][-1]["replica_label_probability"]
+    assert len(replicas) == RANDOM_REPLICAS and metric["random"] == pytest.approx(np.mean(replicas))
+    assert accuracy["random"] == pytest.approx(np.mean(report["candidates"][-1]["replica_accuracy"]))
+    sampling = {c["name"]: c["paired_sampling_sd"] for c in report["candidates"][:-1]}
+    assert all(0 < sd < 0.5 for sd in sampling.values())
+    strategies = {name: value for name, value in metric.items() if name != "random"}
+    assert report["chosen"] == decide(strategies, replicas, sampling)["chosen"]
+    assert report["decision_metric"] == "label_probability"
+    assert all(0 <= a <= 1 for a in accuracy.values()) and all(0 < m < 1 for m in metric.values())
     assert report["proxy_images"] <= 0.25 * report["stage1_training_images"]
     assert report["proxy_cost_share"] == pytest.approx(report["proxy_images"] / report["stage1_training_images"])
     validation = np.load(tmp_path / "run" / "validation.npy")
@@ -88,18 +92,22 @@ def test_auto_with_random_scores_is_refused(tmp_path):
 
 
 def test_a_strategy_replaces_random_only_beyond_the_proxy_noise():
-    # random replicas 0.40 and 0.42: spread 0.0141 and binomial sd 0.0049 at 10,000 samples give a noise sd of
+    # random replicas 0.40 and 0.42: spread 0.0141 and a paired sampling sd of 0.0049 give a noise sd of
     # 0.0150; the margin is 2 x 0.0150 x sqrt(1.5) = 0.0367 over the mean 0.41
-    base = dict(hard=0.30, mix=0.35, ccs=0.44, random=0.41)
-    verdict = decide(base, [0.40, 0.42], validation_size=10_000)
-    noise = np.hypot(0.02 / np.sqrt(2), np.sqrt(0.41 * 0.59 / 10_000))
+    base = dict(hard=0.30, mix=0.35, ccs=0.44)
+    sampling = dict(hard=0.0049, mix=0.0049, ccs=0.0049)
+    verdict = decide(base, [0.40, 0.42], sampling)
+    noise = np.hypot(0.02 / np.sqrt(2), 0.0049)
     assert verdict["best_strategy"] == "ccs" and verdict["chosen"] == "random"  # +0.03
     assert verdict["noise_sd"] == pytest.approx(noise) and verdict["margin"] == pytest.approx(2 * noise * np.sqrt(1.5))
-    assert decide(dict(base, hard=0.45), [0.40, 0.42], 10_000)["chosen"] == "hard"  # +0.04 > 0.0367
-    # replicas that agree by chance: the validation split's binomial noise remains
-    floor = decide(dict(base, mix=0.43), [0.41, 0.41], validation_size=1_000)
-    assert floor["noise_sd"] == pytest.approx(np.sqrt(0.41 * 0.59 / 1_000)) and floor["chosen"] == "random"
-    assert decide(dict(base, mix=0.48), [0.41, 0.41], 1_000)["chosen"] == "mix"
+    assert verdict["random_value"] == pytest.approx(0.41) and verdict["gain_over_random"] == pytest.approx(0.03)
+    assert decide(dict(base, hard=0.45), [0.40, 0.42], sampling)["chosen"] == "hard"  # +0.04 > 0.0367
+    # replicas that agree by chance: the split's sampling noise remains
+    floor = decide(dict(base, ccs=0.30, mix=0.43), [0.41, 0.41], dict(sampling, mix=0.0156))
+    assert floor["noise_sd"] == pytest.approx(0.0156) and floor["chosen"] == "random"
+    assert decide(dict(base, ccs=0.30, mix=0.48), [0.41, 0.41], dict(sampling, mix=0.0156))["chosen"] == "mix"
+    # the sampling noise of the best strategy counts, not of the others
+    assert decide(dict(base, ccs=0.445), [0.41, 0.41], dict(sampling, ccs=0.02, hard=0.0))["chosen"] == "random"
 
 
 def test_proxies_from_every_fold_model_share_the_budget_and_the_whole_split(tmp_path, monkeypatch):
@@ -121,15 +129,17 @@ def test_proxies_from_scratch_use_the_whole_split(tmp_path, monkeypatch):
     assert report["proxy_start"] == "fastnet from scratch" and report["validation_size"] == 180
 
 
-def test_paired_sampling_noise_replaces_the_binomial_one():
-    # every proxy is judged on the same 1,000 samples: a strategy disagreeing with the random proxies on 4% of
-    # them has a sampling sd of sqrt(0.04 / 2000) = 0.0045 per proxy, not the binomial 0.0156
-    base = dict(hard=0.445, mix=0.40, ccs=0.41, random=0.41)
-    paired = decide(base, [0.41, 0.41], 1_000, discordance=dict(hard=0.04, mix=0.3, ccs=0.3))
-    assert paired["noise_sd"] == pytest.approx(np.sqrt(0.04 / 2000)) and paired["chosen"] == "hard"
-    assert decide(base, [0.41, 0.41], 1_000)["chosen"] == "random"  # +0.035 < 2.45 binomial sds (0.038)
-    # the discordance of the best strategy counts, not of the others
-    assert decide(base, [0.41, 0.41], 1_000, discordance=dict(hard=0.6, mix=0.0, ccs=0.0))["chosen"] == "random"
+def test_paired_sampling_sd_of_per_sample_differences():
+    """A proxy that differs from the random proxies on few samples has a
+    small paired sd: sqrt(mean over replicas of var(differences) / 2n)."""
+    rng = np.random.default_rng(0)
+    random_proxy = rng.uniform(0, 1, 1_000)
+    close = random_proxy + rng.normal(0, 0.01, 1_000)   # a strategy that changes little
+    far = rng.uniform(0, 1, 1_000)                      # one unrelated to the random proxies
+    values = np.stack([close, far, random_proxy, random_proxy + 0.001])
+    got = auto_selection.paired_sampling_sd(values, strategies=2, samples=1_000)
+    want = [np.sqrt(np.mean([np.var(row - r, ddof=1) for r in values[2:]]) / 2_000) for row in values[:2]]
+    assert got == pytest.approx(want) and got[0] < 0.001 < 0.008 < got[1]
 
 
 def test_a_report_of_an_earlier_rule_is_measured_again(tmp_path):
@@ -147,6 +157,12 @@ def test_a_report_of_an_earlier_rule_is_measured_again(tmp_path):
     assert not old_proxy.exists()  # stale proxies are removed, never resumed as the new rule's
     assert all((path / "checkpoint.pt").stat().st_mtime_ns != mtime for path, mtime in written.items())
     assert again["auto_selection"]["chosen"] in [name for name, _, _ in CANDIDATES] and "margin" in again["auto_selection"]
+    # the second design's report (proxies judged by accuracy, no decision_metric): measured again too
+    accuracy_rule = {key: value for key, value in again["auto_selection"].items() if key != "decision_metric"}
+    (tmp_path / "run" / "auto_selection.json").write_text(json.dumps(dict(accuracy_rule, chosen="random")))
+    third = prune(ImageIndex.digits(), out=tmp_path / "run", config=config, resume=True)
+    assert third["auto_selection"]["decision_metric"] == "label_probability"
+    assert third["auto_selection"]["seconds"] != accuracy_rule["seconds"]
 
 
 def test_proxies_anneal_and_take_enough_steps():

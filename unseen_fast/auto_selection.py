@@ -7,10 +7,11 @@ scarce. A run cannot know its regime in advance, so it measures: a
 stratified validation split is held out (never selected), each candidate
 strategy picks a coreset from the rest with the stage-1 scores, a proxy
 fine-tunes one stage-1 fold model on each (judged on the validation samples
-that model never saw), and the candidate whose proxy does best is used for
-every stage, provided it beats Random by more than twice the noise of that
-comparison (the spread of proxies on independent random coresets with the
-paired sampling noise of the split); otherwise Random is used. Proxies
+that model never saw, by the mean probability it gives their true labels),
+and the candidate whose proxy does best is used for every stage, provided
+it beats Random by more than twice the noise of that comparison (the spread
+of proxies on independent random coresets with the paired sampling noise of
+the split); otherwise Random is used. Proxies
 start from a trained model because short proxies from scratch measure what
 a model learns first (easy images) and ranked hard-first last even where
 it wins (docs/RESULTS.md). The proxies' cost is bounded by ``auto_budget``
@@ -64,6 +65,10 @@ PROXY_START = "fold"
 PROXY_FOLDS = 1  # fine-tune this many fold models per candidate (the budget split among them)
 PROXY_FINETUNE_LR = 1.0  # a fine-tuning proxy's peak learning rate, as a share of the training's (0.5 measured)
 VALIDATION_SHARE, VALIDATION_MAX, VALIDATION_MIN = 0.1, 10_000, 50
+# What the proxies are compared by: the mean probability they give the true label of the split's samples.
+# Continuous, so its paired sampling noise is far below accuracy's 0/1 one, and bounded, so unlike the
+# log-likelihood a few confidently wrong samples cannot dominate it (docs/RESULTS.md measured all three).
+DECISION_METRIC = "label_probability"
 REPORT = "auto_selection.json"
 
 
@@ -145,29 +150,34 @@ def proxy_train_config(train, epochs: int, samples: int, warm_start: WarmStart |
                                warmup_epochs=warmup, record_dynamics=False, record_probabilities=False)
 
 
-def decide(accuracy: dict[str, float], random_accuracy: list[float], validation_size: int,
-           discordance: dict[str, float] | None = None) -> dict:
+def decide(metric: dict[str, float], random_metric: list[float], sampling_sd: dict[str, float]) -> dict:
     """Random, unless the best strategy's proxy beats the random proxies'
-    mean by MARGIN_SD sds of that difference. A proxy's noise sd combines
-    the random replicas' spread (training seed, subset; one degree of
-    freedom with two replicas, so it can agree by chance) with the
-    validation split's sampling noise: with ``discordance`` (per strategy,
-    the share of split samples its proxy and a random proxy disagree on),
-    the paired sd sqrt(d / 2n) per proxy, as every proxy is judged on the
-    same samples; without it, the binomial sd. The difference of one proxy
-    and a mean of R replicas has sqrt(1 + 1/R) times that sd."""
-    base = float(np.mean(random_accuracy))
-    spread = float(np.std(random_accuracy, ddof=1)) if len(random_accuracy) > 1 else 0.0
-    best = max((name for name in accuracy if name != "random"), key=lambda name: accuracy[name])
-    if discordance is not None:
-        sampling = float(np.sqrt(discordance[best] / (2 * validation_size)))
-    else:
-        sampling = float(np.sqrt(max(base * (1 - base), 1e-12) / validation_size))
-    noise = float(np.hypot(spread, sampling))
-    margin = MARGIN_SD * noise * float(np.sqrt(1 + 1 / len(random_accuracy)))
-    gain = accuracy[best] - base
+    mean by MARGIN_SD sds of that difference. ``metric``: each proxy's mean
+    probability of the true label on the split (DECISION_METRIC);
+    ``random_metric``: the random replicas'. A proxy's noise sd combines the
+    replicas' spread (training seed, subset; one degree of freedom with two
+    replicas, so it can agree by chance) with the split's sampling noise,
+    ``sampling_sd`` per strategy: paired, as every proxy is judged on the
+    same samples (sd of its per-sample differences from a random proxy /
+    sqrt(2n)). The difference of one proxy and a mean of R replicas has
+    sqrt(1 + 1/R) times that sd."""
+    base = float(np.mean(random_metric))
+    spread = float(np.std(random_metric, ddof=1)) if len(random_metric) > 1 else 0.0
+    best = max((name for name in metric if name != "random"), key=lambda name: metric[name])
+    noise = float(np.hypot(spread, sampling_sd[best]))
+    margin = MARGIN_SD * noise * float(np.sqrt(1 + 1 / len(random_metric)))
+    gain = metric[best] - base
     return dict(chosen=best if gain > margin else "random", best_strategy=best, gain_over_random=gain,
-                random_accuracy=base, noise_sd=noise, margin=margin)
+                random_value=base, noise_sd=noise, margin=margin)
+
+
+def paired_sampling_sd(values: np.ndarray, strategies: int, samples: int) -> list[float]:
+    """Per strategy row of ``values`` (proxies x judged samples, the random
+    replicas after the strategies): the sampling sd of one proxy's mean in a
+    paired comparison with a random proxy, sqrt(mean over replicas of the
+    variance of the per-sample differences / 2n), n = distinct samples."""
+    return [float(np.sqrt(np.mean([np.var(values[s] - replica, ddof=1) for replica in values[strategies:]])
+                          / (2 * samples))) for s in range(strategies)]
 
 
 def choose_selection(run: RunDir, config, index: ImageIndex, scores: np.ndarray, k: int, exclude: np.ndarray,
@@ -182,7 +192,7 @@ def choose_selection(run: RunDir, config, index: ImageIndex, scores: np.ndarray,
     start = (f"fine-tuned {starts[0].arch} x{len(starts)}" if len(starts) > 1 else
              f"fine-tuned {starts[0].arch}" if starts else "fastnet from scratch")
     report = read_json(run / REPORT) if (run / REPORT).exists() else None
-    if report is not None and (report.get("proxy_start") != start
+    if report is not None and (report.get("proxy_start") != start or report.get("decision_metric") != DECISION_METRIC
                                or report["chosen"] not in [c[0] for c in CANDIDATES]):
         log.warning("auto selection: %s was written by an earlier version of the rule; measuring again", REPORT)
         report = None
@@ -190,13 +200,13 @@ def choose_selection(run: RunDir, config, index: ImageIndex, scores: np.ndarray,
             shutil.rmtree(stale)
     if report is None:
         report = _measure(run, config, index, scores, k, exclude, validation, stage1_images, common, starts)
-        report["proxy_start"] = start
+        report.update(proxy_start=start, decision_metric=DECISION_METRIC)
         write_json(run / REPORT, report)
         _plot(run, report)
     chosen = next(c for c in CANDIDATES if c[0] == report["chosen"])
-    log.info("auto selection: %s (proxy validation accuracy %s; best strategy %s %+.4f over Random, needed "
-             "%.4f; proxies cost %.0f%% of stage-1 training)", chosen[0],
-             ", ".join(f"{c['name']} {c['validation_accuracy']:.4f}" for c in report["candidates"]),
+    log.info("auto selection: %s (proxies' mean true-label probability %s; best strategy %s %+.4f over Random, "
+             "needed %.4f; proxies cost %.0f%% of stage-1 training)", chosen[0],
+             ", ".join(f"{c['name']} {c['validation_label_probability']:.4f}" for c in report["candidates"]),
              report["best_strategy"], report["gain_over_random"], report["margin"], 100 * report["proxy_cost_share"])
     return strategy_config(config, chosen[1], chosen[2]), chosen[0]
 
@@ -229,7 +239,7 @@ def _measure(run, config, index, scores, k, exclude, validation, stage1_images, 
         raise UserError(f"--auto-budget {config.auto_budget} gives each of the {proxies} proxies {samples} "
                         f"training images, less than one batch of {proxy_config.batch_size}; raise it")
     factory = common["model_factory"] if starts else None  # a fine-tuned user model stays the user's
-    correct, jobs = [], []
+    correct, probability, jobs = [], [], []
     judged = np.zeros(len(validation), dtype=bool)  # split samples judged by some proxy (noise counts them once)
     for warm in starts or [None]:  # one set of proxies per starting model
         start_jobs, sizes = proxy_jobs(run, config, scores, k, index.labels, exclude | validation, samples,
@@ -244,25 +254,28 @@ def _measure(run, config, index, scores, k, exclude, validation, stage1_images, 
         train_many(start_jobs, proxy_config, index, **dict(common, model_factory=factory))
         models = [load_model(job.out_dir, index.num_classes, device=common["device"], model_factory=factory)
                   for job in start_jobs]
-        correct.append(score_samples(models, index, held_out, proxy_config, "entropy", device=common["device"],
-                                     loader_kwargs=common.get("loader_kwargs")).correct)
+        judgement = score_samples(models, index, held_out, proxy_config, "entropy", device=common["device"],
+                                  loader_kwargs=common.get("loader_kwargs"))
+        correct.append(judgement.correct)
+        probability.append(judgement.label_probability)
         jobs += start_jobs
-    correct = np.concatenate(correct, axis=1)  # (proxies per start, judgements over all starts)
+    # (proxies per start, judgements over all starts)
+    correct, probability = np.concatenate(correct, axis=1), np.concatenate(probability, axis=1).astype(np.float64)
     distinct = int(judged.sum())
-    per_proxy = [float(a) for a in np.nanmean(correct, axis=1)]
     strategies = len(CANDIDATES) - 1
-    randoms = per_proxy[strategies:]
-    accuracy = dict(zip([name for name, _, _ in CANDIDATES[:-1]], per_proxy), random=float(np.mean(randoms)))
-    # per strategy: the share of split samples its proxy and a random one disagree on (mean over replicas)
-    discordance = {name: float(np.mean(correct[number] != correct[strategies:]))
-                   for number, (name, _, _) in enumerate(CANDIDATES[:-1])}
+    names = [name for name, _, _ in CANDIDATES[:-1]]
+    accuracy, metric = ([float(a) for a in np.mean(values, axis=1)] for values in (correct, probability))
+    sampling = dict(zip(names, paired_sampling_sd(probability, strategies, distinct)))
     candidates = [dict(name=name, selection=strategy, params=params, coreset_size=size,
-                       proxy_trained_on=len(job.ids), validation_accuracy=accuracy[name],
-                       discordance_with_random=discordance.get(name))
-                  for (name, strategy, params), size, job in zip(CANDIDATES, sizes, jobs)]
-    candidates[-1]["replica_accuracy"] = randoms
+                       proxy_trained_on=len(job.ids), validation_accuracy=accuracy[number],
+                       validation_label_probability=metric[number], paired_sampling_sd=sampling.get(name))
+                  for number, ((name, strategy, params), size, job) in enumerate(zip(CANDIDATES, sizes, jobs))]
+    # the random candidate stands for its replicas: their mean, and each one
+    candidates[-1].update(validation_accuracy=float(np.mean(accuracy[strategies:])),
+                          validation_label_probability=float(np.mean(metric[strategies:])),
+                          replica_accuracy=accuracy[strategies:], replica_label_probability=metric[strategies:])
     images = epochs * sum(len(job.ids) for job in jobs)
-    return dict(**decide(accuracy, randoms, distinct, discordance), candidates=candidates,
+    return dict(**decide(dict(zip(names, metric)), metric[strategies:], sampling), candidates=candidates,
                 validation_size=distinct, proxy_starts=len(starts),
                 proxy_epochs=epochs, proxy_batch_size=proxy_config.batch_size, proxy_images=images,
                 stage1_training_images=stage1_images, proxy_cost_share=images / max(stage1_images, 1),
@@ -276,15 +289,15 @@ def _plot(run: RunDir, report: dict) -> None:
     import matplotlib.pyplot as plt
 
     names = [c["name"] for c in report["candidates"]]
-    accuracy = [c["validation_accuracy"] for c in report["candidates"]]
+    values = [c["validation_label_probability"] for c in report["candidates"]]
     fig, ax = plt.subplots(figsize=(6, 3.5))
     colors = ["tab:orange" if name == report["chosen"] else "tab:blue" for name in names]
-    ax.bar(names, accuracy, color=colors)
-    needed = report["random_accuracy"] + report["margin"]
+    ax.bar(names, values, color=colors)
+    needed = report["random_value"] + report["margin"]
     ax.axhline(needed, color="tab:red", linestyle="--", linewidth=1, label="needed to replace random")
     ax.legend(loc="lower right", fontsize=8)
-    ax.set_ylim(max(0.0, min(accuracy) - 0.05), min(1.0, max(accuracy + [needed]) + 0.03))
-    ax.set_ylabel(f"proxy accuracy on {report['validation_size']} held-out samples")
+    ax.set_ylim(max(0.0, min(values) - 0.05), min(1.0, max(values + [needed]) + 0.03))
+    ax.set_ylabel(f"mean true-label probability\non {report['validation_size']} held-out samples")
     ax.set_title(f"--selection auto chose {report['chosen']} "
                  f"(proxies: {100 * report['proxy_cost_share']:.0f}% of stage-1 training)")
     fig.tight_layout()
