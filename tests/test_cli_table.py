@@ -97,6 +97,7 @@ CASES = [  # (id, argv, a piece of the one error line)
      "subset"),
     ("experiment with a bad grid", ["experiment", "{root}/grid.yaml", "--out", "{new}"], "is not valid YAML"),
     ("experiment with a missing grid", ["experiment", "{root}/nogrid.yaml", "--out", "{new}"], "cannot read"),
+    ("gpus with nproc", prune() + ["--gpus", "1", "--nproc", "2"], "--gpus 1 and --nproc 2"),
 ]
 if NO_GPU:
     CASES += [("gpus without a GPU", prune() + ["--gpus", "1"], "--gpus asked for a GPU"),

@@ -93,15 +93,29 @@ def test_a_model_trained_on_the_gpu_learns_and_scores(tmp_path):
     assert np.isfinite(scored.scores).all()
 
 
-def test_prune_with_one_gpu_twice_gives_the_identical_coreset(tmp_path):
-    """--gpus 1: the fold models train concurrently on CUDA streams; seeded
-    inits and per-job generators make the run repeatable."""
+def test_prune_with_one_gpu_twice_gives_the_identical_coreset(tmp_path, monkeypatch):
+    """gpus=1 (through the Python API, device left at its default): the fold
+    models train concurrently on CUDA streams and are scored on the GPU;
+    seeded inits, per-job generators and repeatable kernels make the run
+    repeatable."""
+    from unseen_fast import evaluate, parallel, pipeline, stage1
+
+    calls = {"concurrently": [], "score": []}
+    real_concurrently = parallel.concurrently
+    monkeypatch.setattr(parallel, "concurrently", lambda jobs, config, index, device, *a, **k: (
+        calls["concurrently"].append(str(device)), real_concurrently(jobs, config, index, device, *a, **k))[1])
+    spy = lambda *a, **k: (calls["score"].append(str(k.get("device"))), evaluate.score_samples(*a, **k))[1]  # noqa: E731
+    for module in (pipeline, stage1):  # the stage-1 and the later stages' scoring
+        monkeypatch.setattr(module, "score_samples", spy)
     config = PruneConfig(prune_rate=0.3, folds=4, stages=2, train=digits_train())
     where = dict(gpus=1) if DEVICE == "cuda" else dict(device=DEVICE)
     first = prune(ImageIndex.digits(), out=tmp_path / "first", config=config, **where)
     second = prune(ImageIndex.digits(), out=tmp_path / "second", config=config, **where)
     assert np.array_equal(first.coreset, second.coreset)
     assert first["device"] == DEVICE
+    if DEVICE == "cuda":  # the stream path itself ran, and nothing was scored on the CPU
+        assert calls["concurrently"] and all(d.startswith("cuda") for d in calls["concurrently"]), calls
+    assert calls["score"] and all(d.startswith(DEVICE) for d in calls["score"]), calls
     folds = [m for m in first["scoring_models"] if m["model"].startswith("fold")]
     assert len(folds) == 4 and all(m["accuracy"] > 0.2 for m in folds), folds  # chance is 0.1
 
@@ -112,3 +126,18 @@ def test_selection_auto_on_the_gpu(tmp_path):
     report = result["auto_selection"]
     assert report["chosen"] in {"hard", "mix", "ccs", "random"}
     assert not np.intersect1d(np.flatnonzero(np.load(tmp_path / "run" / "validation.npy")), result.coreset).size
+
+
+def test_train_command_on_the_gpu(tmp_path, capsys):
+    """`unseen-fast train` on the device, its validation report included
+    (accuracy_report once crashed on device tensors)."""
+    import json
+
+    from unseen_fast.cli import main
+
+    args = ["train", "--data", "builtin:digits", "--epochs", "2", "--image-size", "8", "--out", str(tmp_path / "run"),
+            "--quiet"]
+    assert main(args + (["--gpus", "1"] if DEVICE == "cuda" else ["--device", DEVICE])) == 0
+    report = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert 0.3 < report["top1"] <= 1 and len(report["per_class"]) == 10
+    assert "validation top1" in capsys.readouterr().out

@@ -139,6 +139,21 @@ def test_imports_flow_downward():
     assert not upward, upward
 
 
+@pytest.mark.parametrize("capability, expected", [((7, 0), "fp16"), ((7, 5), "fp16"), ((8, 0), "bf16"), ((9, 0), "bf16")])
+def test_auto_precision_follows_the_gpu(monkeypatch, capability, expected):
+    """bf16 on GPUs that compute it (Ampere on), fp16 before: decided by the
+    asked device's compute capability, not torch.cuda.is_bf16_supported(),
+    which also says yes where bf16 is only emulated."""
+    import torch
+
+    from unseen_fast import constants
+
+    asked = []
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: asked.append(device) or capability)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert constants.resolve_amp("auto", "cuda:1") == expected and asked == [torch.device("cuda:1")]
+
+
 @pytest.mark.parametrize("native, expected", [(True, "bf16"), (False, "off")])
 def test_auto_precision_follows_the_cpu(monkeypatch, tmp_path, native, expected):
     """bf16 autocast only where the CPU computes bf16 natively (on an AMD EPYC

@@ -3,6 +3,7 @@ resume equivalence, train_many across processes, dynamics, the train CLI."""
 import contextlib
 import dataclasses
 import json
+import os
 
 import numpy as np
 import pytest
@@ -579,3 +580,23 @@ def test_train_quiet_prints_only_the_results(tmp_path):
     assert quiet.stderr == "", quiet.stderr[-2000:]
     assert "validation top1" in quiet.stdout and "model:" in quiet.stdout
     assert "training model on" in loud.stderr
+
+
+def test_cuda_trainings_ask_for_repeatable_kernels(monkeypatch):
+    """Two same-seed runs on a GPU must keep the same coreset: deterministic
+    cuDNN algorithms for CUDA trainings (the CPU is left alone) and cuBLAS's
+    repeatable workspace set on import unless the user chose one."""
+    import subprocess
+    import sys
+
+    from unseen_fast import train as train_module
+
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", False)
+    assert train_module._reproducible_on("cpu") == torch.device("cpu") and not torch.backends.cudnn.deterministic
+    assert train_module._reproducible_on("cuda:0") == torch.device("cuda:0") and torch.backends.cudnn.deterministic
+    code = "import os, unseen_fast; print(os.environ['CUBLAS_WORKSPACE_CONFIG'])"
+    env = {k: v for k, v in os.environ.items() if k != "CUBLAS_WORKSPACE_CONFIG"}
+    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True).stdout == ":4096:8\n"
+    mine = subprocess.run([sys.executable, "-c", code], env=dict(env, CUBLAS_WORKSPACE_CONFIG=":16:8"),
+                          capture_output=True, text=True)
+    assert mine.stdout == ":16:8\n"

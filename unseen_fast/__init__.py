@@ -1,8 +1,14 @@
 """unseen-fast: UNSEEN dataset pruning with fused C++/CUDA kernels."""
 from __future__ import annotations
 
-from unseen_fast.constants import __version__
-from unseen_fast.info import build_info
+import os
+
+# Repeatable cuBLAS results with several CUDA streams (the fold models of --gpus 1), read when cuBLAS first
+# starts in the process; a value the user set is kept (torch's reproducibility notes).
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+from unseen_fast.constants import __version__  # noqa: E402
+from unseen_fast.info import build_info  # noqa: E402
 
 
 def prune(data, *, out, config, **kwargs):

@@ -85,18 +85,10 @@ def _logging(quiet: bool = False) -> None:
 def _device(args: argparse.Namespace):
     import torch
 
-    from unseen_fast.errors import UserError
+    from unseen_fast.parallel import training_device
 
-    if args.gpus:
-        device = torch.device("cuda")
-    elif args.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"{'--gpus' if args.gpus else '--device cuda'} asked for a GPU, but torch sees none "
-                        f"on this machine; leave it out to run on the CPU")
-    return device
+    auto = "cuda" if torch.cuda.is_available() else "cpu"
+    return training_device(auto if args.device == "auto" else args.device, args.gpus, args.nproc)
 
 
 def _train_config(args: argparse.Namespace, index, device):

@@ -32,7 +32,9 @@ def resolve_amp(amp: str, device) -> str:
     import torch
 
     if torch.device(device).type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        # not torch.cuda.is_bf16_supported(): it also says yes where bf16 is only emulated (before
+        # Ampere), and it asks about the current device rather than this one
+        return "bf16" if torch.cuda.get_device_capability(torch.device(device))[0] >= 8 else "fp16"
     return "bf16" if cpu_has_native_bf16() else "off"
 
 

@@ -153,6 +153,7 @@ def predict_logits(model: nn.Module, index: ImageIndex, ids, *, image_size: int,
 
 def accuracy_report(logits: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> dict:
     """top1, per-class accuracy and the variance of per-class accuracy."""
+    logits, labels = logits.cpu(), labels.cpu()  # one copy; the report is read on the host
     correct = (logits.argmax(1) == labels).double()
     per_class = torch.zeros(len(classes), dtype=torch.float64).index_add_(0, labels, correct)
     counts = torch.bincount(labels, minlength=len(classes)).double()

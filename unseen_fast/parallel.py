@@ -45,6 +45,20 @@ def _run_job(job: TrainJob, config: TrainConfig, index: ImageIndex, device, load
           init_from=job.init_from)
 
 
+def training_device(device, gpus: int | None, nproc: int | None) -> torch.device:
+    """Where the trainings run: ``gpus`` means CUDA whatever ``device`` says
+    (as the CLI's --gpus); ``gpus`` with ``nproc`` (CPU workers) and CUDA
+    without a visible GPU are refused in one line."""
+    if gpus and nproc:
+        raise UserError(f"--gpus {gpus} and --nproc {nproc}: --nproc starts CPU worker processes, --gpus one "
+                        f"per GPU; give one of them")
+    device = torch.device("cuda") if gpus and torch.device(device).type != "cuda" else torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"{'--gpus' if gpus else '--device ' + str(device)} asked for a GPU, but torch sees none "
+                        f"on this machine; leave it out to run on the CPU")
+    return device
+
+
 def train_many(jobs: list[TrainJob], config: TrainConfig, index: ImageIndex, *, device="cpu",
                nproc: int | None = None, gpus: int | None = None, loader_kwargs: dict | None = None,
                progress: bool = False, model_factory=None) -> list[Path]:
@@ -61,6 +75,7 @@ def train_many(jobs: list[TrainJob], config: TrainConfig, index: ImageIndex, *, 
     a crashed run continues where it stopped. A failing worker stops the run
     with that worker's error.
     """
+    device = training_device(device, gpus, nproc)
     workers = gpus if gpus and gpus > 1 else nproc
     if workers and workers > 1:
         _launch(jobs, config, index, workers=workers, use_gpus=bool(gpus and gpus > 1),

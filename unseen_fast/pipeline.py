@@ -25,7 +25,7 @@ from unseen_fast.evaluate import ScoringPass, score_samples
 from unseen_fast.fold_scores import SCORE_NORMS, combine_scores
 from unseen_fast.label_issues import find_label_issues, label_issues_csv
 from unseen_fast.outputs import PruneResult, write_outputs
-from unseen_fast.parallel import TrainJob, train_many
+from unseen_fast.parallel import TrainJob, train_many, training_device
 from unseen_fast.rundir import RunDir, write_text
 from unseen_fast.selection import SELECTIONS, random_scores, select, stage_sizes
 from unseen_fast.splits import fold_assignment
@@ -155,11 +155,12 @@ def prune(data, *, out, config: PruneConfig, device="cpu", nproc: int | None = N
         are left out (listed in ``skipped_images.txt``).
     """
     start = time.perf_counter()
+    device = training_device(device, gpus, nproc)  # the scoring runs there too
     index = data if isinstance(data, ImageIndex) else open_index(data)
     checked = checked_before(Path(out), index, skip_bad) if resume else None
     index, skipped = checked or readable_images(index, skip_bad)
     config.validate(index)
-    where = "cuda" if gpus else str(device)
+    where = str(device)
     # the run records the precision it trains in, not "auto"
     config = dataclasses.replace(config, train=dataclasses.replace(config.train,
                                                                    amp=resolve_amp(config.train.amp, where)))

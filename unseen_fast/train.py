@@ -110,7 +110,7 @@ def train(config: TrainConfig, index: ImageIndex, ids, out_dir, *, device="cpu",
     ranks take the same steps as one process (same schedule, same learning
     rate); the group's first rank writes the checkpoints.
     """
-    device = torch.device(device)
+    device = _reproducible_on(device)
     config = dataclasses.replace(config, amp=resolve_amp(config.amp, device))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -357,6 +357,18 @@ def _seeded_model(config: TrainConfig, num_classes: int, model_factory, source: 
     with _SEEDED_INIT:  # concurrent jobs (threads on CUDA streams) must not interleave their seeded inits
         torch.manual_seed(config.seed)
         return _new_model(config, num_classes, model_factory, source)
+
+
+def _reproducible_on(device) -> torch.device:
+    """``device``; on CUDA, deterministic cuDNN algorithms (its default
+    heuristics may pick convolution backward passes that add with atomics),
+    so two runs with the same seed train the same models and keep the same
+    coreset. cuBLAS is made repeatable across streams by the workspace
+    setting unseen_fast sets on import (CUBLAS_WORKSPACE_CONFIG)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.backends.cudnn.deterministic = True
+    return device
 
 
 def _new_model(config: TrainConfig, num_classes: int, model_factory=None, source: dict | None = None) -> nn.Module:
