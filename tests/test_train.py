@@ -446,17 +446,17 @@ def counting_host_transfers():
             setattr(torch.Tensor, name, real)
 
 
-def one_epoch(samples: int, device="cpu"):
+def one_epoch(samples: int, device="cpu", recorder=None, **fields):
     from unseen_fast.data import make_loader
     from unseen_fast.train import _Optimization, _train_epoch
 
     digits = ImageIndex.digits()
-    config = TrainConfig(batch_size=64, image_size=8, amp="off")
+    config = TrainConfig(batch_size=64, image_size=8, amp="off", **fields)
     model = build_model("fastnet", 10, image_size=8).to(device)
     opt = _Optimization.create(config, model, torch.device(device), per_rank=samples)
     loader = make_loader(digits, np.arange(samples), train=True, batch_size=64, image_size=8, backend="resident",
                          device=device, seed=0)
-    return lambda: _train_epoch(config, model, opt, loader, None, 0, torch.device(device))
+    return lambda: _train_epoch(config, model, opt, loader, recorder, 0, torch.device(device))
 
 
 def test_a_training_epoch_makes_no_host_transfer_per_step():
@@ -470,6 +470,23 @@ def test_a_training_epoch_makes_no_host_transfer_per_step():
             run()
         counts.append(calls["n"])
     assert counts[0] == counts[1] == 0, counts
+
+
+def test_recording_dynamics_copies_to_the_host_once_per_epoch(tmp_path):
+    """The fitting framework's per-sample statistics (and probabilities) stay
+    on the device until the epoch's flush: as many host copies at 4 steps as
+    at 16, and every trained sample recorded."""
+    counts = []
+    for samples in (256, 1024):
+        recorder = DynamicsRecorder(tmp_path / str(samples), epochs=1, num_samples=1797, num_classes=10)
+        run = one_epoch(samples, recorder=recorder, record_dynamics=True, record_probabilities=True)
+        with counting_host_transfers() as calls:
+            run()
+        counts.append(calls["n"])
+        arrays = load_dynamics(tmp_path / str(samples))
+        assert np.isfinite(arrays["loss"][0, :samples]).all() and np.isnan(arrays["loss"][0, samples:]).all()
+        assert np.allclose(arrays["probs"][0, :samples].astype(np.float32).sum(1), 1, atol=0.02)
+    assert counts[0] == counts[1] <= 6, counts  # ids, statistics, probabilities: .cpu() and .numpy() each
 
 
 @pytest.mark.cuda

@@ -24,6 +24,7 @@ class DynamicsRecorder:
         self.folder = Path(folder)
         self.stats = tuple(stats)
         self.shape = (epochs, num_samples)
+        self._pending = []  # (epoch, ids, stats, probs) of batches recorded since the last flush
         meta = dict(shape=list(self.shape), stats=list(self.stats), num_classes=num_classes)
         meta_path = self.folder / "dynamics.json"
         exists = meta_path.exists()
@@ -45,17 +46,26 @@ class DynamicsRecorder:
             write_json(meta_path, meta)
 
     def record(self, epoch: int, sample_ids: torch.Tensor, stats: torch.Tensor, probs: torch.Tensor | None = None):
-        """Write (B, len(STATS)) statistics (and (B, C) probabilities when
-        recorded) of a batch at its sample ids."""
-        ids = sample_ids.cpu().numpy()
-        values = stats.float().cpu().numpy()
-        for column, name in enumerate(STATS):
-            if name in self.arrays:
-                self.arrays[name][epoch, ids] = values[:, column]
-        if "probs" in self.arrays:
-            self.arrays["probs"][epoch, ids] = probs.to(torch.float16).cpu().numpy()
+        """Keep a batch's (B, len(STATS)) statistics (and (B, C) probabilities
+        when recorded) at its sample ids, where they are (on the device):
+        :meth:`flush` writes them with one copy to the host, so recording
+        never makes a training step wait for the device."""
+        self._pending.append((epoch, sample_ids.detach(), stats.detach().float(),
+                              None if probs is None else probs.detach().to(torch.float16)))
 
     def flush(self) -> None:
+        """Write what :meth:`record` kept (one host copy per epoch and array)
+        and flush the files."""
+        for epoch in sorted({part[0] for part in self._pending}):
+            parts = [part[1:] for part in self._pending if part[0] == epoch]
+            ids = torch.cat([ids for ids, _, _ in parts]).cpu().numpy()
+            values = torch.cat([stats for _, stats, _ in parts]).cpu().numpy()
+            for column, name in enumerate(STATS):
+                if name in self.arrays:
+                    self.arrays[name][epoch, ids] = values[:, column]
+            if "probs" in self.arrays:
+                self.arrays["probs"][epoch, ids] = torch.cat([probs for _, _, probs in parts]).cpu().numpy()
+        self._pending = []
         for array in self.arrays.values():
             array.flush()
 
