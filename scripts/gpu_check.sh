@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Everything a session lent the GPU machine should run, in two device calls
-# of at most 10 minutes each (the machine stays warm 30 s between them, so
-# call 2 usually finds the build of call 1; it rebuilds when not).
+# of at most 10 minutes each; the step limits of a call add up to under
+# 600 s (kernels 120+60+240+110, pipeline 120+3x120+100), so a slow step
+# cannot cut off the later ones. The machine stays warm 30 s between calls,
+# so call 2 usually finds the build of call 1; it rebuilds when not.
 #
 #   1. copy the CIFAR-10 tarball into the carried folder, here:
 #        mkdir -p .gpu-carry && cp ../shared/datasets/cifar10-train-jpg.tar.gz .gpu-carry/
@@ -43,7 +45,7 @@ build() {
     echo "== build: already built with CUDA"
     return 0
   fi
-  step build 240 $PY -m pip install --no-index --no-build-isolation --no-deps -e . || exit 1
+  step build 120 $PY -m pip install --no-index --no-build-isolation --no-deps -e . || exit 1
 }
 
 # the CIFAR-10 JPEGs for the prune and for the tests' and benches' data fixtures (../shared does not travel)
@@ -59,21 +61,21 @@ case $part in
     $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" >> "$OUT/device.log" 2>&1
     build
     # each in its own process: a segfault shows as rc 139 instead of ending the script
-    step former-segfaults 120 $PY -m pytest -q -p no:cacheprovider \
+    step former-segfaults 60 $PY -m pytest -q -p no:cacheprovider \
       "tests/test_score.py::test_empty_and_shapes" "tests/test_select.py::test_select_errors"
-    step cuda-tests 330 $PY -m pytest -q -p no:cacheprovider -rs tests \
+    step cuda-tests 240 $PY -m pytest -q -p no:cacheprovider -rs tests \
       -k "(cuda or gpu_path or resident or concurrent or sync or deferred) and not emulated"
-    step ops-bench 150 $PY -m pytest -q -p no:cacheprovider bench/test_gpu_ops_bench.py --benchmark-only \
+    step ops-bench 110 $PY -m pytest -q -p no:cacheprovider bench/test_gpu_ops_bench.py --benchmark-only \
       --benchmark-columns=median,iqr,rounds
     ;;
   pipeline)
     build
     for run in 1 2; do
       rm -rf "gpu-check-prune-$run"
-      step "prune-$run" 200 unseen-fast prune --data "$data" --prune-rate 0.3 --gpus 1 --out "gpu-check-prune-$run"
+      step "prune-$run" 120 unseen-fast prune --data "$data" --prune-rate 0.3 --gpus 1 --out "gpu-check-prune-$run"
     done
     rm -rf gpu-check-prune-compile  # the same with --compile (issue 16: the GPU default if it wins)
-    step prune-compile 200 unseen-fast prune --data "$data" --prune-rate 0.3 --gpus 1 --compile \
+    step prune-compile 120 unseen-fast prune --data "$data" --prune-rate 0.3 --gpus 1 --compile \
       --out gpu-check-prune-compile
     $PY - > "$OUT/prune-compare.log" 2>&1 <<'EOF'
 import json
@@ -86,7 +88,7 @@ for k in ("1", "2", "compile"):
     print(k, summary["device"], summary["precision"], summary["wall_time_s"], summary["images_processed"])
 EOF
     cat "$OUT/prune-compare.log"
-    step model-benches 150 env UNSEEN_FAST_BENCH_DEVICE=cuda $PY -m pytest -q -p no:cacheprovider \
+    step model-benches 100 env UNSEEN_FAST_BENCH_DEVICE=cuda $PY -m pytest -q -p no:cacheprovider \
       bench/test_fold_models_bench.py bench/test_loader_bench.py --benchmark-only --benchmark-columns=median,iqr,rounds
     ;;
   *)

@@ -114,7 +114,11 @@ def _worker(jobs, config, index, use_gpus, loader_kwargs, model_factory=None) ->
 
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if use_gpus else torch.device("cpu")
-    dist.init_process_group("nccl" if use_gpus else "gloo")
+    if use_gpus:  # this rank's GPU for every CUDA call and NCCL's barriers (else NCCL guesses, and a
+        torch.cuda.set_device(device)  # pinning thread would open a context on GPU 0 in every rank)
+        dist.init_process_group("nccl", device_id=device)
+    else:
+        dist.init_process_group("gloo")
     try:
         if jobs and world > len(jobs):
             _data_parallel_share(jobs, config, index, device, loader_kwargs, model_factory, rank, world)
