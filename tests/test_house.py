@@ -66,6 +66,54 @@ def test_a_full_disk_is_one_line_naming_the_file_and_the_space(tmp_path, monkeyp
     assert np.load(tmp_path / "a.npy").tolist() == [0, 1, 2] and len(list(tmp_path.iterdir())) == 1
 
 
+def test_reserving_a_file_on_a_full_disk_is_one_line(tmp_path, monkeypatch):
+    """Files written through memory maps (the decoded cache, dynamics) are
+    reserved first: a full disk is a UserError then, not a SIGBUS later."""
+    import errno
+    import os
+
+    from unseen_fast.rundir import allocate
+
+    allocate(tmp_path / "ok.u8", 1000)
+    assert (tmp_path / "ok.u8").stat().st_size == 1000
+
+    def full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    with pytest.raises(UserError, match=r"cannot write .*big.u8 \(5,000 bytes\): No space left on device"):
+        allocate(tmp_path / "big.u8", 5000)
+    assert not (tmp_path / "big.u8").exists()
+
+
+@pytest.mark.parametrize("data, disk", [("builtin:digits", "3m"), ("small_folder", "256k")])
+def test_a_prune_onto_a_full_disk_stops_in_one_line(request, tmp_path, data, disk):
+    """A real small disk (tmpfs; needs root, else skipped): the checkpoint
+    (digits) or the decoded cache (a folder) does not fit. Once a torch.save
+    traceback and a SIGBUS (exit 135) with no message."""
+    import os
+    import subprocess
+    import sys
+
+    small = tmp_path / "small"
+    small.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={disk}", "tmpfs", str(small)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("needs root to mount a small tmpfs")
+    try:
+        source = data if data.startswith("builtin:") else str(request.getfixturevalue(data))
+        args = ["prune", "--data", source, "--prune-rate", "0.3", "--epochs", "1", "--out", str(small / "run"),
+                "--quiet"]
+        done = subprocess.run([sys.executable, "-c", f"import sys; from unseen_fast.cli import main; "
+                               f"sys.exit(main({args!r}))"], capture_output=True, text=True)
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 2 and len(lines) == 1, done.stderr[-3000:]
+        assert "No space left on device" in lines[0] and "bytes free there" in lines[0]
+        assert not [path for path in small.rglob("*") if ".tmp." in path.name]  # no half-written file left
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
+
+
 def test_atomic_files_keep_the_old_version_on_failure(tmp_path):
     path = tmp_path / "a.json"
     write_json(path, {"v": 1})

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import io
 import json
 import logging
 import signal
@@ -98,8 +99,12 @@ class CheckpointWriter:
 
     def _write(self, state: dict) -> None:
         try:
-            with atomic_path(self.path) as tmp:
-                torch.save(state, tmp)
+            # serialized in memory first: torch.save into a full disk fails with a RuntimeError of its
+            # zip writer, a plain write with ENOSPC, which atomic_path turns into one line
+            buffer = io.BytesIO()
+            torch.save(state, buffer)
+            with atomic_path(self.path, size=buffer.tell()) as tmp:
+                tmp.write_bytes(buffer.getbuffer())
         except BaseException as err:  # re-raised in the training thread by wait()
             self._error = err
 

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from unseen_fast.fused_loss import STATS
-from unseen_fast.rundir import write_json
+from unseen_fast.rundir import allocate, write_json
 
 
 class DynamicsRecorder:
@@ -33,12 +33,14 @@ class DynamicsRecorder:
             if saved != meta:
                 raise ValueError(f"{meta_path} records {saved}, not {meta}")
         self.folder.mkdir(parents=True, exist_ok=True)
-        mode = "r+" if exists else "w+"
-        self.arrays = {name: np.memmap(self.folder / f"{name}.f32", dtype=np.float32, mode=mode, shape=self.shape)
-                       for name in self.stats}
+        files = {name: (self.folder / f"{name}.f32", np.float32, self.shape) for name in self.stats}
         if num_classes:
-            self.arrays["probs"] = np.memmap(self.folder / "probs.f16", dtype=np.float16, mode=mode,
-                                             shape=self.shape + (num_classes,))
+            files["probs"] = (self.folder / "probs.f16", np.float16, self.shape + (num_classes,))
+        if not exists:  # reserved first: a full disk fails in one line, not as a SIGBUS in the NaN fill
+            for path, dtype, shape in files.values():
+                allocate(path, int(np.prod(shape)) * np.dtype(dtype).itemsize)
+        self.arrays = {name: np.memmap(path, dtype=dtype, mode="r+", shape=shape)
+                       for name, (path, dtype, shape) in files.items()}
         if not exists:
             for array in self.arrays.values():
                 array[:] = np.nan

@@ -28,6 +28,15 @@ from unseen_fast.errors import UserError
 _STORAGE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
 
+def _storage_error(path: Path, err: OSError, size: int | None) -> UserError:
+    needed = f" ({size:,} bytes)" if size is not None else ""
+    try:
+        free = f"; {shutil.disk_usage(path.parent).free:,} bytes free there"
+    except OSError:
+        free = ""
+    return UserError(f"cannot write {path}{needed}: {err.strerror}{free}; the previous version, if any, is kept")
+
+
 @contextlib.contextmanager
 def atomic_path(path, size: int | None = None):
     """Yield a temporary path next to ``path``; on success rename it onto
@@ -42,15 +51,30 @@ def atomic_path(path, size: int | None = None):
     except OSError as err:
         if err.errno not in _STORAGE_ERRORS:
             raise
-        needed = f" ({size:,} bytes)" if size is not None else ""
-        try:
-            free = f"; {shutil.disk_usage(path.parent).free:,} bytes free there"
-        except OSError:
-            free = ""
-        raise UserError(f"cannot write {path}{needed}: {err.strerror}{free}; the previous version, if any, "
-                        f"is kept") from None
+        raise _storage_error(path, err, size) from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def allocate(path, size: int) -> None:
+    """Create ``path`` with ``size`` bytes reserved on disk, so that a full
+    disk fails here in one line (a UserError naming it) instead of killing
+    the process with SIGBUS when a memory map of the file is written.
+    Filesystems that cannot reserve space get a sparse file."""
+    path = Path(path)
+    try:
+        with open(path, "wb") as handle:
+            try:
+                os.posix_fallocate(handle.fileno(), 0, size) if size else None
+            except OSError as err:
+                if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                    raise
+                handle.truncate(size)
+    except OSError as err:
+        if err.errno not in _STORAGE_ERRORS:
+            raise
+        path.unlink(missing_ok=True)
+        raise _storage_error(path, err, size) from None
 
 
 def write_text(path, text: str) -> None:

@@ -18,7 +18,7 @@ from unseen_fast.data.decode import decode_every_image
 from unseen_fast.data.errors import BadImageError
 from unseen_fast.data.index import ImageIndex
 from unseen_fast.data.transforms import Augment, cache_augment, cache_pixels
-from unseen_fast.rundir import atomic_path, write_json
+from unseen_fast.rundir import allocate, atomic_path, write_json
 
 log = logging.getLogger("unseen_fast.data")
 
@@ -59,8 +59,10 @@ class DecodedCache:
                 pixels = np.memmap(data_path, dtype=np.uint8, mode="r", shape=shape)
                 return cls(pixels, {int(k): v for k, v in meta["bad"].items()}, data_path)
         cache_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_path(data_path) as partial:  # an interrupted build leaves no file that looks finished
-            pixels = np.memmap(partial, dtype=np.uint8, mode="w+", shape=shape)
+        size = int(np.prod(shape))
+        with atomic_path(data_path, size=size) as partial:  # an interrupted build leaves no file that looks finished
+            allocate(partial, size)  # a full disk: one line now, not a SIGBUS while decoding
+            pixels = np.memmap(partial, dtype=np.uint8, mode="r+", shape=shape)
             bad = _decode_all(index, aug, pixels, workers=workers, progress=progress)
             pixels.flush()
             del pixels
