@@ -98,6 +98,10 @@ CASES = [  # (id, argv, a piece of the one error line)
     ("experiment with a bad grid", ["experiment", "{root}/grid.yaml", "--out", "{new}"], "is not valid YAML"),
     ("experiment with a missing grid", ["experiment", "{root}/nogrid.yaml", "--out", "{new}"], "cannot read"),
     ("gpus with nproc", prune() + ["--gpus", "1", "--nproc", "2"], "--gpus 1 and --nproc 2"),
+    ("out inside the data", prune(out="{good}/runs/p1"), "lies inside the dataset"),
+    ("train out inside the data", ["train", "--data", "{good}", "--out", "{good}/t"], "lies inside the dataset"),
+    ("a device name torch does not know", prune() + ["--device", "gpu"], "--device 'gpu' is not a device"),
+    ("demo on a device name torch does not know", ["demo", "--device", "gpu"], "is not a device"),
 ]
 if NO_GPU:
     CASES += [("gpus without a GPU", prune() + ["--gpus", "1"], "--gpus asked for a GPU"),

@@ -42,6 +42,35 @@ def test_unexpected_errors_keep_their_traceback(monkeypatch):
         cli.main(["info"])
 
 
+def test_interrupts_and_unwritable_folders_are_one_line(monkeypatch, tmp_path, capsys):
+    """Ctrl-C says how to continue (exit 130); a read-only or forbidden
+    folder met by a plain write names the file; other OS errors stay bugs."""
+    import errno
+    import os
+
+    def raising(error):
+        def command(args):
+            raise error
+        return command
+
+    monkeypatch.setattr(cli, "cmd_prune", raising(KeyboardInterrupt()))
+    argv = ["prune", "--data", "builtin:digits", "--prune-rate", "0.3", "--out", str(tmp_path / "run")]
+    assert cli.main(argv) == 130
+    assert capsys.readouterr().err.strip() == ("unseen-fast prune: interrupted; the finished checkpoints are kept: "
+                                               "the same command with --resume continues")
+    monkeypatch.setattr(cli, "cmd_info", raising(OSError(errno.EROFS, "Read-only file system", "/ro/run/.lock")))
+    assert cli.main(["info"]) == 2
+    assert capsys.readouterr().err.strip() == "unseen-fast info: error: cannot write /ro/run/.lock: Read-only file system"
+    monkeypatch.setattr(cli, "cmd_info", raising(OSError(errno.ENOENT, "No such file", "/gone")))
+    with pytest.raises(FileNotFoundError):
+        cli.main(["info"])
+    if os.geteuid() != 0:  # root writes through permissions: the real folder only checks as a user
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o555)
+        assert cli.main(["prune", "--data", "builtin:digits", "--prune-rate", "0.3", "--out", str(locked)]) == 2
+        assert "cannot write" in capsys.readouterr().err
+
+
 def test_bad_grid_files_are_user_errors(tmp_path, capsys):
     (tmp_path / "grid.yaml").write_text("data: [unclosed\n")
     assert cli.main(["experiment", str(tmp_path / "grid.yaml"), "--out", str(tmp_path / "exp")]) == 2

@@ -13,8 +13,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     info = build_info()
     if args.json:
-        print(json.dumps(info, indent=2))
-        return 0
+        return print(json.dumps(info, indent=2)) or 0
     width = max(len(key) for key in info)
     for key, value in info.items():
         if isinstance(value, list):
@@ -29,14 +28,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     import torch
 
     from unseen_fast import ops, reference
-
     from unseen_fast.errors import UserError
+    from unseen_fast.parallel import training_device
 
     if args.samples < 1 or args.classes < 1:
         raise UserError(f"need --samples >= 1 and --classes >= 1, got {args.samples}, {args.classes}")
     if not 0 < args.keep <= 1:
         raise UserError(f"--keep must be in (0, 1], got {args.keep}")
-    device = torch.device(args.device)
+    device = training_device(args.device, None, None)
     gen = torch.Generator().manual_seed(args.seed)
     logits = (torch.randn(args.samples, args.classes, generator=gen) * 3).to(device)
     labels = torch.randint(0, args.classes, (args.samples,), generator=gen).to(device)
@@ -133,8 +132,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         val_index = index
         ids, val_ids = stratified_holdout(ids, index.labels, args.val_fraction, seed=args.seed)
-    out.mkdir(parents=True, exist_ok=True)
-    index.save(out)
+    index.save(out)  # creates the folder, refused inside --data
     write_json(out / "train_config.json", dict(vars(config), train_samples=len(ids), val_samples=len(val_ids)))
     loader_kwargs = dict(cache_dir=out / "cache")
     train_many([TrainJob("model", ids, str(out), seed=args.seed)], config, index, device=device,
@@ -165,8 +163,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
                          stage_size=_stage_size(args.stage_size), score=args.score, framework=args.framework,
                          selection=args.selection, split=args.split, score_norm=args.score_norm, seed=args.seed,
                          drop_label_issues=args.drop_label_issues, label_issue_factor=args.label_issue_factor,
-                         auto_budget=args.auto_budget,
-                         train=_train_config(args, index, device),
+                         auto_budget=args.auto_budget, train=_train_config(args, index, device),
                          baseline=BaselineParams(early_epochs=args.early_epochs, window=args.window,
                                                  tdds_decay=args.tdds_decay, ccs_beta=args.ccs_beta,
                                                  ccs_strata=args.ccs_strata, mix_alpha=args.mix_alpha))
@@ -203,8 +200,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     _logging(args.quiet)
     grid = Grid.from_yaml(args.grid)
     device = _device(args)
-    rows = run_experiment(grid, args.out, device=device, nproc=args.nproc, gpus=args.gpus,
-                          progress=not args.quiet)
+    rows = run_experiment(grid, args.out, device=device, nproc=args.nproc, gpus=args.gpus, progress=not args.quiet)
     out = Path(args.out)
     print((out / "table.md").read_text() if (out / "table.md").exists() else "no results")
     print(f"{len(rows)} cell(s); table: {out / 'table.md'}, {out / 'results.csv'}; "
@@ -379,6 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     DataError and every bad option value are) is one line on stderr and exit
     2; anything else is a bug and keeps its traceback."""
     from unseen_fast.errors import UserError
+    from unseen_fast.rundir import STORAGE_ERRNOS
 
     args = build_parser().parse_args(argv)
     try:
@@ -386,6 +383,16 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"unseen-fast {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a read-only, forbidden or full folder met outside the checked writes
+        if err.errno not in STORAGE_ERRNOS or err.filename is None:
+            raise
+        print(f"unseen-fast {args.command}: error: cannot write {err.filename}: {err.strerror}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        again = "the same command" + (" with --resume" if args.command == "prune" else "")
+        print(f"unseen-fast {args.command}: interrupted; the finished checkpoints are kept: {again} continues",
+              file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

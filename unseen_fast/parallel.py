@@ -52,7 +52,11 @@ def training_device(device, gpus: int | None, nproc: int | None) -> torch.device
     if gpus and nproc:
         raise UserError(f"--gpus {gpus} and --nproc {nproc}: --nproc starts CPU worker processes, --gpus one "
                         f"per GPU; give one of them")
-    device = torch.device("cuda") if gpus and torch.device(device).type != "cuda" else torch.device(device)
+    try:
+        device = torch.device(device)
+    except RuntimeError:
+        raise UserError(f"--device {device!r} is not a device: use cpu, cuda or cuda:N") from None
+    device = torch.device("cuda") if gpus and device.type != "cuda" else device
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"{'--gpus' if gpus else '--device ' + str(device)} asked for a GPU, but torch sees none "
                         f"on this machine; leave it out to run on the CPU")

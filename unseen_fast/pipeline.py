@@ -157,6 +157,7 @@ def prune(data, *, out, config: PruneConfig, device="cpu", nproc: int | None = N
     start = time.perf_counter()
     device = training_device(device, gpus, nproc)  # the scoring runs there too
     index = data if isinstance(data, ImageIndex) else open_index(data)
+    index.refuse_inside(out)  # before anything is written there
     checked = checked_before(Path(out), index, skip_bad) if resume else None
     index, skipped = checked or readable_images(index, skip_bad)
     config.validate(index)

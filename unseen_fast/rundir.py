@@ -25,7 +25,7 @@ from unseen_fast.errors import UserError
 
 
 # a full disk, a quota, a read-only or forbidden folder: the user's to fix, said in one line
-_STORAGE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 def _storage_error(path: Path, err: OSError, size: int | None) -> UserError:
@@ -49,7 +49,7 @@ def atomic_path(path, size: int | None = None):
         yield tmp
         os.replace(tmp, path)
     except OSError as err:
-        if err.errno not in _STORAGE_ERRORS:
+        if err.errno not in STORAGE_ERRNOS:
             raise
         raise _storage_error(path, err, size) from None
     finally:
@@ -71,7 +71,7 @@ def allocate(path, size: int) -> None:
                     raise
                 handle.truncate(size)
     except OSError as err:
-        if err.errno not in _STORAGE_ERRORS:
+        if err.errno not in STORAGE_ERRNOS:
             raise
         path.unlink(missing_ok=True)
         raise _storage_error(path, err, size) from None

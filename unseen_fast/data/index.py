@@ -261,6 +261,7 @@ class ImageIndex:
         ``run_dir``. An index already saved there must be the same listing:
         a different one raises instead of being overwritten."""
         run_dir = Path(run_dir)
+        self.refuse_inside(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         meta_path = run_dir / INDEX_META
         if meta_path.exists():
@@ -275,6 +276,18 @@ class ImageIndex:
         write_text(run_dir / INDEX_LIST,
                       "".join(f"{p} {l}\n" for p, l in zip(self.paths, self.labels.tolist())))
         write_text(meta_path, json.dumps(meta, indent=1))
+
+    def refuse_inside(self, folder) -> None:
+        """Raise a DataError if ``folder`` (an output folder) lies inside the
+        dataset's root: listed again, its files would become a class. (A
+        file list names its files: any folder will do there.)"""
+        if self.source != "folder":
+            return
+        root, inside = Path(self.root).resolve(), Path(folder).resolve()
+        if inside.is_relative_to(root):
+            raise DataError(f"the output folder {folder} lies inside the dataset {self.root}: listed again, its "
+                            f"files would be images of a class {inside.relative_to(root).parts[0]!r}; put it "
+                            f"outside")
 
     @classmethod
     def load(cls, run_dir) -> "ImageIndex":
