@@ -49,6 +49,8 @@ def test_a_lambda_model_factory_works_in_process_and_is_refused_for_workers(tmp_
     assert summary["coreset_size"] == 898
     with pytest.raises(UserError, match="cannot be sent to the 2 worker processes.*define it in an importable module"):
         prune(digits, out=tmp_path / "workers", config=config, model_factory=factory, nproc=2)
+    assert not (tmp_path / "workers").exists()  # refused before the folder is claimed: the same call without
+    # nproc may use it
 
 
 def test_prune_returns_a_readable_result(tmp_path):

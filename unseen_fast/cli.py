@@ -114,7 +114,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from unseen_fast.parallel import TrainJob, train_many
     from unseen_fast.rundir import write_json
     from unseen_fast.splits import stratified_holdout
-    from unseen_fast.train import load_model
+    from unseen_fast.train import check_model, load_model
 
     _logging(args.quiet)
     out = Path(args.out)
@@ -132,6 +132,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         val_index = index
         ids, val_ids = stratified_holdout(ids, index.labels, args.val_fraction, seed=args.seed)
+    check_model(config, index.num_classes)  # these two before anything is written
     index.save(out)  # creates the folder, refused inside --data
     write_json(out / "train_config.json", dict(vars(config), train_samples=len(ids), val_samples=len(val_ids)))
     loader_kwargs = dict(cache_dir=out / "cache")

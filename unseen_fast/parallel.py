@@ -150,11 +150,11 @@ def _data_parallel_share(jobs, config, index, device, loader_kwargs, model_facto
         _run_job(job, config, index, device, loader_kwargs, False, model_factory, ddp_group=groups[rank // size])
 
 
-def _check_picklable(model_factory, workers: int) -> None:
+def check_picklable(model_factory, workers: int | None) -> None:
     """Worker processes receive the model factory by pickling: say so in one
     line, before anything starts, when it cannot be (a lambda, a function
     defined in a notebook cell or in a script's __main__)."""
-    if model_factory is None:
+    if model_factory is None or not workers or workers < 2:
         return
     import pickle
 
@@ -180,7 +180,7 @@ def _launch(jobs, config, index, *, workers: int, use_gpus: bool, loader_kwargs,
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    _check_picklable(model_factory, workers)
+    check_picklable(model_factory, workers)
 
     launch = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=workers, run_id=str(uuid.uuid4()),
                           rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0,

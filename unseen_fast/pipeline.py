@@ -25,12 +25,12 @@ from unseen_fast.evaluate import ScoringPass, score_samples
 from unseen_fast.fold_scores import SCORE_NORMS, combine_scores
 from unseen_fast.label_issues import find_label_issues, label_issues_csv
 from unseen_fast.outputs import PruneResult, write_outputs
-from unseen_fast.parallel import TrainJob, train_many, training_device
+from unseen_fast.parallel import TrainJob, check_picklable, train_many, training_device
 from unseen_fast.rundir import RunDir, write_text
 from unseen_fast.selection import SELECTIONS, random_scores, select, stage_sizes
 from unseen_fast.splits import fold_assignment
 from unseen_fast.stage1 import Stage1Store, score_stage1, scoring_mask
-from unseen_fast.train import TrainConfig, config_identity, load_model
+from unseen_fast.train import TrainConfig, check_model, config_identity, load_model
 from unseen_fast.usable_images import SKIPPED_LIST, checked_before, readable_images, usable_mask
 
 log = logging.getLogger("unseen_fast.pipeline")
@@ -161,6 +161,8 @@ def prune(data, *, out, config: PruneConfig, device="cpu", nproc: int | None = N
     checked = checked_before(Path(out), index, skip_bad) if resume else None
     index, skipped = checked or readable_images(index, skip_bad)
     config.validate(index)
+    check_model(config.train, index.num_classes, model_factory)  # these two: before the run folder is claimed
+    check_picklable(model_factory, gpus if gpus and gpus > 1 else nproc)
     where = str(device)
     # the run records the precision it trains in, not "auto"
     config = dataclasses.replace(config, train=dataclasses.replace(config.train,

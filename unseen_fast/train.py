@@ -371,6 +371,18 @@ def _reproducible_on(device) -> torch.device:
     return device
 
 
+def check_model(config: TrainConfig, num_classes: int, model_factory=None) -> None:
+    """One image of ``config.image_size`` through the model on the CPU: an unknown
+    arch or a size it cannot take is one line before a run folder is written."""
+    model = _new_model(config, num_classes, model_factory).eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, config.image_size, config.image_size))
+    except RuntimeError as err:
+        name = "the model_factory's model" if model_factory else config.arch
+        raise UserError(f"--image-size {config.image_size} does not fit {name}: {str(err).splitlines()[0]}") from None
+
+
 def _new_model(config: TrainConfig, num_classes: int, model_factory=None, source: dict | None = None) -> nn.Module:
     """config.arch from the registry, the user's factory(num_classes), or
     the model of a saved checkpoint ``source`` (its own architecture)."""
