@@ -274,6 +274,18 @@ def assert_folds_fair(summary, folds: int, chance: float, min_accuracy: float):
             assert abs(share - overall) <= 3 * np.sqrt(overall * (1 - overall) / size), (key, shares[key])
 
 
+def test_fold_models_near_chance_are_warned_about(digits, tmp_path, caplog):
+    """Models that learned nothing (a learning rate of 1e-7) score noise: the
+    run says so instead of returning a coreset that only looks chosen."""
+    summary = prune(digits, out=tmp_path / "run", config=config(train=dict(epochs=1, lr=1e-7)))
+    warned = [r.getMessage() for r in caplog.records if "near chance" in r.getMessage()]
+    near = [m["model"] for m in summary["scoring_models"] if m["accuracy"] < 0.15]
+    assert near and [w.split()[1] for w in warned] == near, (warned, summary["scoring_models"])
+    caplog.clear()
+    prune(digits, out=tmp_path / "trained", config=config(train=dict(epochs=10, batch_size=64)))
+    assert not [r for r in caplog.records if "near chance" in r.getMessage()]
+
+
 def test_fold_models_score_unseen_samples_well_and_folds_are_kept_alike_digits(digits, tmp_path):
     cfg = config(train=dict(epochs=10, batch_size=64))
     summary = prune(digits, out=tmp_path / "run", config=cfg)

@@ -62,7 +62,7 @@ def write_outputs(run: RunDir, index, config, sizes, added, fold, timings, image
         wall_time_s={**timings, "total_this_invocation": wall_s},
         images_processed={**previous.get("images_processed", {}), **images},
         iterations_per_epoch=_iterations(n, batch, config, fold, sizes),
-        **_model_reports(run, config, fold, added, sizes),
+        **_model_reports(run, config, fold, added, sizes, index.num_classes),
         **_label_issue_report(run, config),
         **({"skipped_unreadable_images": len((run / SKIPPED_LIST).read_text().splitlines())}
            if (run / SKIPPED_LIST).exists() else {}),
@@ -76,7 +76,11 @@ def write_outputs(run: RunDir, index, config, sizes, added, fold, timings, image
     return PruneResult(summary, coreset=coreset, run_dir=run.root)
 
 
-def _model_reports(run, config, fold, added, sizes) -> dict:
+# a scoring model below this many times chance accuracy is warned about
+NEAR_CHANCE = 1.5
+
+
+def _model_reports(run, config, fold, added, sizes, num_classes: int) -> dict:
     """Each scoring model's accuracy on the samples it scored (for UNSEEN:
     the samples it never saw) and the share of each fold that was kept: a
     fold kept far more or less than the others means selection followed fold
@@ -100,6 +104,10 @@ def _model_reports(run, config, fold, added, sizes) -> dict:
     for report in models:
         log.info("model %s (trained on %d): accuracy %.4f on the %d samples it scored, %s", report["model"],
                  report["trained_on"], report["accuracy"], report["scored"], report["scored_samples"])
+        if report["accuracy"] < NEAR_CHANCE / num_classes:  # NaN (nothing scored) compares False
+            log.warning("model %s is near chance (accuracy %.4f, chance %.4f): its scores are mostly noise and the "
+                        "coreset close to a random one; train the models longer (--epochs) or on more data",
+                        report["model"], report["accuracy"], 1 / num_classes)
     log.info("kept share per fold (overall %.4f): stage 1 %s, coreset %s", share["overall"],
              " ".join(f"{x:.3f}" for x in share["stage1"]), " ".join(f"{x:.3f}" for x in share["coreset"]))
     return dict(scoring_models=models, kept_share_per_fold=share)
