@@ -86,9 +86,8 @@ def test_auto_picks_the_best_proxy_and_never_selects_the_validation_split(tmp_pa
 
 
 def test_auto_with_random_scores_is_refused(tmp_path):
-    config = PruneConfig(prune_rate=0.3, selection="auto", score="random", train=TrainConfig(**FAST))
     with pytest.raises(UserError, match="--selection auto compares strategies over the scores"):
-        prune(ImageIndex.digits(), out=tmp_path / "run", config=config)
+        PruneConfig(prune_rate=0.3, selection="auto", score="random", train=TrainConfig(**FAST))
 
 
 def test_a_strategy_replaces_random_only_beyond_the_proxy_noise():

@@ -106,9 +106,12 @@ def test_changed_configuration_is_refused(finished, tmp_path):
     (dict(prune_rates=[1.2]), "prune rate 1.2 is not in"),
     (dict(budgets=["hours"]), "budgets must be"),
     (dict(methods=dict(m=dict(score="entropy", lr=0.1))), "unknown option"),
-    (dict(final_train=dict(amp="fp8")), "amp must be"),
+    (dict(final_train=dict(amp="fp8")), "final_train: amp must be"),
     (dict(methods=dict(m=dict(score="entropy", prune_train=dict(arch="resnet18", width=2)))),
-     "method 'm': prune_train: "),
+     "method 'm': TrainConfig.__init__() got an unexpected keyword argument 'width'"),
+    (dict(methods=dict(m=dict(score="entropy", prune_train=dict(epochs=0)))), "method 'm': need epochs >= 1"),
+    (dict(methods=dict(m=dict(score="gradnorm"))), "method 'm': unknown score 'gradnorm'"),
+    (dict(methods=dict(m=dict(score="aum", baseline=dict(ccs_beta=2)))), "method 'm': score 'aum' comes from one"),
 ])
 def test_bad_grids(tmp_path, change, message, capsys):
     path = tmp_path / "grid.yaml"

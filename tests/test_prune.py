@@ -220,9 +220,10 @@ def test_a_run_folder_in_use_is_refused(digits, tmp_path):
     (dict(stage_size=0.0001), "less than one sample"),
 ])
 def test_bad_arguments(digits, tmp_path, kw, message):
-    cfg = config(**kw)
-    with pytest.raises(ValueError, match=message):
-        prune(digits, out=tmp_path / "run", config=cfg)
+    """A value wrong in itself fails where the config is made; one wrong for
+    this data fails in prune, before the run folder is written."""
+    with pytest.raises(UserError, match=message):
+        prune(digits, out=tmp_path / "run", config=config(**kw))
     assert not (tmp_path / "run").exists()
 
 

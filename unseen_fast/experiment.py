@@ -100,17 +100,17 @@ class Grid:
         for name, fields in (("prune_train", self.prune_train), ("final_train", self.final_train)):
             try:
                 TrainConfig(**fields)  # unknown or bad fields raise here, naming the field
-            except TypeError as err:
+            except (TypeError, UserError) as err:
                 raise UserError(f"{where}: {name}: {err}") from None
         for name, spec in self.methods.items():
             bad = sorted(set(spec) - PRUNE_FIELDS - METHOD_EXTRAS)
             if bad:
                 raise UserError(f"{where}: method {name!r} has unknown option(s) {', '.join(bad)}; "
                                  f"known: {', '.join(sorted(PRUNE_FIELDS | METHOD_EXTRAS))}")
-            try:
-                TrainConfig(**{**self.prune_train, **spec.get("prune_train", {})})
-            except TypeError as err:
-                raise UserError(f"{where}: method {name!r}: prune_train: {err}") from None
+            try:  # every value a method sets, checked before the first cell runs (rate and size are placeholders)
+                _prune_config(spec, 0.5, 0, self.prune_train, image_size=32)
+            except (TypeError, UserError) as err:
+                raise UserError(f"{where}: method {name!r}: {err}") from None
             if name == "full":
                 raise UserError(f"{where}: 'full' is reserved for the full-data model")
         for rate in self.prune_rates:

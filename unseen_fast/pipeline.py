@@ -55,17 +55,15 @@ class PruneConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     baseline: BaselineParams = field(default_factory=BaselineParams)  # dynamics scores and ccs
 
-    def validate(self, index: ImageIndex) -> None:
-        n = len(index)
-        _check_classes(index)
+    def __post_init__(self):  # what needs no data: a wrong value fails where the config is made
         if not 0 < self.prune_rate < 1:
             raise UserError(f"prune rate must be in (0, 1), got {self.prune_rate}")
-        if self.score not in SCORES:
-            raise UserError(f"unknown score {self.score!r}; choose one of {', '.join(SCORES)}")
-        if self.framework not in FRAMEWORKS:
-            raise UserError(f"unknown framework {self.framework!r}; choose one of {', '.join(FRAMEWORKS)}")
-        if self.selection not in SELECTIONS:
-            raise UserError(f"unknown selection {self.selection!r}; choose one of {', '.join(SELECTIONS)}")
+        for name, value, known in (("score", self.score, SCORES), ("framework", self.framework, FRAMEWORKS),
+                                   ("selection", self.selection, SELECTIONS + ("random",)),  # auto's fallback
+                                   ("score normalization", self.score_norm, SCORE_NORMS),
+                                   ("split", self.split, ("random", "stratified"))):
+            if value not in known:
+                raise UserError(f"unknown {name} {value!r}; choose one of {', '.join(known)}")
         if self.score in DYNAMICS_SCORES + FEATURE_SCORES and (self.framework != "fitting" or self.stages != 1):
             raise UserError(f"score {self.score!r} comes from one model trained on all samples: use framework "
                              f"'fitting' and 1 stage (got framework {self.framework!r}, {self.stages} stages)")
@@ -78,18 +76,22 @@ class PruneConfig:
                             "are all random")
         if not 0 < self.auto_budget <= 1:
             raise UserError(f"auto budget must be in (0, 1], got {self.auto_budget}")
-        if self.selection == "auto":  # before any training, not after stage 1
-            validation_size(n, sum(stage_sizes(n, self.prune_rate, self.stages, self.stage_size)))
         if not 0 < self.label_issue_factor <= 1:
             raise UserError(f"label issue factor must be in (0, 1], got {self.label_issue_factor}")
-        if self.score_norm not in SCORE_NORMS:
-            raise UserError(f"unknown score normalization {self.score_norm!r}; choose one of "
-                             f"{', '.join(SCORE_NORMS)}")
         self.baseline.validate()
-        if self.split not in ("random", "stratified"):
-            raise UserError(f"split must be 'random' or 'stratified', got {self.split!r}")
         if self.framework != "fitting" and self.folds < 2:
             raise UserError(f"need at least 2 folds, got {self.folds}")
+        if self.stages < 1:
+            raise UserError(f"need at least 1 stage, got {self.stages}")
+        if self.stage_size <= 0:
+            raise UserError(f"stage size must be > 0, got {self.stage_size}")
+
+    def validate(self, index: ImageIndex) -> None:
+        """What depends on the data (its classes and size)."""
+        n = len(index)
+        _check_classes(index)
+        if self.selection == "auto":  # before any training, not after stage 1
+            validation_size(n, sum(stage_sizes(n, self.prune_rate, self.stages, self.stage_size)))
         if self.folds > n:
             raise UserError(f"{self.folds} folds for {n} samples")
         if self.split == "stratified" and self.framework != "fitting":
@@ -98,10 +100,6 @@ class PruneConfig:
                 cls = index.classes[int(index.class_counts().argmin())]
                 raise UserError(f"stratified split into {self.folds} folds needs >= {self.folds} samples per "
                                  f"class; class {cls!r} has {smallest}")
-        if self.stages < 1:
-            raise UserError(f"need at least 1 stage, got {self.stages}")
-        if self.stage_size <= 0:
-            raise UserError(f"stage size must be > 0, got {self.stage_size}")
         stage_sizes(n, self.prune_rate, self.stages, self.stage_size)
 
 
