@@ -70,6 +70,28 @@ def test_prune_returns_a_readable_result(tmp_path):
     assert str(result.file_list) in text
 
 
+def test_api_defaults_are_the_clis(tmp_path, square_folder):
+    """prune() without a device or an image size does what the CLI does: the
+    GPU when one is visible, the data's own size (native up to 64 px, else
+    224), the precision the device computes natively; the run records them."""
+    import torch
+
+    from unseen_fast import ImageIndex, PruneConfig, TrainConfig, prune
+    from unseen_fast.constants import resolve_amp
+    from unseen_fast.parallel import training_device
+    from unseen_fast.train import concrete
+
+    visible = "cuda" if torch.cuda.is_available() else "cpu"
+    assert training_device("auto", None, None) == torch.device(visible)
+    assert concrete(TrainConfig(), ImageIndex.from_folder(square_folder), "cpu").image_size == 224  # 96x96 files
+    assert concrete(TrainConfig(image_size=40), ImageIndex.digits(), "cpu").image_size == 40
+    summary = prune(ImageIndex.digits(), out=tmp_path / "run",
+                    config=PruneConfig(prune_rate=0.5, stages=1, train=TrainConfig(epochs=1, batch_size=128)))
+    assert summary["device"].startswith(visible)
+    assert summary["config"]["train"]["image_size"] == 8  # the digits are 8x8
+    assert summary["precision"] == summary["config"]["train"]["amp"] == resolve_amp("auto", visible)
+
+
 EXAMPLES = __import__("pathlib").Path(__file__).resolve().parents[1] / "examples"
 
 

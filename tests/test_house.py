@@ -187,7 +187,7 @@ def test_score_methods_come_from_the_one_list_in_the_extension():
 
 # docs/ARCHITECTURE.md: each module imports only its own floor or below.
 FLOORS = {"errors": 0, "constants": 0, "rundir": 0, "_extension": 0, "_C": 0, "data": 1, "ops": 2, "reference": 2,
-          "fused_loss": 3, "dynamics": 3, "models": 3, "checkpoint": 3, "progress": 3, "train": 4, "parallel": 4, "splits": 4, "evaluate": 5,
+          "fused_loss": 3, "dynamics": 3, "models": 3, "checkpoint": 3, "progress": 3, "precise_bn": 3, "train": 4, "parallel": 4, "splits": 4, "evaluate": 5,
           "baselines": 5, "fold_scores": 5, "selection": 5, "stage1": 6, "outputs": 6, "label_issues": 6,
           "auto_selection": 6, "usable_images": 6, "pipeline": 7,
           "experiment": 8, "analyze": 8, "info": 8, "cli": 9}

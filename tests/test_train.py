@@ -18,7 +18,8 @@ from unseen_fast.models import ARCHS, build_model
 from unseen_fast.parallel import TrainJob, train_many
 from unseen_fast.data import make_loader
 from unseen_fast.evaluate import accuracy_report, predict_logits
-from unseen_fast.train import TrainConfig, load_model, lr_factor, recalibrate_batchnorm, train
+from unseen_fast.precise_bn import recalibrate_batchnorm
+from unseen_fast.train import TrainConfig, load_model, lr_factor, train
 
 
 # ------------------------------------------------------------------ models

@@ -82,12 +82,9 @@ def _logging(quiet: bool = False) -> None:
 
 
 def _device(args: argparse.Namespace):
-    import torch
-
     from unseen_fast.parallel import training_device
 
-    auto = "cuda" if torch.cuda.is_available() else "cpu"
-    return training_device(auto if args.device == "auto" else args.device, args.gpus, args.nproc)
+    return training_device(args.device, args.gpus, args.nproc)
 
 
 def _train_config(args: argparse.Namespace, index, device):

@@ -37,7 +37,7 @@ from unseen_fast.data import DataError, ImageIndex, open_index
 from unseen_fast.errors import UserError
 from unseen_fast.evaluate import accuracy_report, predict_logits
 from unseen_fast.models import default_image_size
-from unseen_fast.parallel import TrainJob, train_many
+from unseen_fast.parallel import TrainJob, train_many, training_device
 from unseen_fast.pipeline import PruneConfig, prune
 from unseen_fast.rundir import atomic_path, save_figure, save_npz, write_json, write_text
 from unseen_fast.splits import stratified_holdout
@@ -121,9 +121,10 @@ class Grid:
             raise UserError(f"{where}: budgets must be a non-empty subset of {BUDGETS}, got {self.budgets}")
 
 
-def run_experiment(grid: Grid, out, *, device="cpu", nproc=None, gpus=None, progress=False) -> list[dict]:
+def run_experiment(grid: Grid, out, *, device="auto", nproc=None, gpus=None, progress=False) -> list[dict]:
     """Run (or resume) every cell of ``grid`` in ``out``; returns the result rows."""
     out = Path(out)
+    device = training_device(device, gpus, nproc)  # "auto": the GPU when one is visible
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "grid.json", dataclasses.asdict(grid))
     index = open_index(grid.data, file_list=grid.file_list)

@@ -46,12 +46,15 @@ def _run_job(job: TrainJob, config: TrainConfig, index: ImageIndex, device, load
 
 
 def training_device(device, gpus: int | None, nproc: int | None) -> torch.device:
-    """Where the trainings run: ``gpus`` means CUDA whatever ``device`` says
-    (as the CLI's --gpus); ``gpus`` with ``nproc`` (CPU workers) and CUDA
-    without a visible GPU are refused in one line."""
+    """Where the trainings run: "auto" is the GPU when one is visible, else
+    the CPU; ``gpus`` means CUDA whatever ``device`` says (as the CLI's
+    --gpus); ``gpus`` with ``nproc`` (CPU workers) and CUDA without a
+    visible GPU are refused in one line."""
     if gpus and nproc:
         raise UserError(f"--gpus {gpus} and --nproc {nproc}: --nproc starts CPU worker processes, --gpus one "
                         f"per GPU; give one of them")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(device)
     except RuntimeError:

@@ -18,7 +18,7 @@ import numpy as np
 
 from unseen_fast.auto_selection import WarmStart, choose_selection, validation_mask, validation_size
 from unseen_fast.baselines import DYNAMICS_SCORES, FEATURE_SCORES, BaselineParams
-from unseen_fast.constants import FRAMEWORKS, OUTPUT_SCORES, SCORES, resolve_amp
+from unseen_fast.constants import FRAMEWORKS, OUTPUT_SCORES, SCORES
 from unseen_fast.data import ImageIndex, open_index, prepare_cache, release_resident
 from unseen_fast.errors import UserError
 from unseen_fast.evaluate import ScoringPass, score_samples
@@ -30,7 +30,7 @@ from unseen_fast.rundir import RunDir, write_text
 from unseen_fast.selection import SELECTIONS, random_scores, select, stage_sizes
 from unseen_fast.splits import fold_assignment
 from unseen_fast.stage1 import Stage1Store, score_stage1, scoring_mask
-from unseen_fast.train import TrainConfig, check_model, config_identity, load_model
+from unseen_fast.train import TrainConfig, check_model, concrete, config_identity, load_model
 from unseen_fast.usable_images import SKIPPED_LIST, checked_before, readable_images, usable_mask
 
 log = logging.getLogger("unseen_fast.pipeline")
@@ -125,7 +125,7 @@ def _check_classes(index: ImageIndex) -> None:
                         f"list or give them samples")
 
 
-def prune(data, *, out, config: PruneConfig, device="cpu", nproc: int | None = None, gpus: int | None = None,
+def prune(data, *, out, config: PruneConfig, device="auto", nproc: int | None = None, gpus: int | None = None,
           resume: bool = False, progress: bool = False, model_factory=None, share_dir=None,
           skip_bad: bool = False) -> PruneResult:
     """Run UNSEEN pruning; returns a PruneResult: the summary (also in
@@ -138,6 +138,9 @@ def prune(data, *, out, config: PruneConfig, device="cpu", nproc: int | None = N
         Run directory. An existing one is only continued with ``resume=True``
         and the same configuration and data; otherwise refused.
     config : PruneConfig
+    device : "auto" (the GPU when one is visible, else the CPU; the CLI's
+        default), "cpu", "cuda" or "cuda:N"; ``gpus`` / ``nproc``: as the
+        CLI's --gpus / --nproc
     model_factory : callable(num_classes) -> nn.Module, optional
         The user's own model instead of ``config.train.arch`` (must be
         picklable, e.g. a module-level function, when workers are used).
@@ -159,12 +162,10 @@ def prune(data, *, out, config: PruneConfig, device="cpu", nproc: int | None = N
     checked = checked_before(Path(out), index, skip_bad) if resume else None
     index, skipped = checked or readable_images(index, skip_bad)
     config.validate(index)
+    where = str(device)
+    config = dataclasses.replace(config, train=concrete(config.train, index, where))
     check_model(config.train, index.num_classes, model_factory)  # these two: before the run folder is claimed
     check_picklable(model_factory, gpus if gpus and gpus > 1 else nproc)
-    where = str(device)
-    # the run records the precision it trains in, not "auto"
-    config = dataclasses.replace(config, train=dataclasses.replace(config.train,
-                                                                   amp=resolve_amp(config.train.amp, where)))
     log.info("pruning %d samples on %s, precision %s", len(index), where, config.train.amp)
     run = _claim(RunDir(out), config, index, resume)
     if skipped:

@@ -22,7 +22,8 @@ from unseen_fast.data import ImageIndex, make_loader
 from unseen_fast.dynamics import DynamicsRecorder
 from unseen_fast.errors import UserError
 from unseen_fast.fused_loss import cross_entropy_with_stats
-from unseen_fast.models import build_model
+from unseen_fast.models import build_model, default_image_size
+from unseen_fast.precise_bn import recalibrate_batchnorm
 from unseen_fast.progress import progress_of
 from unseen_fast.rundir import atomic_path
 
@@ -45,7 +46,7 @@ class TrainConfig:
     warmup_epochs: float = 1.0       # linear warm-up length, stepped per iteration
     amp: str = "auto"                # "bf16" autocast, "fp16" autocast + GradScaler, "off", or "auto" (see resolve_amp)
     compile: bool = False            # torch.compile the model
-    image_size: int = 32             # training crop size
+    image_size: int | None = None    # training crop size; None: the data's (models.default_image_size)
     seed: int = 0                    # model init and data order: (seed, epoch)
     backend: str = "auto"            # data backend (see unseen_fast.data.make_loader)
     threads: int | None = None       # torch CPU threads (same count = bitwise same CPU results)
@@ -111,7 +112,7 @@ def train(config: TrainConfig, index: ImageIndex, ids, out_dir, *, device="cpu",
     rate); the group's first rank writes the checkpoints.
     """
     device = _reproducible_on(device)
-    config = dataclasses.replace(config, amp=resolve_amp(config.amp, device))
+    config = concrete(config, index, device)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if config.threads:
@@ -283,36 +284,6 @@ def _group_position(ddp_group) -> tuple[int, int]:
     return dist.get_rank(ddp_group), dist.get_world_size(ddp_group)
 
 
-@torch.no_grad()
-def recalibrate_batchnorm(model: nn.Module, index: ImageIndex, ids, config: TrainConfig, *, device="cpu",
-                          loader_kwargs: dict | None = None) -> int:
-    """Precise BatchNorm: replace every BatchNorm's running mean and variance
-    by their average over equal-size batches of (up to
-    ``config.bn_recalibration_samples``) training samples, augmented as in
-    training (one more epoch's draw): the statistics the weights were
-    trained against. Statistics of un-augmented images instead cost 3 points
-    of CIFAR-10 accuracy (docs/RESULTS.md). Returns the number of samples
-    used (0: no BatchNorm, or recalibration disabled)."""
-    from torch.optim.swa_utils import update_bn
-
-    has_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-    limit = config.bn_recalibration_samples
-    if not has_norm or limit == 0 or len(ids) == 0:
-        return 0
-    rng = np.random.Generator(np.random.PCG64([config.seed, 5]))
-    chosen = rng.permutation(np.asarray(ids, dtype=np.int64))[:limit]
-    batch = min(config.batch_size, len(chosen))
-    chosen = np.sort(chosen[:len(chosen) // batch * batch])  # equal batches: each weighs the same in the mean
-    loader = make_loader(index, chosen, train=True, batch_size=batch, image_size=config.image_size,
-                         backend=config.backend, device=device, dtype=input_dtype(config.amp), seed=config.seed,
-                         epoch=config.epochs, **(loader_kwargs or {}))
-    dtype = amp_dtype(config.amp)
-    with torch.autocast(torch.device(device).type, dtype=dtype, enabled=config.amp != "off"):
-        update_bn(loader, model, device=torch.device(device))  # resets the statistics, cumulative average
-    log.info("BatchNorm statistics re-estimated from %d training samples", len(chosen))
-    return len(chosen)
-
-
 def _open_recorder(config: TrainConfig, out_dir: Path, index: ImageIndex, group_rank: int, ddp_group):
     """The dynamics recorder; under DDP the group's first rank creates the
     arrays and the others open them after a barrier (each rank then writes
@@ -369,6 +340,13 @@ def _reproducible_on(device) -> torch.device:
     if device.type == "cuda":
         torch.backends.cudnn.deterministic = True
     return device
+
+
+def concrete(config: TrainConfig, index: ImageIndex, device) -> TrainConfig:
+    """What a run records and trains with: "auto" precision resolved for the
+    device, no image size replaced by the data's (native up to 64 px, else 224)."""
+    return dataclasses.replace(config, amp=resolve_amp(config.amp, device),
+                               image_size=config.image_size or default_image_size(index))
 
 
 def check_model(config: TrainConfig, num_classes: int, model_factory=None) -> None:
