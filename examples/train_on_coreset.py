@@ -1,8 +1,9 @@
 """Train with a plain torchvision ImageFolder on the coreset of an
-`unseen-fast prune` run: the run's coreset.npy holds sample ids, which are
-positions in the run's dataset index (sorted class folders, sorted files),
-the same order ImageFolder uses; coreset.txt is the same subset as a DALI
-`file_list` ("relative/path label" lines).
+`unseen-fast prune` run, found by the paths in the run's coreset.txt (a DALI
+`file_list`: "relative/path label" lines). The run's coreset.npy holds
+sample ids: positions in the run's own index.txt, which is ImageFolder's
+order (sorted class folders, sorted files) unless --skip-bad left files out,
+so paths are the safe key.
 
     unseen-fast prune --data DIR --prune-rate 0.3 --out RUN
     python examples/train_on_coreset.py --data DIR --run RUN [--epochs 1]
@@ -10,7 +11,6 @@ the same order ImageFolder uses; coreset.txt is the same subset as a DALI
 import argparse
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 from torchvision.datasets import ImageFolder
@@ -22,13 +22,13 @@ def coreset_subset(data: str, run: str) -> Subset:
     dataset = ImageFolder(data, transform=v2.Compose([
         v2.PILToTensor(), v2.RandomHorizontalFlip(), v2.ToDtype(torch.float32, scale=True),
         v2.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])]))
-    ids = np.load(Path(run) / "coreset.npy")
     listed = [line.rsplit(" ", 1)[0] for line in (Path(run) / "coreset.txt").read_text().splitlines()]
-    root = Path(data)
-    mine = [Path(dataset.samples[i][0]).relative_to(root).as_posix() for i in ids]
-    if mine != listed:
-        raise SystemExit(f"{data} does not list its files as the run's index does; was it pruned with --data {data}?")
-    return Subset(dataset, ids.tolist())
+    position = {Path(path).relative_to(data).as_posix(): i for i, (path, _) in enumerate(dataset.samples)}
+    missing = [path for path in listed if path not in position]
+    if missing:
+        raise SystemExit(f"{data} lacks {len(missing)} of the coreset's files (e.g. {missing[0]}); "
+                         f"was the run pruned with --data {data}?")
+    return Subset(dataset, [position[path] for path in listed])
 
 
 def main(argv=None):

@@ -1,6 +1,7 @@
 """The Python API where researchers run it: plain scripts without a
 ``__main__`` guard and ``python -c``, with no worker process re-importing
 the caller's script."""
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -114,6 +115,17 @@ def test_training_on_a_coreset_with_imagefolder(small_folder, tmp_path):
                        str(tmp_path / "run")], tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "trained on 91 coreset images of 130" in done.stdout
+    # --skip-bad leaves an unreadable file out of the run's index, so its sample ids are no longer
+    # ImageFolder positions: the example goes by coreset.txt's paths
+    broken = tmp_path / "broken"
+    shutil.copytree(small_folder, broken)
+    first = sorted((broken / sorted(p.name for p in broken.iterdir())[0]).iterdir())[0]
+    first.write_bytes(b"not an image")
+    prune(str(broken), out=tmp_path / "skipped", config=config, skip_bad=True)
+    done = run_python([str(EXAMPLES / "train_on_coreset.py"), "--data", str(broken), "--run",
+                       str(tmp_path / "skipped")], tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "trained on 90 coreset images of 130" in done.stdout
 
 
 def test_tests_that_need_cifar_skip_without_the_archive(monkeypatch, tmp_path):

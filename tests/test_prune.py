@@ -275,6 +275,15 @@ def assert_folds_fair(summary, folds: int, chance: float, min_accuracy: float):
             assert abs(share - overall) <= 3 * np.sqrt(overall * (1 - overall) / size), (key, shares[key])
 
 
+def test_a_stage_size_without_room_is_warned_about_once_and_resume_says_it_starts(digits, tmp_path, caplog):
+    caplog.set_level("INFO")
+    cfg = config(prune_rate=0.5, stages=3, stage_size=0.3)  # 3 x 539 > M = 898: M split evenly
+    summary = prune(digits, out=tmp_path / "run", config=cfg, resume=True)
+    assert summary["stage_sizes"] == [300, 299, 299]
+    assert caplog.text.count("leaves no room for stage 1") == 1
+    assert "--resume: no run in" in caplog.text and "starting one" in caplog.text
+
+
 def test_fold_models_near_chance_are_warned_about(digits, tmp_path, caplog):
     """Models that learned nothing (a learning rate of 1e-7) score noise: the
     run says so instead of returning a coreset that only looks chosen."""

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -75,8 +76,6 @@ def cmd_check_data(args: argparse.Namespace) -> int:
 
 
 def _logging(quiet: bool = False) -> None:
-    import logging
-
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(asctime)s %(message)s",
                         datefmt="%H:%M:%S")
 
@@ -129,6 +128,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         val_index = index
         ids, val_ids = stratified_holdout(ids, index.labels, args.val_fraction, seed=args.seed)
+        logging.getLogger("unseen_fast.train").info(
+            "training on %d samples; %d more held out for validation (--val-fraction %g)", len(ids), len(val_ids),
+            args.val_fraction)
     check_model(config, index.num_classes)  # these two before anything is written
     index.save(out)  # creates the folder, refused inside --data
     write_json(out / "train_config.json", dict(vars(config), train_samples=len(ids), val_samples=len(val_ids)))

@@ -91,7 +91,7 @@ class PruneConfig:
         n = len(index)
         _check_classes(index)
         if self.selection == "auto":  # before any training, not after stage 1
-            validation_size(n, sum(stage_sizes(n, self.prune_rate, self.stages, self.stage_size)))
+            validation_size(n, sum(stage_sizes(n, self.prune_rate, self.stages, self.stage_size, quiet=True)))
         if self.folds > n:
             raise UserError(f"{self.folds} folds for {n} samples")
         if self.split == "stratified" and self.framework != "fitting":
@@ -100,7 +100,7 @@ class PruneConfig:
                 cls = index.classes[int(index.class_counts().argmin())]
                 raise UserError(f"stratified split into {self.folds} folds needs >= {self.folds} samples per "
                                  f"class; class {cls!r} has {smallest}")
-        stage_sizes(n, self.prune_rate, self.stages, self.stage_size)
+        stage_sizes(n, self.prune_rate, self.stages, self.stage_size, quiet=True)  # errors now, the warning once
 
 
 def finds_label_issues(config: PruneConfig) -> bool:
@@ -188,6 +188,8 @@ def _claim(run: RunDir, config: PruneConfig, index: ImageIndex, resume: bool) ->
     if run.claim(identity, resume=resume, prepare=index.save):
         ImageIndex.load(run.root).assert_same_listing(index)
         log.info("resuming %s", run.root)
+    elif resume:  # a requeued job's first start; a mistyped --out shows here
+        log.info("--resume: no run in %s yet, starting one", run.root)
     return run
 
 

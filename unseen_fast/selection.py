@@ -15,10 +15,11 @@ from unseen_fast.errors import UserError
 log = logging.getLogger("unseen_fast.selection")
 
 
-def stage_sizes(n: int, prune_rate: float, stages: int, stage_size: float) -> list[int]:
+def stage_sizes(n: int, prune_rate: float, stages: int, stage_size: float, *, quiet: bool = False) -> list[int]:
     """[M_1, ..., M_J] summing to M = floor(N (1 - p)): M_j = stage_size
     (fraction of N or count) for j >= 2 and M_1 the rest; when that leaves
-    M_1 <= 0, M is split evenly over the stages (and the log says so)."""
+    M_1 <= 0, M is split evenly over the stages (and the log says so unless
+    ``quiet``: a check of the arguments before the run)."""
     total = int(np.floor(n * (1 - prune_rate) + 1e-9))
     if total < 1:
         raise UserError(f"prune rate {prune_rate} keeps nothing of {n} samples")
@@ -32,7 +33,9 @@ def stage_sizes(n: int, prune_rate: float, stages: int, stage_size: float) -> li
         return [first] + [later] * (stages - 1)
     if total < stages:
         raise UserError(f"{stages} stages cannot split a coreset of {total} samples")
-    log.warning("stage size %s leaves no room for stage 1 (M=%d, J=%d): splitting M evenly", stage_size, total, stages)
+    if not quiet:
+        log.warning("stage size %s leaves no room for stage 1 (M=%d, J=%d): splitting M evenly", stage_size, total,
+                    stages)
     base, extra = divmod(total, stages)
     return [base + (1 if j < extra else 0) for j in range(stages)]
 
