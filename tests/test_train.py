@@ -382,10 +382,11 @@ def test_training_records_every_trained_sample(tmp_path):
 def test_train_cli_on_digits(tmp_path, capsys, caplog):
     from unseen_fast.cli import main
 
+    caplog.set_level("INFO")
     out = tmp_path / "run"
     assert main(["train", "--data", "builtin:digits", "--epochs", "4", "--batch-size", "64",
                  "--out", str(out)]) == 0
-    assert "training on 1617 samples; 180 more held out for validation (--val-fraction 0.1)" in caplog.text
+    assert "training on 1618 samples; 179 more held out for validation (--val-fraction 0.1)" in caplog.text
     report = json.loads((out / "eval.json").read_text())
     assert set(report) >= {"top1", "per_class", "class_accuracy_variance"}
     assert report["top1"] > 0.5 and len(report["per_class"]) == 10
