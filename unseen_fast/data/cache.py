@@ -115,14 +115,22 @@ class CacheLoader(BatchLoader):
         generator_device = self.device if self.device.type == "cuda" else torch.device("cpu")
         generator = torch.Generator(device=generator_device)
         for number, start in enumerate(range(0, len(self.order), self.batch_size), self.start_batch):
-            ids = self.order[start:start + self.batch_size]
-            if self._keep is not None:
-                ids = ids[self._keep[start:start + self.batch_size]]
-            # Sorted reads are kinder to the page cache; the batch keeps its order.
-            rows = torch.from_numpy(_gather(self.cache.pixels, ids))
-            rows = rows.to(self.device, non_blocking=True)
-            generator.manual_seed(self.seed_for(number))  # per batch: exact on resume
-            yield cache_augment(rows, self.aug, generator), torch.from_numpy(ids)
+            window = slice(start, start + self.batch_size)
+            rows, ids = self._rows(window)
+            # Per batch: exact on resume, and every backend that augments
+            # these uint8 rows (cache, resident, nvjpeg) gives the same pixels.
+            generator.manual_seed(self.seed_for(number))
+            yield cache_augment(rows, self.aug, generator), ids
+
+    def _rows(self, window: slice) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, side, side, 3) uint8 rows of the batch at ``window`` of the
+        order (bad images left out) on the target device, and their ids."""
+        ids = self.order[window]
+        if self._keep is not None:
+            ids = ids[self._keep[window]]
+        # Sorted reads are kinder to the page cache; the batch keeps its order.
+        rows = torch.from_numpy(_gather(self.cache.pixels, ids))
+        return rows.to(self.device, non_blocking=True), torch.from_numpy(ids)
 
 
 def _gather(pixels: np.ndarray, ids: np.ndarray) -> np.ndarray:

@@ -1,9 +1,10 @@
 """The device-resident backend: the decoded dataset uploaded once to the
 device as one uint8 tensor (N, side, side, 3), shared by every loader of the
 process on that device (the fold models on CUDA streams, the stage models,
-the scorer). Per epoch: the visiting order and all augmentation random
-numbers go to the device in one copy each; per batch: one gather, the
-augmentation and the normalization, all on the device, no host sync (as in
+the scorer). Per epoch: the visiting order goes to the device in one copy;
+per batch: one gather, the augmentation (random numbers drawn on the device
+from the batch's seed, as the cache backend draws them) and the
+normalization, all on the device, no host sync (as in
 KellerJordan/cifar10-airbench, which keeps CIFAR-10 on the GPU)."""
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import torch
 
 from unseen_fast.data.cache import CacheLoader, DecodedCache
 from unseen_fast.data.index import ImageIndex
-from unseen_fast.data.transforms import apply_augment, augment_params, finish_batch
+from unseen_fast.data.transforms import finish_batch
 
 log = logging.getLogger("unseen_fast.data")
 
@@ -69,15 +70,15 @@ def device_memory_bytes(device) -> int:
 
 class ResidentLoader(CacheLoader):
     """Batches gathered from the resident tensor; same orders, same
-    augmentation definitions and the same bad-image handling as ``cache``.
-    The random numbers of an epoch are drawn at once from a generator seeded
-    by (seed, epoch, rank), so resuming mid-epoch gives the same pixels."""
+    augmentation (the cache's per-batch random numbers, so both backends
+    give the same pixels bit for bit) and the same bad-image handling."""
 
     backend = "resident"
 
     def __init__(self, *args, pixels: torch.Tensor, **kwargs):
         super().__init__(*args, **kwargs)
         self.pixels = pixels
+        self._kept_order = self._kept_before = None
 
     def __iter__(self):
         labels = torch.from_numpy(self.index.labels).to(self.device)  # one copy per epoch
@@ -86,20 +87,11 @@ class ResidentLoader(CacheLoader):
                 continue
             yield finish_batch(images, dtype=self.dtype, device=self.device), labels[ids], ids
 
-    def _uint8_batches(self):
-        device = self.pixels.device
-        skipped = self.start_batch * self.batch_size  # positions of this epoch already seen
-        generator = torch.Generator(device=device if device.type == "cuda" else "cpu")
-        generator.manual_seed(self.seed_for(0))
-        params = augment_params(self.aug, skipped + len(self.order), generator, device)
-        params = {name: values[skipped:] for name, values in params.items()}
-        order = torch.from_numpy(self.order).to(device)
-        keep = None if self._keep is None else torch.from_numpy(self._keep).to(device)
-        for start in range(0, len(self.order), self.batch_size):
-            window = slice(start, start + self.batch_size)
-            ids, batch_params = order[window], {name: values[window] for name, values in params.items()}
-            if keep is not None:  # only with unreadable images: a boolean mask
-                ids = ids[keep[window]]
-                batch_params = {name: values[keep[window]] for name, values in batch_params.items()}
-            rows = self.pixels.index_select(0, ids).permute(0, 3, 1, 2)  # NCHW view of NHWC rows
-            yield apply_augment(rows, self.aug, batch_params), ids
+    def _rows(self, window: slice) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._kept_order is None:  # once per epoch: the order, bad images left out, in one copy
+            keep = np.ones(len(self.order), bool) if self._keep is None else self._keep
+            self._kept_order = torch.from_numpy(self.order[keep]).to(self.pixels.device)
+            self._kept_before = np.concatenate([[0], np.cumsum(keep)])  # kept positions before each position
+        stop = min(window.stop, len(self.order))
+        ids = self._kept_order[self._kept_before[window.start]:self._kept_before[stop]]
+        return self.pixels.index_select(0, ids), ids
