@@ -1,5 +1,6 @@
 """--selection auto: the validation split, the proxy budget, the choice and
-its report, and that the held-out samples are never selected."""
+its report, and what the chosen strategy then selects from."""
+import dataclasses
 import json
 
 import numpy as np
@@ -52,9 +53,9 @@ def test_proxy_plan_stays_within_the_budget():
     assert (epochs, samples) == (1, 30_000) and 5 * epochs * samples <= 250_000
 
 
-def test_auto_picks_the_best_proxy_and_never_selects_the_validation_split(tmp_path):
+def test_auto_picks_the_best_proxy_then_selects_from_every_sample(tmp_path):
     config = PruneConfig(prune_rate=0.3, selection="auto", train=TrainConfig(**FAST))
-    result = prune(ImageIndex.digits(), out=tmp_path / "run", config=config)
+    result = prune(ImageIndex.digits(), out=tmp_path / "run", config=config, share_dir=tmp_path / "share")
     report = json.loads((tmp_path / "run" / "auto_selection.json").read_text())
     assert [c["name"] for c in report["candidates"]] == [name for name, _, _ in CANDIDATES]
     accuracy = {c["name"]: c["validation_accuracy"] for c in report["candidates"]}
@@ -76,8 +77,19 @@ def test_auto_picks_the_best_proxy_and_never_selects_the_validation_split(tmp_pa
     fold = np.load(tmp_path / "run" / "folds.npy")
     assert report["proxy_start"] == "fine-tuned fastnet"
     assert report["validation_size"] == (validation & (fold != 0)).sum() and 100 < report["validation_size"] < 180
-    assert not np.intersect1d(np.flatnonzero(validation), result.coreset).size
     assert len(result.coreset) == result["coreset_size"] == 1257
+    # the split judged the proxies only: the coreset is the chosen strategy's own, split samples included
+    chosen = next(c for c in CANDIDATES if c[0] == report["chosen"])
+    plain = prune(ImageIndex.digits(), out=tmp_path / "plain", config=auto_selection.strategy_config(
+        config, chosen[1], chosen[2]), share_dir=tmp_path / "share")
+    assert np.array_equal(plain.coreset, result.coreset), report["chosen"]
+    assert np.intersect1d(np.flatnonzero(validation), result.coreset).size > 0
+    # --auto-keep-split: the split is never selected (the same choice: the proxies are the same)
+    kept_out = prune(ImageIndex.digits(), out=tmp_path / "kept-out", share_dir=tmp_path / "share",
+                     config=dataclasses.replace(config, auto_keep_split=True))
+    assert kept_out["auto_selection"]["chosen"] == report["chosen"]
+    assert not np.intersect1d(np.flatnonzero(validation), kept_out.coreset).size
+    assert len(kept_out.coreset) == 1257
     assert result["auto_selection"] == report and (tmp_path / "run" / "auto_selection.png").exists()
     # resumed: the report is read back, not measured again, and the coreset is the same
     again = prune(ImageIndex.digits(), out=tmp_path / "run", config=config, resume=True)

@@ -4,14 +4,16 @@ Which strategy beats a random subset depends on the regime (Sorscher et al.
 2022; Zheng et al. 2023): hard-first wins when the final training budget is
 large next to the data kept, easy or stratified selection when data is
 scarce. A run cannot know its regime in advance, so it measures: a
-stratified validation split is held out (never selected), each candidate
-strategy picks a coreset from the rest with the stage-1 scores, a proxy
+stratified validation split is held out, each candidate strategy picks a
+coreset from the rest with the stage-1 scores, a proxy
 fine-tunes one stage-1 fold model on each (judged on the validation samples
 that model never saw, by the mean probability it gives their true labels),
 and the candidate whose proxy does best is used for every stage, provided
 it beats Random by more than twice the noise of that comparison (the spread
 of proxies on independent random coresets with the paired sampling noise of
-the split); otherwise Random is used. Proxies
+the split); otherwise Random is used. The chosen strategy then selects
+the coreset from every sample, the split included (the pipeline; unless
+``auto_keep_split``). Proxies
 start from a trained model because short proxies from scratch measure what
 a model learns first (easy images) and ranked hard-first last even where
 it wins (docs/RESULTS.md). The proxies' cost is bounded by ``auto_budget``

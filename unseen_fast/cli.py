@@ -163,7 +163,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
                          stage_size=_stage_size(args.stage_size), score=args.score, framework=args.framework,
                          selection=args.selection, split=args.split, score_norm=args.score_norm, seed=args.seed,
                          drop_label_issues=args.drop_label_issues, label_issue_factor=args.label_issue_factor,
-                         auto_budget=args.auto_budget, train=_train_config(args, index, device),
+                         auto_budget=args.auto_budget, auto_keep_split=args.auto_keep_split,
+                         train=_train_config(args, index, device),
                          baseline=BaselineParams(early_epochs=args.early_epochs, window=args.window,
                                                  tdds_decay=args.tdds_decay, ccs_beta=args.ccs_beta,
                                                  ccs_strata=args.ccs_strata, mix_alpha=args.mix_alpha))
@@ -287,20 +288,20 @@ def _add_prune_options(pr: argparse.ArgumentParser) -> None:
     pr.add_argument("--folds", type=_count, default=4, help="K fold models (default 4)")
     pr.add_argument("--stages", type=_count, default=2, help="J selection stages (default 2)")
     pr.add_argument("--stage-size", default="0.1", help="M_j for stages >= 2: fraction of N (< 1) or a count")
-    pr.add_argument("--score", default="entropy", choices=list(SCORES),
-                    help="output scores (entropy, loss, margin, least_confidence, el2n) under any framework; "
-                         "random; training-dynamics baselines (forgetting, aum, el2n_early, dynunc, tdds) and "
-                         "moderate need --framework fitting --stages 1")
+    pr.add_argument("--score", default="entropy", choices=list(SCORES), help="output scores (entropy, loss, margin, "
+                    "least_confidence, el2n) under any framework; random; training-dynamics baselines (forgetting, "
+                    "aum, el2n_early, dynunc, tdds) and moderate need --framework fitting --stages 1")
     pr.add_argument("--framework", default="unseen", choices=list(FRAMEWORKS),
                     help="unseen: K-1 models that never saw a sample score it; fitting: one model trained on all; "
                          "proxy: each fold model scores its own fold")
-    pr.add_argument("--selection", default="global", choices=list(SELECTIONS),
-                    help="global: the hardest M (the paper); balanced: the hardest per class; easy: the easiest "
-                         "per class; ccs: coverage strata; mix: --mix-alpha of M hardest per class, the rest by "
-                         "strata; auto: hard, mix or ccs if its proxy beats random's beyond noise, else random")
-    pr.add_argument("--auto-budget", type=float, default=0.25,
-                    help="selection auto: the proxies train on at most this share of the images the stage-1 "
-                         "models trained on (default 0.25)")
+    pr.add_argument("--selection", default="global", choices=list(SELECTIONS), help="global: the hardest M (the "
+                    "paper); balanced: the hardest per class; easy: the easiest per class; ccs: coverage strata; mix: "
+                    "--mix-alpha of M hardest per class, the rest by strata; auto: hard, mix or ccs if its proxy "
+                    "beats random's beyond noise, else random")
+    pr.add_argument("--auto-budget", type=float, default=0.25, help="selection auto: the proxies train on at "
+                    "most this share of the images the stage-1 models trained on (default 0.25)")
+    pr.add_argument("--auto-keep-split", action="store_true", help="selection auto: never select the proxies' "
+                    "validation split (by default it rejoins once the strategy is chosen)")
     pr.add_argument("--score-norm", default="rank", choices=list(SCORE_NORMS),
                     help="make the fold models' scores comparable before averaging them (rank: each model's "
                          "scores as mid-ranks in (0, 1); zscore; none: the paper's raw mean)")

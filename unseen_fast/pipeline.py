@@ -50,6 +50,7 @@ class PruneConfig:
     drop_label_issues: bool = False  # never select the samples label_issues.csv reports (unseen, output scores)
     label_issue_factor: float = 0.1  # an issue: the label's mean unseen probability <= factor x its class's mean
     auto_budget: float = 0.25        # selection auto: proxy training <= this x the stage-1 training images
+    auto_keep_split: bool = False    # selection auto: keep the proxies' validation split out of the coreset too
     split: str = "random"            # fold split: random or stratified by class
     seed: int = 0                    # fold split, model seeds, data order, tie-breaking
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -292,7 +293,8 @@ class _PruneJob:
 
     def choose_selection(self, scores: np.ndarray, excluded: np.ndarray, fold: np.ndarray):
         """selection auto: (the config with the strategy its proxies chose,
-        the samples never selected: ``excluded`` and the validation split)."""
+        the samples never selected: ``excluded``, plus the validation split
+        with ``auto_keep_split``)."""
         validation = self.run.load_npy("validation.npy")
         if validation is None:
             validation = validation_mask(self.index.labels, sum(self.sizes), self.config.seed, excluded)
@@ -306,7 +308,13 @@ class _PruneJob:
         selecting, _ = choose_selection(self.run, self.config, self.index, scores, sum(self.sizes), excluded,
                                         validation, stage1_images=stage1_images, common=self.common,
                                         warm_starts=warm_starts)
-        return selecting, excluded | validation
+        if self.config.auto_keep_split:
+            return selecting, excluded | validation
+        # The split is needed only to judge the proxies: the chosen strategy then selects from every sample,
+        # as --selection <strategy> would (kept out, the split cost hard-first its hardest picks, RESULTS.md).
+        log.info("auto selection: the %d samples of the proxies' validation split may now be selected",
+                 int(validation.sum()))
+        return selecting, excluded
 
     def _train_and_score_stage1(self, fold: np.ndarray) -> ScoringPass:
         tick = time.perf_counter()
