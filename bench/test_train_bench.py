@@ -3,9 +3,12 @@
     python -m pytest bench/test_train_bench.py --benchmark-only --benchmark-columns=median,iqr,rounds
 
 - a training step (forward, fused loss, backward, SGD) of fastnet and
-  resnet18 (small-image stem) at 32x32, batch 256: channels_last + bfloat16
-  autocast (ours) vs NCHW float32, and ours under torch.compile (the
-  TrainConfig.compile option; its first-call compile time is excluded);
+  resnet18 (small-image stem) at 32x32, batch 256: channels_last with the
+  precision ``amp="auto"`` picks on this CPU (ours: bf16 autocast where
+  oneDNN computes bf16 natively, else float32) vs channels_last + bf16
+  autocast and channels_last float32 (whatever the CPU) and NCHW float32,
+  and ours under torch.compile (the TrainConfig.compile option; its
+  first-call compile time is excluded);
 - the fused loss with statistics vs F.cross_entropy plus a separate softmax
   pass for the same statistics (forward + backward);
 - K=4 fastnet models on digits through train_many with 2 worker processes
@@ -19,6 +22,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from unseen_fast.constants import cpu_has_native_bf16, resolve_amp
 from unseen_fast.data import ImageIndex
 from unseen_fast.fused_loss import cross_entropy_with_stats
 from unseen_fast.models import build_model
@@ -28,20 +32,20 @@ from unseen_fast.train import TrainConfig
 BATCH = 256
 
 
-def make_step(arch, fast, compiled=False):
+def make_step(arch, channels_last, bf16, compiled=False):
     torch.manual_seed(0)
     model = build_model(arch, 10, image_size=32)
-    if not fast:
+    if not channels_last:
         model = model.to(memory_format=torch.contiguous_format)
     forward = torch.compile(model) if compiled else model
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
     images = torch.randn(BATCH, 3, 32, 32)
-    if fast:
+    if channels_last:
         images = images.to(memory_format=torch.channels_last)
     labels = torch.randint(0, 10, (BATCH,))
 
     def step():
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=fast):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             logits = forward(images)
         loss, _ = cross_entropy_with_stats(logits, labels)
         loss.mean().backward()
@@ -50,16 +54,25 @@ def make_step(arch, fast, compiled=False):
     return step
 
 
+AUTO_BF16 = resolve_amp("auto", "cpu") == "bf16"  # what TrainConfig(amp="auto") trains with here
+STEP_VARIANTS = {  # name: (channels_last, bf16 autocast, torch.compile)
+    f"channels_last + amp auto = {'bf16' if AUTO_BF16 else 'float32'} (ours)": (True, AUTO_BF16, False),
+    "channels_last + bf16 autocast": (True, True, False),
+    "channels_last float32": (True, False, False),
+    "NCHW float32": (False, False, False),
+    "ours + torch.compile": (True, AUTO_BF16, True),
+}
+
+
 @pytest.mark.parametrize("arch", ["fastnet", "resnet18"])
-@pytest.mark.parametrize("variant", ["channels_last + bf16 autocast (ours)", "NCHW float32",
-                                     "channels_last + bf16 autocast + torch.compile"])
+@pytest.mark.parametrize("variant", list(STEP_VARIANTS))
 def test_train_step(benchmark, arch, variant):
     benchmark.group = f"train step {arch} 32x32 batch {BATCH}"
-    benchmark.extra_info.update(items=BATCH, unit="img")
-    fast = "NCHW" not in variant
-    if "ours" in variant:
+    benchmark.extra_info.update(items=BATCH, unit="img", native_bf16=cpu_has_native_bf16())
+    if "(ours)" in variant:
         benchmark.extra_info["role"] = "ours"
-    step = make_step(arch, fast, compiled="compile" in variant)
+    channels_last, bf16, compiled = STEP_VARIANTS[variant]
+    step = make_step(arch, channels_last, bf16, compiled=compiled)
     step()
     step()  # the compiled variant compiles on the first calls
     benchmark.pedantic(step, rounds=3 if arch == "resnet18" else 5, iterations=1)
