@@ -1,6 +1,9 @@
 // The Python extension module unseen_fast._C: importing it loads the op
 // library (registering the unseen_fast:: ops) and exposes build facts.
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <string>
 #include <torch/version.h>
 
 #include "cpu/cpu_features.h"
@@ -26,6 +29,7 @@ PYBIND11_MODULE(_C, m) {
     // _extension.py refuses to load under another torch (its ABI would crash)
     info["torch_version"] = TORCH_VERSION;
     info["cpu_avx512"] = unseen_fast::cpu_has_avx512();
+    info["cpu_avx2"] = unseen_fast::cpu_has_avx2();
     return info;
   });
   m.def("score_methods", [] {
@@ -37,6 +41,13 @@ PYBIND11_MODULE(_C, m) {
     return methods;
   });
   m.def("set_cpu_simd", &unseen_fast::set_cpu_simd, py::arg("enabled"),
-        "Use the AVX-512 score path when the CPU has it; returns whether it is in use.");
+        "Use the best vector CPU path (True) or the portable one (False); returns whether a vector path is in use.");
   m.def("cpu_simd_enabled", &unseen_fast::cpu_simd_enabled);
+  m.def("set_cpu_path", [](const std::string& name) {
+          return std::string(unseen_fast::cpu_path_name(
+              unseen_fast::set_cpu_path(unseen_fast::cpu_path_from_name(name.c_str()))));
+        }, py::arg("name"),
+        "Ask for the CPU score/loss path 'avx512', 'avx2' or 'portable'; returns the one in use "
+        "(never above what the CPU has).");
+  m.def("cpu_path", [] { return std::string(unseen_fast::cpu_path_name(unseen_fast::cpu_path())); });
 }

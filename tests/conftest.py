@@ -23,15 +23,20 @@ def device(request):
     return torch.device(request.param)
 
 
-@pytest.fixture(params=["avx512", "portable"])
+CPU_PATHS = ["avx512", "avx2", "portable"]  # best first: a CPU runs every path after its best
+
+
+@pytest.fixture(params=CPU_PATHS)
 def cpu_path(request):
-    """Runs a test once per CPU score path (AVX-512 only where the CPU has it)."""
-    if request.param == "avx512" and not _C.build_info()["cpu_avx512"]:
-        pytest.skip("this CPU has no AVX-512")
-    before = _C.cpu_simd_enabled()  # False under UNSEEN_FAST_CPU_SIMD=0
-    _C.set_cpu_simd(request.param == "avx512")
+    """Runs a test once per CPU score path this CPU can run (portable on
+    every machine, so a vector-capable development machine cannot hide a
+    failure of the path other users get)."""
+    if request.param != "portable" and not _C.build_info()[f"cpu_{request.param}"]:
+        pytest.skip(f"this CPU has no {request.param.upper()}")
+    before = _C.cpu_path()  # portable under UNSEEN_FAST_CPU_SIMD=0
+    _C.set_cpu_path(request.param)
     yield request.param
-    _C.set_cpu_simd(before)
+    _C.set_cpu_path(before)
 
 
 @pytest.fixture

@@ -208,22 +208,27 @@ def test_strided_rows_equal_contiguous_ones(cpu_path, gen, c, dtype):
         assert torch.equal(got, want)
 
 
-def test_the_two_cpu_paths_agree(gen):
+def test_the_cpu_paths_agree(gen):
+    """Every vector path this CPU runs against the portable one (each is
+    also held to the float64 bounds through the cpu_path fixture)."""
     from unseen_fast import _C
-    if not _C.build_info()["cpu_avx512"]:
-        pytest.skip("this CPU has no AVX-512")
+
+    paths = [p for p in ("avx512", "avx2") if _C.build_info()[f"cpu_{p}"]] + ["portable"]
+    if len(paths) == 1:
+        pytest.skip("this CPU runs the portable path only")
     logits = torch.randn(50, 1000, generator=gen) * 4
     labels = torch.randint(0, 1000, (50,), generator=gen)
-    before = _C.cpu_simd_enabled()
+    before = _C.cpu_path()
     try:
-        results = []
-        for simd in (True, False):
-            _C.set_cpu_simd(simd)
-            results.append(OP(logits, labels, 0.1, True))
+        results = {}
+        for path in paths:
+            assert _C.set_cpu_path(path) == path
+            results[path] = OP(logits, labels, 0.1, True)
     finally:
-        _C.set_cpu_simd(before)
-    for fast, portable in zip(*results):
-        assert torch.allclose(fast, portable, rtol=1e-5, atol=1e-7)
+        _C.set_cpu_path(before)
+    for path in paths[:-1]:
+        for fast, portable in zip(results[path], results["portable"]):
+            assert torch.allclose(fast, portable, rtol=1e-5, atol=1e-7), path
 
 
 @pytest.mark.cuda

@@ -25,9 +25,12 @@ if _torch_release(_BUILT_FOR) != _torch_release(torch.__version__):
         f"unseen_fast's compiled extension was built against torch {_BUILT_FOR} but torch "
         f"{torch.__version__} is loaded; rebuild it: pip install --no-build-isolation -e .")
 
-# UNSEEN_FAST_CPU_SIMD=0 runs the portable CPU score path on any CPU (what users
-# without AVX-512 get), e.g. to run the test suite the way they would.
+# UNSEEN_FAST_CPU_SIMD=0 runs the portable CPU score path on any CPU, and
+# UNSEEN_FAST_CPU_PATH=avx2|portable a path below the best this CPU has (what
+# users of older CPUs get), e.g. to run the test suite the way they would.
 if os.environ.get("UNSEEN_FAST_CPU_SIMD") == "0":
     _C.set_cpu_simd(False)
+if os.environ.get("UNSEEN_FAST_CPU_PATH"):
+    _C.set_cpu_path(os.environ["UNSEEN_FAST_CPU_PATH"])
 
 __all__ = ["_C"]

@@ -22,7 +22,7 @@ def build_info() -> dict:
         torch=torch.__version__,
         cuda=torch.version.cuda,
         numpy=numpy.__version__,
-        cpu_score_path="avx512" if _C.cpu_simd_enabled() else "portable",
+        cpu_score_path=_C.cpu_path(),
         cuda_devices=[torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
         dali=dali_version(),
     )

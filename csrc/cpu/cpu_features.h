@@ -1,5 +1,6 @@
-// Which CPU score path runs: the AVX-512 two-sweep kernel when the CPU has it,
-// else the portable online-merge loop (below). Tests switch it to cover both.
+// Which CPU score path runs: the AVX-512 two-sweep kernel when the CPU has
+// it, else the AVX2 one, else the portable online-merge loop (below). Tests
+// switch between them to cover every path the machine can run.
 #pragma once
 
 #include <cstdint>
@@ -8,9 +9,20 @@
 
 namespace unseen_fast {
 
+// Ordered: a CPU that runs a path runs every path below it.
+enum class CpuPath : int { kPortable = 0, kAvx2 = 1, kAvx512 = 2 };
+
 bool cpu_has_avx512();
-// Returns whether the AVX-512 path is in use after the call (false when the
-// CPU lacks it, whatever was asked).
+bool cpu_has_avx2();
+CpuPath best_cpu_path();        // what this CPU can run
+CpuPath cpu_path();             // what runs now
+// Asks for `path`; returns the path in use after the call (never above
+// best_cpu_path(), whatever was asked).
+CpuPath set_cpu_path(CpuPath path);
+const char* cpu_path_name(CpuPath path);
+CpuPath cpu_path_from_name(const char* name);  // throws std::invalid_argument for an unknown name
+// The older switch: true = the best path, false = portable; returns whether
+// a vector path is in use.
 bool set_cpu_simd(bool enabled);
 bool cpu_simd_enabled();
 

@@ -1,5 +1,5 @@
 // CPU kernel of cross_entropy_with_stats: per row, the score kernel's row
-// state (AVX-512 two sweeps or the portable online merge), then one sweep
+// state (AVX-512 or AVX2 two sweeps, or the portable online merge), then one sweep
 // that writes the gradient of the loss by the logits and sums z - max for
 // label smoothing; the loss and the statistics come from the shared
 // formulas of score_math.h. Backward is then only a scale (fused_loss.py).
@@ -11,6 +11,7 @@
 
 #include "../checks.h"
 #include "../score_math.h"
+#include "avx2_math.h"
 #include "avx512_math.h"
 #include "cpu_features.h"
 
@@ -63,7 +64,7 @@ float gradient_sweep_portable(const T* row, int64_t C, const LossRow& r, int64_t
 }
 
 template <typename T, typename G>
-void loss_rows(const at::Tensor& logits, const int64_t* labels, const LossTarget& target, bool simd,
+void loss_rows(const at::Tensor& logits, const int64_t* labels, const LossTarget& target, CpuPath path,
                float* loss, float* stats, G* grad) {
   const int64_t N = logits.size(0), C = logits.size(1);
   const int64_t row_stride = logits.stride(0), col_stride = logits.stride(1);
@@ -82,10 +83,12 @@ void loss_rows(const at::Tensor& logits, const int64_t* labels, const LossTarget
         row = gathered.data();
       }
       SoftmaxState s = empty_state();
+      const T* next = col_stride == 1 && i + 1 < end ? row + row_stride : nullptr;
 #ifdef UF_HAVE_AVX512_PATH
-      if (simd) s = row_state_avx512(row, C, col_stride == 1 && i + 1 < end ? row + row_stride : nullptr);
+      if (path == CpuPath::kAvx512) s = row_state_avx512(row, C, next);
+      if (path == CpuPath::kAvx2) s = avx2::row_state_avx2(row, C, next);
 #endif
-      if (!simd) s = row_state_portable(row, C);  // the score kernel's portable path
+      if (path == CpuPath::kPortable) s = row_state_portable(row, C);  // the score kernel's portable path
       // out-of-range labels (check_labels=False) give a NaN row, as in score
       const int64_t label = labels[i] >= 0 && labels[i] < C ? labels[i] : -1;
       const float label_logit = label >= 0 ? static_cast<float>(row[label]) : 0.f;
@@ -96,9 +99,10 @@ void loss_rows(const at::Tensor& logits, const int64_t* labels, const LossTarget
         for (int64_t c = 0; c < C; ++c) g[c] = static_cast<G>(loss_gradient(r, 0.f, false));
       } else {
 #ifdef UF_HAVE_AVX512_PATH
-        if (simd) sum_d = gradient_sweep_avx512(row, C, r, label, g);
+        if (path == CpuPath::kAvx512) sum_d = gradient_sweep_avx512(row, C, r, label, g);
 #endif
-        if (!simd) sum_d = gradient_sweep_portable(row, C, r, label, g);
+        // AVX2 takes the scalar sweep: only its row state is vectorized so far
+        if (path != CpuPath::kAvx512) sum_d = gradient_sweep_portable(row, C, r, label, g);
       }
       loss[i] = loss_and_stats(s, label, label_logit, target, sum_d / static_cast<float>(C),
                                stats + i * kNumLossStats);
@@ -107,12 +111,12 @@ void loss_rows(const at::Tensor& logits, const int64_t* labels, const LossTarget
 }
 
 template <typename T>
-void loss_typed(const at::Tensor& logits, const int64_t* labels, const LossTarget& target, bool simd,
+void loss_typed(const at::Tensor& logits, const int64_t* labels, const LossTarget& target, CpuPath path,
                 float* loss, float* stats, at::Tensor& grad) {
   if (grad.scalar_type() == at::kBFloat16)
-    loss_rows<T>(logits, labels, target, simd, loss, stats, grad.data_ptr<c10::BFloat16>());
+    loss_rows<T>(logits, labels, target, path, loss, stats, grad.data_ptr<c10::BFloat16>());
   else
-    loss_rows<T>(logits, labels, target, simd, loss, stats, grad.data_ptr<float>());
+    loss_rows<T>(logits, labels, target, path, loss, stats, grad.data_ptr<float>());
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_with_stats_cpu(
@@ -125,18 +129,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_with_stats_cpu(
   if (N == 0) return {loss, stats, grad};
   const at::Tensor y = labels.contiguous();
   const LossTarget target = loss_target(label_smoothing, C);
-  const bool simd = cpu_simd_enabled();
+  const CpuPath path = cpu_path();
   switch (logits.scalar_type()) {  // the three dtypes check_score_args admits
     case at::kFloat:
-      loss_typed<float>(logits, y.const_data_ptr<int64_t>(), target, simd, loss.data_ptr<float>(),
+      loss_typed<float>(logits, y.const_data_ptr<int64_t>(), target, path, loss.data_ptr<float>(),
                         stats.data_ptr<float>(), grad);
       break;
     case at::kBFloat16:
-      loss_typed<c10::BFloat16>(logits, y.const_data_ptr<int64_t>(), target, simd, loss.data_ptr<float>(),
+      loss_typed<c10::BFloat16>(logits, y.const_data_ptr<int64_t>(), target, path, loss.data_ptr<float>(),
                                 stats.data_ptr<float>(), grad);
       break;
     default:
-      loss_typed<c10::Half>(logits, y.const_data_ptr<int64_t>(), target, simd, loss.data_ptr<float>(),
+      loss_typed<c10::Half>(logits, y.const_data_ptr<int64_t>(), target, path, loss.data_ptr<float>(),
                             stats.data_ptr<float>(), grad);
   }
   return {loss, stats, grad};

@@ -1,19 +1,25 @@
 // CPU kernels of score and _score_tree.
 //
 // Fast path (AVX-512, avx512_math.h): two sweeps over a row while it sits in
-// L1, or 16 rows as lanes for small C. The result is the same SoftmaxState the
+// L1, or 16 rows as lanes for small C. AVX2 path (avx2_math.h): the same two
+// sweeps on 8 lanes, per row at every C. Each gives the same SoftmaxState the
 // online merge builds, finished by the shared finalize(). Portable path: the
 // online merge of score_math.h, one element at a time.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cstring>
 #include <random>
+#include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "../checks.h"
 #include "../score_math.h"
+#include "avx2_math.h"
 #include "avx512_math.h"
 #include "cpu_features.h"
 
@@ -30,14 +36,51 @@ bool cpu_has_avx512() {
 #endif
 }
 
-static std::atomic<bool> g_simd_enabled{true};
+bool cpu_has_avx2() {
+#ifndef UF_HAVE_AVX2_PATH
+  return false;
+#else
+  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+      __builtin_cpu_supports("f16c");
+  return has;
+#endif
+}
+
+CpuPath best_cpu_path() {
+  return cpu_has_avx512() ? CpuPath::kAvx512 : cpu_has_avx2() ? CpuPath::kAvx2 : CpuPath::kPortable;
+}
+
+static std::atomic<int> g_requested_path{static_cast<int>(CpuPath::kAvx512)};
+
+CpuPath cpu_path() {
+  return static_cast<CpuPath>(std::min(g_requested_path.load(), static_cast<int>(best_cpu_path())));
+}
+
+CpuPath set_cpu_path(CpuPath path) {
+  g_requested_path = static_cast<int>(path);
+  return cpu_path();
+}
+
+const char* cpu_path_name(CpuPath path) {
+  switch (path) {
+    case CpuPath::kAvx512: return "avx512";
+    case CpuPath::kAvx2: return "avx2";
+    default: return "portable";
+  }
+}
+
+CpuPath cpu_path_from_name(const char* name) {
+  for (const CpuPath path : {CpuPath::kAvx512, CpuPath::kAvx2, CpuPath::kPortable})
+    if (std::strcmp(name, cpu_path_name(path)) == 0) return path;
+  throw std::invalid_argument(std::string("unknown CPU path '") + name + "'; choose avx512, avx2 or portable");
+}
 
 bool set_cpu_simd(bool enabled) {
-  g_simd_enabled = enabled;
+  set_cpu_path(enabled ? CpuPath::kAvx512 : CpuPath::kPortable);
   return cpu_simd_enabled();
 }
 
-bool cpu_simd_enabled() { return g_simd_enabled && cpu_has_avx512(); }
+bool cpu_simd_enabled() { return cpu_path() != CpuPath::kPortable; }
 
 namespace {
 
@@ -181,7 +224,7 @@ SoftmaxState row_state_tree(const T* row, int64_t lo, int64_t hi, std::mt19937_6
   return (rng() & 1) ? merge(left, right) : merge(right, left);
 }
 
-enum class RowPath { kAvx512, kPortable, kTree };
+enum class RowPath { kAvx512, kAvx2, kPortable, kTree };
 
 template <typename T>
 void score_rows(const at::Tensor& logits, const int64_t* labels,
@@ -229,6 +272,11 @@ void score_rows(const at::Tensor& logits, const int64_t* labels,
         const bool has_next = col_stride == 1 && r + 1 < end;
         s = row_state_avx512(row, C, has_next ? row + row_stride : nullptr);
 #endif
+      } else if (path == RowPath::kAvx2) {
+#ifdef UF_HAVE_AVX2_PATH
+        const bool has_next = col_stride == 1 && r + 1 < end;
+        s = avx2::row_state_avx2(row, C, has_next ? row + row_stride : nullptr);
+#endif
       } else if (path == RowPath::kPortable) {
         s = row_state_portable(row, C);
       } else {
@@ -267,7 +315,9 @@ at::Tensor score_impl(const at::Tensor& logits, const c10::optional<at::Tensor>&
 
 at::Tensor score_cpu(const at::Tensor& logits, const c10::optional<at::Tensor>& labels,
                      at::IntArrayRef methods, bool check_labels) {
-  const RowPath path = cpu_simd_enabled() ? RowPath::kAvx512 : RowPath::kPortable;
+  const CpuPath cpu = cpu_path();
+  const RowPath path = cpu == CpuPath::kAvx512 ? RowPath::kAvx512
+                       : cpu == CpuPath::kAvx2 ? RowPath::kAvx2 : RowPath::kPortable;
   return score_impl(logits, labels, methods, check_labels, path, 0);
 }
 
