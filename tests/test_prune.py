@@ -193,6 +193,35 @@ def test_changed_config_or_data_is_refused(digits, tmp_path):
         prune(digits, out=tmp_path / "afile", config=config(stages=1))
 
 
+def test_a_folder_from_before_auto_keep_split_resumes_as_it_ran(digits, tmp_path):
+    """A folder written before the option existed has no auto_keep_split:
+    a global run resumes whatever the option says; an auto run kept its
+    split out, so it resumes with --auto-keep-split and is refused (naming
+    the option) without it."""
+    import dataclasses
+    import json
+
+    from unseen_fast.pipeline import _claim
+    from unseen_fast.rundir import RunDir
+
+    def old_folder(name, cfg):
+        claimed = _claim(RunDir(tmp_path / name), cfg, digits, resume=False)
+        claimed.unlock()
+        saved = json.loads((tmp_path / name / "config.json").read_text())
+        saved["config"].pop("auto_keep_split", None)  # as an earlier version wrote it
+        (tmp_path / name / "config.json").write_text(json.dumps(saved))
+
+    old_folder("global", config(stages=1))
+    for keep in (False, True):
+        _claim(RunDir(tmp_path / "global"), dataclasses.replace(config(stages=1), auto_keep_split=keep), digits,
+               resume=True).unlock()
+    auto = config(stages=1, selection="auto")
+    old_folder("auto", dataclasses.replace(auto, auto_keep_split=True))
+    _claim(RunDir(tmp_path / "auto"), dataclasses.replace(auto, auto_keep_split=True), digits, resume=True).unlock()
+    with pytest.raises(UserError, match=r"auto_keep_split: saved True, now False"):
+        _claim(RunDir(tmp_path / "auto"), auto, digits, resume=True)
+
+
 def test_a_run_folder_in_use_is_refused(digits, tmp_path):
     """A second process resuming the same folder stops at once instead of
     racing the first one (the lock is an flock, freed when a process dies)."""

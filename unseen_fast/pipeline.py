@@ -186,12 +186,22 @@ def prune(data, *, out, config: PruneConfig, device="auto", nproc: int | None = 
 def _claim(run: RunDir, config: PruneConfig, index: ImageIndex, resume: bool) -> RunDir:
     """Refuse to reuse a run folder for another configuration or dataset."""
     identity = dict(dataclasses.asdict(config), train=config_identity(config.train))  # not run settings
-    if run.claim(identity, resume=resume, prepare=index.save):
+    if config.selection != "auto":  # means nothing then: runs from before it existed resume as they were
+        identity.pop("auto_keep_split")
+    if run.claim(identity, resume=resume, prepare=index.save, upgrade=_saved_identity_today):
         ImageIndex.load(run.root).assert_same_listing(index)
         log.info("resuming %s", run.root)
     elif resume:  # a requeued job's first start; a mistyped --out shows here
         log.info("--resume: no run in %s yet, starting one", run.root)
     return run
+
+
+def _saved_identity_today(saved: dict) -> dict:
+    """A run folder's saved identity in today's terms: --selection auto runs
+    from before auto_keep_split existed kept the validation split out."""
+    if saved.get("selection") == "auto" and "auto_keep_split" not in saved:
+        return {**saved, "auto_keep_split": True}
+    return saved
 
 
 class _PruneJob:

@@ -143,21 +143,27 @@ class RunDir:
         with np.load(path) as data:
             return {key: data[key] for key in data.files}
 
-    def claim(self, config: dict, *, resume: bool, prepare=None) -> bool:
+    def claim(self, config: dict, *, resume: bool, prepare=None, upgrade=None) -> bool:
         """Make this folder the run of ``config``: create it, or continue it
         with ``resume=True`` when it holds the same configuration. Refuses a
         non-empty folder of something else, another configuration, and a
         folder another process is working in. ``prepare(root)`` writes what
         a new run needs before its config.json, whose presence marks a
-        claimed folder. Returns True when resuming."""
+        claimed folder. ``upgrade(saved config) -> config`` states a folder
+        written by an earlier version in today's terms (the values its run
+        behaved as for options added since), so it can still be resumed.
+        Returns True when resuming."""
         wanted = dict(fingerprint=fingerprint(config), config=config)
         path = self.root / self.CONFIG
         if self.root.exists() and not self.root.is_dir():
             raise UserError(f"{self.root} is a file, not a folder; choose a new --out folder")
         if path.exists():
             saved = self._saved_config(path)
-            if saved.get("fingerprint") != wanted["fingerprint"]:
-                diff = config_diff(saved.get("config", {}), config)
+            saved_config = saved.get("config", {})
+            if upgrade is not None and isinstance(saved_config, dict):
+                saved_config = upgrade(saved_config)
+            if fingerprint(saved_config) != wanted["fingerprint"]:
+                diff = config_diff(saved_config, config)
                 raise UserError(f"{self.root} holds a run with a different configuration ({diff}); "
                                 f"use a new --out folder")
             if not resume:
