@@ -200,6 +200,7 @@ def test_a_folder_from_before_auto_keep_split_resumes_as_it_ran(digits, tmp_path
     the option) without it."""
     import dataclasses
     import json
+    import shutil
 
     from unseen_fast.pipeline import _claim
     from unseen_fast.rundir import RunDir
@@ -212,6 +213,11 @@ def test_a_folder_from_before_auto_keep_split_resumes_as_it_ran(digits, tmp_path
         (tmp_path / name / "config.json").write_text(json.dumps(saved))
 
     old_folder("global", config(stages=1))
+    named = json.loads((tmp_path / "global" / "config.json").read_text())
+    named["config"]["auto_keep_split"] = False  # as a folder that names it for a global run
+    shutil.copytree(tmp_path / "global", tmp_path / "named")
+    (tmp_path / "named" / "config.json").write_text(json.dumps(named))
+    _claim(RunDir(tmp_path / "named"), config(stages=1), digits, resume=True).unlock()
     for keep in (False, True):
         _claim(RunDir(tmp_path / "global"), dataclasses.replace(config(stages=1), auto_keep_split=keep), digits,
                resume=True).unlock()

@@ -205,11 +205,12 @@ def test_random_merge_trees_match_a_sequential_pass(gen, C):
     labels = torch.randint(0, C, (logits.shape[0],), generator=gen)
     codes = ops.method_codes(ALL)
     from unseen_fast import _C
-    _C.set_cpu_simd(False)
+    before = _C.cpu_path()
+    _C.set_cpu_path("portable")
     try:
         sequential = ops.score(logits, labels, ALL)
     finally:
-        _C.set_cpu_simd(True)
+        _C.set_cpu_path(before)
     for seed in range(5):
         tree = torch.ops.unseen_fast._score_tree(logits, labels, codes, seed)
         torch.testing.assert_close(tree, sequential, rtol=2e-6, atol=1e-6, equal_nan=True)

@@ -31,6 +31,9 @@ if _torch_release(_BUILT_FOR) != _torch_release(torch.__version__):
 if os.environ.get("UNSEEN_FAST_CPU_SIMD") == "0":
     _C.set_cpu_simd(False)
 if os.environ.get("UNSEEN_FAST_CPU_PATH"):
-    _C.set_cpu_path(os.environ["UNSEEN_FAST_CPU_PATH"])
+    try:
+        _C.set_cpu_path(os.environ["UNSEEN_FAST_CPU_PATH"])
+    except ValueError as err:
+        raise ValueError(f"UNSEEN_FAST_CPU_PATH: {err}") from None
 
 __all__ = ["_C"]

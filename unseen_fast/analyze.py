@@ -27,7 +27,7 @@ from unseen_fast.data import DataError, ImageIndex
 from unseen_fast.rundir import save_figure, write_json
 
 # Configuration fields that do not change the stage-1 scores of a run.
-NOT_STAGE1 = ("prune_rate", "stages", "stage_size", "selection", "seed")
+NOT_STAGE1 = ("prune_rate", "stages", "stage_size", "selection", "auto_keep_split", "seed")
 
 
 def collect_runs(paths) -> tuple[list[dict], list[dict]]:

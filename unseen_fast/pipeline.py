@@ -198,8 +198,11 @@ def _claim(run: RunDir, config: PruneConfig, index: ImageIndex, resume: bool) ->
 
 def _saved_identity_today(saved: dict) -> dict:
     """A run folder's saved identity in today's terms: --selection auto runs
-    from before auto_keep_split existed kept the validation split out."""
-    if saved.get("selection") == "auto" and "auto_keep_split" not in saved:
+    from before auto_keep_split existed kept the validation split out; other
+    runs do not depend on it (whether or not their folder names it)."""
+    if saved.get("selection") != "auto":
+        return {key: value for key, value in saved.items() if key != "auto_keep_split"}
+    if "auto_keep_split" not in saved:
         return {**saved, "auto_keep_split": True}
     return saved
 
