@@ -55,20 +55,15 @@ UF_AVX2 inline float reduce_add(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-// e^x for x in [-120, 0], as avx512::exp_nonpositive (the same Cephes exp2f
-// polynomial); 2^n from the exponent bits, 0 below 2^-126 (where the AVX-512
-// path's flush-to-zero also gives 0).
+// e^x for x in [-120, 0], as avx512::exp_nonpositive (the same kExp2Poly);
+// 2^n from the exponent bits, 0 for n <= -127 (results below 2^-126 are
+// flushed to 0 anyway, as on the AVX-512 path).
 UF_AVX2 inline __m256 exp_nonpositive(__m256 x) {
   const __m256 t = _mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f));
   const __m256 n = _mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   const __m256 f = _mm256_sub_ps(t, n);
-  __m256 p = _mm256_set1_ps(1.535336188319500e-4f);
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.339887440266574e-3f));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(9.618437357674640e-3f));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(5.550332471162809e-2f));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(2.402264791363012e-1f));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(6.931472028550421e-1f));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.f));
+  __m256 p = _mm256_set1_ps(kExp2Poly[0]);
+  for (int i = 1; i < 7; ++i) p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(kExp2Poly[i]));
   // 2^n for n >= -126; n <= -127 gives exponent bits 0, i.e. 0 (NaN keeps p NaN: 0 * NaN)
   const __m256i biased = _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_max_ps(n, _mm256_set1_ps(-127.f))),
                                           _mm256_set1_epi32(127));

@@ -20,6 +20,15 @@
 
 #include "../score_math.h"
 
+namespace unseen_fast {
+
+// 2^f on [-0.5, 0.5], highest power first (Cephes exp2f, ~2 ulp): the
+// polynomial of both vector paths' exp (this file and avx2_math.h).
+inline constexpr float kExp2Poly[] = {1.535336188319500e-4f, 1.339887440266574e-3f, 9.618437357674640e-3f,
+                                      5.550332471162809e-2f, 2.402264791363012e-1f, 6.931472028550421e-1f, 1.f};
+
+}  // namespace unseen_fast
+
 namespace unseen_fast::avx512 {
 
 #define UF_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma")))
@@ -39,19 +48,14 @@ UF_AVX512 inline __m512 load16(const c10::Half* p, __mmask16 m) {
   return _mm512_mask_blend_ps(m, _mm512_set1_ps(neg_inf()), _mm512_cvtph_ps(h));
 }
 
-// e^x for x in [-120, 0] as 2^(x log2 e): round, a degree-6 polynomial for
-// 2^f on [-0.5, 0.5] (Cephes exp2f, ~2 ulp) and an exact scale by 2^n.
+// e^x for x in [-120, 0] as 2^(x log2 e): round, the degree-6 polynomial
+// kExp2Poly for 2^f and an exact scale by 2^n.
 UF_AVX512 inline __m512 exp_nonpositive(__m512 x) {
   const __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f));
   const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   const __m512 f = _mm512_sub_ps(t, n);
-  __m512 p = _mm512_set1_ps(1.535336188319500e-4f);
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.339887440266574e-3f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.618437357674640e-3f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.550332471162809e-2f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.402264791363012e-1f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931472028550421e-1f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.f));
+  __m512 p = _mm512_set1_ps(kExp2Poly[0]);
+  for (int i = 1; i < 7; ++i) p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(kExp2Poly[i]));
   return _mm512_scalef_ps(p, n);
 }
 

@@ -267,15 +267,14 @@ void score_rows(const at::Tensor& logits, const int64_t* labels,
         row = gathered.data();
       }
       SoftmaxState s;
+      [[maybe_unused]] const T* next = col_stride == 1 && r + 1 < end ? row + row_stride : nullptr;
       if (path == RowPath::kAvx512) {
 #ifdef UF_HAVE_AVX512_PATH
-        const bool has_next = col_stride == 1 && r + 1 < end;
-        s = row_state_avx512(row, C, has_next ? row + row_stride : nullptr);
+        s = row_state_avx512(row, C, next);
 #endif
       } else if (path == RowPath::kAvx2) {
 #ifdef UF_HAVE_AVX2_PATH
-        const bool has_next = col_stride == 1 && r + 1 < end;
-        s = avx2::row_state_avx2(row, C, has_next ? row + row_stride : nullptr);
+        s = avx2::row_state_avx2(row, C, next);
 #endif
       } else if (path == RowPath::kPortable) {
         s = row_state_portable(row, C);
