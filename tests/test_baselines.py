@@ -205,8 +205,14 @@ def test_ccs_selection_through_prune(digits, tmp_path):
     coreset = np.load(tmp_path / "run" / "coreset.npy")
     scores = np.load(tmp_path / "run" / "scores_stage1.npy")
     assert len(coreset) == summary["coreset_size"]
-    hardest = np.argsort(-scores, kind="stable")[:int(0.1 * len(digits))]
-    assert not set(coreset.tolist()) & set(hardest.tolist())
+    # The hardest floor(0.1 n) are dropped; under ties at the cut (AUM saturates,
+    # more so in bf16) which of the tied samples go is the selection's tie-break.
+    dropped = int(0.1 * len(digits))
+    cut = np.sort(scores)[::-1][dropped - 1]
+    kept = scores[coreset]
+    assert (kept <= cut).all()
+    above, tied = int((scores > cut).sum()), int((scores == cut).sum())
+    assert (kept == cut).sum() <= tied - (dropped - above)
 
 
 @pytest.mark.parametrize("kw, message", [
