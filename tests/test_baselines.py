@@ -205,8 +205,8 @@ def test_ccs_selection_through_prune(digits, tmp_path):
     coreset = np.load(tmp_path / "run" / "coreset.npy")
     scores = np.load(tmp_path / "run" / "scores_stage1.npy")
     assert len(coreset) == summary["coreset_size"]
-    # The hardest floor(0.1 n) are dropped; under ties at the cut (AUM saturates,
-    # more so in bf16) which of the tied samples go is the selection's tie-break.
+    # The hardest floor(0.1 n) are dropped; under ties at the cut (AUM saturates:
+    # 2 tied there in a bf16 run) which of the tied go is the selection's tie-break.
     dropped = int(0.1 * len(digits))
     cut = np.sort(scores)[::-1][dropped - 1]
     kept = scores[coreset]
