@@ -168,12 +168,15 @@ def test_a_report_of_an_earlier_rule_is_measured_again(tmp_path):
     assert not old_proxy.exists()  # stale proxies are removed, never resumed as the new rule's
     assert all((path / "checkpoint.pt").stat().st_mtime_ns != mtime for path, mtime in written.items())
     assert again["auto_selection"]["chosen"] in [name for name, _, _ in CANDIDATES] and "margin" in again["auto_selection"]
-    # the second design's report (proxies judged by accuracy, no decision_metric): measured again too
-    accuracy_rule = {key: value for key, value in again["auto_selection"].items() if key != "decision_metric"}
-    (tmp_path / "run" / "auto_selection.json").write_text(json.dumps(dict(accuracy_rule, chosen="random")))
-    third = prune(ImageIndex.digits(), out=tmp_path / "run", config=config, resume=True)
-    assert third["auto_selection"]["decision_metric"] == "label_probability"
-    assert third["auto_selection"]["seconds"] != accuracy_rule["seconds"]
+    # the second design's report (proxies judged by accuracy, no decision_metric) and the fourth's (ccs a
+    # candidate, two random replicas, no rule): measured again too
+    for old_key in ("decision_metric", "rule"):
+        older = {key: value for key, value in again["auto_selection"].items() if key not in (old_key, "rule")}
+        (tmp_path / "run" / "auto_selection.json").write_text(json.dumps(dict(older, chosen="random")))
+        again = prune(ImageIndex.digits(), out=tmp_path / "run", config=config, resume=True)
+        assert again["auto_selection"]["decision_metric"] == "label_probability"
+        assert again["auto_selection"]["rule"] == auto_selection.RULE
+        assert again["auto_selection"]["seconds"] != older["seconds"]
 
 
 def test_proxies_anneal_and_take_enough_steps():

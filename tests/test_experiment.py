@@ -131,6 +131,26 @@ def test_cross_architecture_final_models(tmp_path):
     assert prune_config["train"]["arch"] == "fastnet"
 
 
+def test_auto_cells_decisions_are_tabulated(tmp_path, finished):
+    grid = Grid(**dict(GRID, seeds=[0, 1], budgets=["epochs"], full_data=False,
+                       methods=dict(auto=dict(score="entropy", stages=1, selection="auto"),
+                                    random=GRID["methods"]["random"])))
+    run_experiment(grid, tmp_path / "out")
+    rows = list(csv.DictReader(open(tmp_path / "out" / "auto_decisions.csv")))
+    assert [(row["method"], float(row["prune_rate"]), int(row["seed"])) for row in rows] == [("auto", 0.5, 0),
+                                                                                              ("auto", 0.5, 1)]
+    for row in rows:
+        report = json.loads((tmp_path / "out" / "prune" / "auto" / "p0.5" / f"seed{row['seed']}" /
+                             "auto_selection.json").read_text())
+        assert row["chosen"] == report["chosen"] and float(row["margin"]) == pytest.approx(report["margin"])
+        for candidate in report["candidates"]:
+            assert float(row[f"{candidate['name']}_label_probability"]) == pytest.approx(
+                candidate["validation_label_probability"])
+        replicas = [float(value) for value in row["random_replicas_label_probability"].split()]
+        assert replicas == pytest.approx(report["candidates"][-1]["replica_label_probability"], abs=1e-5)
+    assert not (finished[0] / "auto_decisions.csv").exists()  # a grid without auto cells writes none
+
+
 def test_a_method_can_prune_with_another_architecture(tmp_path):
     # the same final model, pruning models of two architectures: one grid
     grid = Grid(**dict(GRID, seeds=[0], budgets=["epochs"], full_data=False,

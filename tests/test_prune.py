@@ -115,6 +115,21 @@ def test_random_score_needs_no_training(digits, tmp_path):
     assert summary["coreset_size"] == 1257
 
 
+def test_selection_random_draws_what_score_random_draws(digits, tmp_path):
+    """The two ways to ask for a random subset keep the same samples for a
+    seed at every stage, so --selection auto falling back to Random returns
+    the Random baseline's coreset."""
+    coresets = {}
+    for seed in (0, 3):
+        for name, kw in (("score", dict(score="random")), ("selection", dict(selection="random"))):
+            run = tmp_path / f"{name}-{seed}"
+            prune(digits, out=run, config=config(seed=seed, **kw))  # two stages
+            coresets[name, seed] = np.load(run / "added_stage.npy")
+        assert np.array_equal(coresets["score", seed], coresets["selection", seed])
+        assert set(np.unique(coresets["score", seed])) == {0, 1, 2}
+    assert not np.array_equal(coresets["score", 0], coresets["score", 3])
+
+
 def test_resume_after_interruptions_gives_the_same_coreset(digits, tmp_path, monkeypatch):
     cfg = config(stages=3, stage_size=0.05)
     prune(digits, out=tmp_path / "straight", config=cfg)

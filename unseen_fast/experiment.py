@@ -16,6 +16,7 @@ EXP layout::
     final/<method>/p<rate>/seed<s>/<budget>/   final model + result.json
     final/full/seed<s>/epochs/       the full-data model + result.json
     results.csv, table.md, accuracy_vs_prune_rate.png
+    auto_decisions.csv               every --selection auto cell's choice and candidates
 """
 from __future__ import annotations
 
@@ -258,7 +259,35 @@ def _report(grid: Grid, out: Path) -> list[dict]:
         writer.writerows(rows)
     write_text(out / "table.md", results_table(grid, rows))
     _plot(grid, rows, out / "accuracy_vs_prune_rate.png")
+    _auto_decisions(out)
     return rows
+
+
+def _auto_decisions(out: Path) -> None:
+    """auto_decisions.csv: each --selection auto cell's choice and every
+    candidate proxy's figures, so a rule can be judged against the final
+    trainings (results.csv) without rerunning it."""
+    decisions = []
+    for path in sorted(out.glob("prune/*/p*/seed*/auto_selection.json")):
+        report = json.loads(path.read_text())
+        seed_dir, rate_dir, method_dir = path.parent, path.parent.parent, path.parent.parent.parent
+        row = dict(method=method_dir.name, prune_rate=float(rate_dir.name[1:]), seed=int(seed_dir.name[4:]),
+                   chosen=report["chosen"], best_strategy=report["best_strategy"],
+                   gain_over_random=report["gain_over_random"], margin=report["margin"], noise_sd=report["noise_sd"],
+                   proxy_seconds=report["seconds"], proxy_cost_share=report["proxy_cost_share"])
+        for candidate in report["candidates"]:
+            row[f"{candidate['name']}_label_probability"] = candidate["validation_label_probability"]
+            row[f"{candidate['name']}_accuracy"] = candidate["validation_accuracy"]
+        row["random_replicas_label_probability"] = " ".join(
+            f"{value:.5f}" for value in report["candidates"][-1]["replica_label_probability"])
+        decisions.append(row)
+    if not decisions:
+        return
+    columns = list(dict.fromkeys(key for row in decisions for key in row))
+    with atomic_path(out / "auto_decisions.csv") as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, columns)
+        writer.writeheader()
+        writer.writerows(decisions)
 
 
 def _cells(rows, method, rate, budget):

@@ -375,7 +375,7 @@ class _PruneJob:
                                    device=self.common["device"], loader_kwargs=self.loader_kwargs)
             scores[rest], correct[rest] = scored.scores[0], scored.correct[0]
         else:
-            scores[rest] = random_scores(config.seed, stage, len(rest))
+            scores[rest] = random_scores(config.seed, stage, n)[rest]  # per sample id, as --selection random
         self.timings[f"stage{stage}_scoring_s"] = time.perf_counter() - tick
         self.images[f"stage{stage}_scoring"] = len(rest)
         return scores, correct

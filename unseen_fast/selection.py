@@ -75,8 +75,8 @@ def select(scores: np.ndarray, k: int, labels: np.ndarray, config, *, exclude: n
     params = config.baseline
     if config.selection == "auto":
         raise ValueError("selection 'auto' is resolved to a strategy before select() (auto_selection.py)")
-    if config.selection == "random":
-        scores_p = random_scores(config.seed, stage, n)
+    if config.selection == "random":  # drawn per sample id, as --score random draws them: the same coreset
+        scores_p = random_scores(config.seed, stage, n)[perm]
     if config.selection == "ccs":
         picked = ccs_select(scores_p, k, beta=params.ccs_beta, strata=params.ccs_strata, rng=rng,
                             candidates=np.flatnonzero(~exclude_p))
