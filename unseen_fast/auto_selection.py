@@ -162,8 +162,8 @@ def decide(metric: dict[str, float], random_metric: list[float], sampling_sd: di
     mean by MARGIN_SD sds of that difference. ``metric``: each proxy's mean
     probability of the true label on the split (DECISION_METRIC);
     ``random_metric``: the random replicas'. A proxy's noise sd combines the
-    replicas' spread (training seed, subset; one degree of freedom with two
-    replicas, so it can agree by chance) with the split's sampling noise,
+    replicas' spread (training seed, subset; R - 1 degrees of freedom, so
+    few replicas can agree by chance) with the split's sampling noise,
     ``sampling_sd`` per strategy: paired, as every proxy is judged on the
     same samples (sd of its per-sample differences from a random proxy /
     sqrt(2n)). The difference of one proxy and a mean of R replicas has

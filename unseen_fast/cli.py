@@ -296,7 +296,7 @@ def _add_prune_options(pr: argparse.ArgumentParser) -> None:
                          "proxy: each fold model scores its own fold")
     pr.add_argument("--selection", default="global", choices=list(SELECTIONS), help="global: the hardest M (the "
                     "paper); balanced: the hardest per class; easy: the easiest per class; ccs: coverage strata; mix: "
-                    "--mix-alpha of M hardest per class, the rest by strata; auto: hard, mix or ccs if its proxy "
+                    "--mix-alpha of M hardest per class, the rest by strata; auto: hard or mix if its proxy "
                     "beats random's beyond noise, else random")
     pr.add_argument("--auto-budget", type=float, default=0.25, help="selection auto: the proxies train on at "
                     "most this share of the images the stage-1 models trained on (default 0.25)")
