@@ -45,8 +45,8 @@ log = logging.getLogger("unseen_fast.auto_selection")
 # (name, strategy, parameters): at most a handful, each a different regime. Not easy-first: it lost to
 # Random in every final training measured (docs/RESULTS.md), yet every proxy design tried ranked it first
 # (a short training learns most from easy images), so as a candidate it could only mislead. Not ccs, for
-# the same reason: its proxy led in 41 of the 54 cells measured with this rule and passed the margin in 13,
-# whose final trainings averaged -0.39 points against Random (docs/RESULTS.md, 10k and 45k images).
+# the same reason: its proxy led in 41 of the 54 cells measured with the fourth design and passed the
+# margin in 13, whose final trainings averaged -0.39 points against Random (docs/RESULTS.md, 10k and 45k).
 CANDIDATES = (
     ("hard", "global", {}),                     # the paper: the hardest M
     ("mix", "mix", dict(mix_alpha=0.5)),         # half hardest per class, half by strata
