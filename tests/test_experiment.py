@@ -148,7 +148,40 @@ def test_auto_cells_decisions_are_tabulated(tmp_path, finished):
                 candidate["validation_label_probability"])
         replicas = [float(value) for value in row["random_replicas_label_probability"].split()]
         assert replicas == pytest.approx(report["candidates"][-1]["replica_label_probability"], abs=1e-5)
+        # a fallback to Random keeps Random's coreset: the Random cell (run after auto) is not trained again
+        result = json.loads((tmp_path / "out" / "final" / "random" / "p0.5" / f"seed{row['seed']}" / "epochs" /
+                             "result.json").read_text())
+        assert (result.get("reused_from") == f"final/auto/p0.5/seed{row['seed']}/epochs") == \
+            (row["chosen"] == "random")
     assert not (finished[0] / "auto_decisions.csv").exists()  # a grid without auto cells writes none
+
+
+def test_a_final_training_already_done_is_reused(tmp_path, monkeypatch):
+    # two methods with the same coreset and final config: the second takes the first's result, trains nothing
+    grid = Grid(**dict(GRID, seeds=[0], budgets=["epochs"], full_data=False,
+                       methods=dict(random=GRID["methods"]["random"], again=GRID["methods"]["random"],
+                                    fitting=GRID["methods"]["fitting"])))
+    import unseen_fast.experiment as experiment
+
+    trainings = []
+    real = experiment.train_many
+    monkeypatch.setattr(experiment, "train_many", lambda jobs, *a, **k: trainings.append(jobs[0].out_dir) or
+                        real(jobs, *a, **k))
+    rows = {row["method"]: row for row in run_experiment(grid, tmp_path / "out")}
+    assert len(trainings) == 2  # random and fitting; `again` reused random's
+    assert rows["again"]["reused_from"] == "final/random/p0.5/seed0/epochs" and rows["again"]["final_train_s"] == 0
+    assert "reused_from" not in rows["random"] and "reused_from" not in rows["fitting"]
+    for name in experiment.TRAINING_OUTCOME:
+        assert rows["again"][name] == rows["random"][name]
+    assert rows["again"]["key"] != rows["random"]["key"] and rows["again"]["method"] == "again"
+    csv_rows = {row["method"]: row for row in csv.DictReader(open(tmp_path / "out" / "results.csv"))}
+    assert csv_rows["again"]["reused_from"] == "final/random/p0.5/seed0/epochs"
+    # a later run (resume) finds the finished trainings on disk: nothing is trained again
+    (tmp_path / "out" / "final" / "again" / "p0.5" / "seed0" / "epochs" / "result.json").unlink()
+    trainings.clear()
+    run_experiment(grid, tmp_path / "out")
+    assert trainings == [] and json.loads((tmp_path / "out" / "final" / "again" / "p0.5" / "seed0" / "epochs" /
+                                           "result.json").read_text())["reused_from"].startswith("final/random")
 
 
 def test_a_method_can_prune_with_another_architecture(tmp_path):

@@ -15,6 +15,10 @@ EXP layout::
     prune/<method>/p<rate>/seed<s>/  prune run directories
     final/<method>/p<rate>/seed<s>/<budget>/   final model + result.json
     final/full/seed<s>/epochs/       the full-data model + result.json
+                                     (a cell whose final training is the same as a finished
+                                     cell's, e.g. an auto cell that fell back to Random's
+                                     coreset, takes that result instead of training it again:
+                                     its result.json says ``reused_from``)
     results.csv, table.md, accuracy_vs_prune_rate.png
     auto_decisions.csv               every --selection auto cell's choice and candidates
 """
@@ -133,12 +137,13 @@ def run_experiment(grid: Grid, out, *, device="auto", nproc=None, gpus=None, pro
     image_size = grid.prune_train.get("image_size") or default_image_size(index)
     shared = out / "shared"
     common = dict(device=device, nproc=nproc, gpus=gpus, progress=progress)
+    finished = dict(out=out, trained=_trained_cells(out))  # what _final_cell may reuse
     for seed in grid.seeds:
         if grid.full_data:
             final = _final_config(grid, seed, image_size)
             _final_cell(out / "final" / "full" / f"seed{seed}" / "epochs", dict(method="full", prune_rate=0.0,
                         seed=seed, budget="epochs"), final, train_index, np.arange(len(train_index)), val_index,
-                        val_ids, shared, prune_s=0.0, **common)
+                        val_ids, shared, prune_s=0.0, **common, **finished)
             _report(grid, out)
         for rate in grid.prune_rates:
             for method, spec in grid.methods.items():
@@ -162,7 +167,8 @@ def run_experiment(grid: Grid, out, *, device="auto", nproc=None, gpus=None, pro
                                 dict(method=method, prune_rate=rate, seed=seed, budget=budget,
                                      score=config.score, framework=config.framework, stages=config.stages,
                                      selection=config.selection, coreset_size=int(summary["coreset_size"])),
-                                final, train_index, coreset, val_index, val_ids, shared, prune_s=prune_s, **common)
+                                final, train_index, coreset, val_index, val_ids, shared, prune_s=prune_s,
+                                **common, **finished)
                 _report(grid, out)
     return _report(grid, out)
 
@@ -212,18 +218,29 @@ def _final_config(grid: Grid, seed: int, image_size: int) -> TrainConfig:
 
 
 def _final_cell(cell: Path, row: dict, config: TrainConfig, train_index, ids, val_index, val_ids, shared,
-                *, prune_s, device, nproc, gpus, progress) -> dict:
-    """Train the final model of one cell and evaluate it (skipped when done)."""
+                *, prune_s, device, nproc, gpus, progress, out: Path, trained: dict) -> dict:
+    """Train the final model of one cell and evaluate it (skipped when done;
+    taken from ``trained``, train key -> finished cell, when that cell trained
+    the same config on the same ids)."""
     result_path = cell / "result.json"
-    key = hashlib.sha256(json.dumps(dict(row=row, config=config_identity(config),
-                                         ids=hashlib.sha256(np.asarray(ids, np.int64).tobytes()).hexdigest()),
-                                    sort_keys=True).encode()).hexdigest()[:16]
+    training = dict(config=config_identity(config),
+                    ids=hashlib.sha256(np.asarray(ids, np.int64).tobytes()).hexdigest())
+    key = hashlib.sha256(json.dumps(dict(row=row, **training), sort_keys=True).encode()).hexdigest()[:16]
+    train_key = hashlib.sha256(json.dumps(training, sort_keys=True).encode()).hexdigest()[:16]
     if result_path.exists():
         saved = json.loads(result_path.read_text())
         if saved["key"] != key:
             raise DataError(f"{cell} holds a result of a different configuration; use a new --out folder "
                             f"or delete that cell")
         return saved
+    source = trained.get(train_key)
+    if source is not None and (source / "result.json").exists():
+        result = _reused_result(source.relative_to(out), out,
+                                dict(row, key=key, train_key=train_key, prune_s=prune_s))
+        cell.mkdir(parents=True, exist_ok=True)
+        write_json(result_path, result)
+        log.info("cell %s: the same training as %s, top1 %.4f taken from it", cell, source, result["top1"])
+        return result
     log.info("cell %s: training on %d samples for %d epochs", cell, len(ids), config.epochs)
     tick = time.perf_counter()
     train_many([TrainJob("final", ids, str(cell), seed=config.seed)], config, train_index, device=device,
@@ -237,10 +254,31 @@ def _final_cell(cell: Path, row: dict, config: TrainConfig, train_index, ids, va
     result = dict(row, key=key, top1=report["top1"], class_accuracy_variance=report["class_accuracy_variance"],
                   per_class=report["per_class"], train_samples=len(ids), epochs=config.epochs,
                   steps=config.epochs * steps_per_epoch_for(len(ids), config.batch_size), arch=config.arch,
-                  final_train_s=train_s, prune_s=prune_s)
+                  final_train_s=train_s, prune_s=prune_s, train_key=train_key)
     write_json(result_path, result)
+    trained[train_key] = cell
     log.info("cell %s: top1 %.4f", cell, result["top1"])
     return result
+
+
+# what a cell's final training decides; a reused cell copies these and trains nothing
+TRAINING_OUTCOME = ("top1", "class_accuracy_variance", "per_class", "train_samples", "epochs", "steps", "arch")
+
+
+def _reused_result(source: Path, out: Path, row: dict) -> dict:
+    """A cell's result (``row``) with the training outcome of the finished
+    cell ``out / source``."""
+    saved = json.loads((out / source / "result.json").read_text())
+    return dict(row, **{name: saved[name] for name in TRAINING_OUTCOME}, final_train_s=0.0,
+                reused_from=source.as_posix())
+
+
+def _trained_cells(out: Path) -> dict:
+    """train key -> cell folder of every finished final training in ``out``
+    (results written before train keys existed are not reused)."""
+    return {row["train_key"]: path.parent for path, row in
+            ((p, json.loads(p.read_text())) for p in sorted(out.glob("final/**/result.json")))
+            if "train_key" in row and "reused_from" not in row}
 
 
 def load_results(out) -> list[dict]:
@@ -252,7 +290,8 @@ def _report(grid: Grid, out: Path) -> list[dict]:
     if not rows:
         return rows
     columns = ["method", "prune_rate", "budget", "seed", "top1", "class_accuracy_variance", "train_samples",
-               "epochs", "steps", "arch", "score", "framework", "stages", "selection", "prune_s", "final_train_s"]
+               "epochs", "steps", "arch", "score", "framework", "stages", "selection", "prune_s", "final_train_s",
+               "reused_from"]
     with atomic_path(out / "results.csv") as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.DictWriter(handle, columns, extrasaction="ignore")
         writer.writeheader()
