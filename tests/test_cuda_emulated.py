@@ -240,6 +240,37 @@ def test_emulated_select_many_classes_and_empty_ones(emulated, gen):
     assert got.shape == (0,)
 
 
+@pytest.mark.parametrize("sorted_", [False, True])
+def test_emulated_deferred_select_of_bad_input_stays_in_bounds(emulated, sorted_):
+    """select_topk_deferred as the CUDA op runs it (the sort before any check):
+    bad input leaves slots without a winner, and those must still hold valid
+    indices (an index_select of garbage asserts on the device and kills the
+    CUDA context); the check afterwards names the cause."""
+    n = 3000
+    nan_half = torch.rand(n)
+    nan_half[::2] = float("nan")  # 1,500 eligible
+    cases = [((nan_half, 2000), {}, "score at index 0 is NaN"),
+             ((torch.rand(n), 2999), dict(exclude=torch.arange(n) < 10), r"k=2999 is more than the 2990 eligible"),
+             ((torch.rand(n), 1000), dict(labels=torch.arange(n) % 7 - 1, balanced=True, num_classes=6),
+              "label -1 at index 0 is negative"),
+             ((torch.rand(n), 1000), dict(labels=torch.arange(n) % 7, balanced=True, num_classes=3),
+              "label at index 3 is not below num_classes=3")]
+    for (scores, k), kw, message in cases:
+        poison = torch.full((k,), -(2 ** 62), dtype=torch.long)  # what an earlier result left in memory
+        del poison
+        labels = kw.get("labels")
+        indices, errors = emulated.select_topk_deferred(scores, k, labels, kw.get("balanced", False),
+                                                        kw.get("exclude"), sorted_, kw.get("num_classes", 1))
+        assert indices.shape == (k,) and int(indices.min()) >= 0 and int(indices.max()) < n
+        with pytest.raises(RuntimeError, match=message):
+            torch.ops.unseen_fast.check_select_errors(errors, labels, k, n, kw.get("num_classes", 1))
+    # what the host knows is refused before any launch: k above N (index 0 must exist for the zeros)
+    with pytest.raises(RuntimeError, match=r"k=4 is more than the 3 eligible samples \(N=3\)"):
+        emulated.select_topk_deferred(torch.rand(3), 4, None, False, None, sorted_, 1)
+    with pytest.raises(RuntimeError, match=r"k=1 is more than the 0 eligible"):
+        emulated.select_topk_deferred(torch.empty(0), 1, None, False, None, sorted_, 1)
+
+
 @pytest.mark.parametrize("precheck", [True, False])
 def test_emulated_select_refuses_what_the_cpu_kernel_refuses(emulated, precheck):
     """With the checks first (the op) or from the kernels' recorded errors

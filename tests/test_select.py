@@ -113,7 +113,10 @@ def test_empty_inputs(device):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_normalize_matches_reference(device, gen, dtype):
     scores = torch.rand(100_001, generator=gen, dtype=dtype).to(device)
+    before = scores.clone()
     got = ops.normalize(scores)
+    # a new tensor: the schema promises no mutation and no alias (float64 input once came back divided in place)
+    assert torch.equal(scores, before) and got.data_ptr() != scores.data_ptr()
     assert got.dtype == dtype and got.shape == scores.shape
     # The reference sums in another order: equal to float64 rounding.
     rtol = 1e-12 if dtype == torch.float64 else 1.2e-7
@@ -184,19 +187,25 @@ def test_deferred_select_raises_on_the_cpu_at_once():
 def test_deferred_cuda_select_never_waits_and_raises_in_check():
     scores = torch.rand(1_281_167, device="cuda")
     labels = torch.randint(0, 1000, (scores.numel(),), device="cuda")
+    with_nan = scores.clone()
+    with_nan[77] = float("nan")  # before the sync check: a host-to-device copy of an index would count as a sync
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
         plain, check_plain = ops.select_topk_deferred(scores, 400_000)
         per_class, check_per_class = ops.select_topk_deferred(scores, 400_000, labels=labels, balanced=True,
                                                               num_classes=1000)
-        bad, check_bad = ops.select_topk_deferred(scores.index_fill(0, torch.tensor([77], device="cuda"),
-                                                                    float("nan")), 10)
+        bad, check_bad = ops.select_topk_deferred(with_nan, 10)
     finally:
         torch.cuda.set_sync_debug_mode("default")
+    # bad input with the sort (ATen's sort may sync): the slots without a winner hold valid indices, no device assert
+    short, check_short = ops.select_topk_deferred(with_nan, scores.numel(), sorted=True)
     check_plain()
     check_per_class()
     assert torch.equal(plain, ops.select_topk(scores, 400_000))
     assert torch.equal(per_class, ops.select_topk(scores, 400_000, labels=labels, balanced=True))
     with pytest.raises(RuntimeError, match="score at index 77 is NaN"):
         check_bad()
+    assert 0 <= int(short.min()) and int(short.max()) < scores.numel()
+    with pytest.raises(RuntimeError, match="score at index 77 is NaN"):
+        check_short()

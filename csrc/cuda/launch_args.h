@@ -131,6 +131,24 @@ inline SelectCall prepare_select(const at::Tensor& scores, int64_t k, const at::
   return call;
 }
 
+// select_topk_deferred's host part up to the launch: checks only what the
+// host knows (shapes, k <= N: so index 0 exists when k > 0).
+inline SelectCall prepare_deferred_select(const at::Tensor& scores, int64_t k, const c10::optional<at::Tensor>& labels,
+                                          bool balanced, const c10::optional<at::Tensor>& exclude,
+                                          int64_t num_classes) {
+  check_select_shapes(scores, k, labels, balanced, exclude);
+  TORCH_CHECK(!balanced || num_classes >= 1, "select_topk: balanced selection needs num_classes >= 1, got ",
+              num_classes);
+  const int64_t N = scores.size(0);
+  TORCH_CHECK(k <= N, "select_topk: k=", k, " is more than the ", N, " eligible samples (N=", N, ")");
+  SelectCall call = prepare_select(scores, k, labels.value_or(at::Tensor()), balanced,
+                                   exclude.value_or(at::Tensor()), balanced ? num_classes : 1);
+  // Bad input (reported only by the later check) leaves slots without a winner: zeros there keep
+  // the sort's index_select and the caller inside [0, N), where empty memory could assert on device.
+  call.out.zero_();
+  return call;
+}
+
 // int64 keys in the scores' order (-0.0 == +0.0): float32 through its bits,
 // float64 through the signed-magnitude flip.
 inline at::Tensor order_keys(const at::Tensor& scores) {

@@ -5,13 +5,13 @@
 // NOT of its index: ties go to the lowest index, as on the CPU), so each
 // group's threshold T is one key and the winners are exactly the keys >= T.
 //
-//   init -> hist(0) -> quotas -> pick(0) -> hist(1) -> pick(1) ... -> count -> scan -> write
+//   init -> hist(0) -> group counts -> quotas -> pick(0) -> hist(1) -> pick(1) ... -> count -> scan -> write
 //
 // hist: 11-bit digit histograms of the candidates under their group's prefix
 // (block-private in shared memory for one group); pass 0 also records bad
-// input. quotas: eligible counts from pass 0's histogram, largest-remainder
-// quotas per class on the device. pick: a block per group finds the digit
-// holding its need-th largest key. count / scan / write: the winners
+// input. group counts / quotas: eligible counts from pass 0's histogram,
+// largest-remainder quotas per class on the device. pick: a block per group
+// finds the digit holding its need-th largest key. count / scan / write: the winners
 // compacted in index order (ballots per warp, a block scan per 256 samples).
 // Launchers only: checks are in select_ops.cpp.
 #include "kernel_launch.cuh"
@@ -180,16 +180,23 @@ __global__ void __launch_bounds__(kThreads) hist_kernel(const SelectLaunch a, in
   }
 }
 
-// One block: eligible counts from pass 0's histograms, then the quotas
-// (largest remainder, ties to the lower class: select_math.h's rule).
+// A block per group: its eligible count, the sum of pass 0's histogram
+// (coalesced; one thread summing a class's 2,048 bins alone made the quota
+// block read 45M scattered words at ImageNet-21k's 21,841 classes).
+__global__ void __launch_bounds__(kThreads) group_count_kernel(const SelectLaunch a) {
+  const unsigned* h = a.hist + static_cast<int64_t>(blockIdx.x) * kBuckets;
+  long long mine = 0;
+  for (int b = threadIdx.x; b < kBuckets; b += kThreads) mine += h[b];
+  long long count;
+  block_exclusive_scan(mine, count);
+  if (threadIdx.x == 0) a.group[blockIdx.x].count = count;
+}
+
+// One block: the total eligible count, then the quotas (largest remainder,
+// ties to the lower class: select_math.h's rule).
 __global__ void __launch_bounds__(kThreads) quota_kernel(const SelectLaunch a) {
   long long mine = 0;
-  for (int64_t g = threadIdx.x; g < a.groups; g += kThreads) {
-    long long count = 0;
-    for (int b = 0; b < kBuckets; ++b) count += a.hist[g * kBuckets + b];
-    a.group[g].count = count;
-    mine += count;
-  }
+  for (int64_t g = threadIdx.x; g < a.groups; g += kThreads) mine += a.group[g].count;
   long long n;
   block_exclusive_scan(mine, n);
   if (threadIdx.x == 0) a.errors[kEligible] = n;
@@ -311,6 +318,7 @@ cudaError_t launch_typed(const SelectLaunch& a, cudaStream_t stream) {
   if (a.n == 0 || status != cudaSuccess) return status;
   // pass 0's histogram also records bad input and the eligible count, even for k = 0
   status = launch_kernel(hist_kernel<F>, spread, kThreads, stream, a, 0);
+  if (status == cudaSuccess) status = launch_kernel(group_count_kernel, groups, kThreads, stream, a);
   if (status == cudaSuccess) status = launch_kernel(quota_kernel, 1, kThreads, stream, a);
   if (a.k == 0) return status;
   for (int pass = 0; pass < kPasses<F> && status == cudaSuccess; ++pass) {

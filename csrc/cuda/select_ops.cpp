@@ -32,12 +32,8 @@ std::tuple<at::Tensor, at::Tensor> select_topk_deferred_cuda(const at::Tensor& s
                                                               const c10::optional<at::Tensor>& labels, bool balanced,
                                                               const c10::optional<at::Tensor>& exclude, bool sorted,
                                                               int64_t num_classes) {
-  check_select_shapes(scores, k, labels, balanced, exclude);
-  TORCH_CHECK(!balanced || num_classes >= 1, "select_topk: balanced selection needs num_classes >= 1, got ",
-              num_classes);
   const c10::cuda::CUDAGuard guard(scores.device());
-  const cuda::SelectCall call = cuda::prepare_select(scores, k, labels.value_or(at::Tensor()), balanced,
-                                                     exclude.value_or(at::Tensor()), balanced ? num_classes : 1);
+  const cuda::SelectCall call = cuda::prepare_deferred_select(scores, k, labels, balanced, exclude, num_classes);
   C10_CUDA_CHECK(cuda::launch_select(call.launch, c10::cuda::getCurrentCUDAStream()));
   return {sorted && k > 0 ? cuda::by_descending_score(call.scores, call.out) : call.out, call.errors};
 }
@@ -50,7 +46,7 @@ at::Tensor normalize_cuda(const at::Tensor& scores) {
   // ATen's CUDA reduction uses a fixed tree (no float atomics): same total each run.
   const double total = wide.sum().item<double>();
   check_normalize_total(scores, total);
-  return wide.div_(total).to(scores.scalar_type());
+  return wide.div(total).to(scores.scalar_type());  // not div_: for float64 input `wide` is the caller's tensor
 }
 
 }  // namespace

@@ -56,6 +56,19 @@ at::Tensor select_topk(const at::Tensor& scores, int64_t k, const c10::optional<
   return sorted ? unseen_fast::cuda::by_descending_score(call.scores, call.out) : call.out;
 }
 
+// The CUDA select_topk_deferred as the op runs it: nothing read before the
+// launch, the sort before anyone checks the recorded errors.
+std::tuple<at::Tensor, at::Tensor> select_topk_deferred(const at::Tensor& scores, int64_t k,
+                                                        const c10::optional<at::Tensor>& labels, bool balanced,
+                                                        const c10::optional<at::Tensor>& exclude, bool sorted,
+                                                        int64_t num_classes) {
+  check_cpu(scores);
+  const unseen_fast::cuda::SelectCall call =
+      unseen_fast::cuda::prepare_deferred_select(scores, k, labels, balanced, exclude, num_classes);
+  check_launch(unseen_fast::cuda::launch_select(call.launch, nullptr));
+  return {sorted && k > 0 ? unseen_fast::cuda::by_descending_score(call.scores, call.out) : call.out, call.errors};
+}
+
 void set_order_seed(int64_t seed) { unseen_fast::emu::set_order_seed(static_cast<uint32_t>(seed)); }
 
 // Two deliberately wrong kernels: the emulation must catch what they do.
@@ -99,6 +112,8 @@ TORCH_LIBRARY(unseen_fast_emulated, m) {
         " -> (Tensor, Tensor, Tensor)", &cross_entropy_with_stats);
   m.def("select_topk(Tensor scores, int k, Tensor? labels, bool balanced, Tensor? exclude, bool sorted,"
         " int num_classes, bool precheck) -> Tensor", &select_topk);
+  m.def("select_topk_deferred(Tensor scores, int k, Tensor? labels, bool balanced, Tensor? exclude, bool sorted,"
+        " int num_classes) -> (Tensor, Tensor)", &select_topk_deferred);
   m.def("set_order_seed(int seed) -> ()", &set_order_seed);
   m.def("rotate(Tensor values, bool barrier) -> Tensor", &rotate);
   m.def("divergent_barrier() -> ()", &divergent_barrier);
