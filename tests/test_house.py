@@ -190,7 +190,7 @@ FLOORS = {"errors": 0, "constants": 0, "rundir": 0, "_extension": 0, "_C": 0, "d
           "fused_loss": 3, "dynamics": 3, "models": 3, "checkpoint": 3, "progress": 3, "precise_bn": 3, "train": 4, "parallel": 4, "splits": 4, "evaluate": 5,
           "baselines": 5, "fold_scores": 5, "selection": 5, "stage1": 6, "outputs": 6, "label_issues": 6,
           "auto_selection": 6, "usable_images": 6, "pipeline": 7,
-          "experiment": 8, "analyze": 8, "info": 8, "cli": 9}
+          "grid": 8, "experiment": 8, "analyze": 8, "info": 8, "cli": 9}
 
 
 def test_imports_flow_downward():
@@ -301,3 +301,62 @@ def test_training_on_an_empty_subset_is_refused(tmp_path, capsys):
     argv = ["train", "--data", "builtin:digits", "--subset", str(tmp_path / "none.npy"), "--out", str(tmp_path / "m")]
     assert cli.main(argv) == 2
     assert "names no samples; nothing to train on" in capsys.readouterr().err
+
+
+def test_paths_of_the_wrong_kind_are_one_line(tmp_path, capsys):
+    """What a new user mistypes: a --subset that is missing, a folder or not
+    ids; an --out or --share-models that is a file; a train --out that holds
+    a prune run; a one-class demo. Each is one line and exit 2, nothing claimed."""
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    pickled = tmp_path / "pickled.npy"
+    np.save(pickled, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    (tmp_path / "binary.txt").write_bytes(b"\xff\xfe\x00\x81")
+    (tmp_path / "list.txt").write_text("nope/x.jpg 3\n")
+    train = ["train", "--data", "builtin:digits", "--epochs", "1", "--quiet"]
+    cases = [
+        (train + ["--subset", str(tmp_path / "missing.npy"), "--out", str(tmp_path / "t1")], "missing.npy: no such file"),
+        (train + ["--subset", str(tmp_path), "--out", str(tmp_path / "t2")], "a folder, not a file"),
+        (train + ["--subset", str(pickled), "--out", str(tmp_path / "t3")], "is not a .npy array of sample ids"),
+        (train + ["--subset", str(tmp_path / "binary.txt"), "--out", str(tmp_path / "t4")], "nor a UTF-8 file list"),
+        (train + ["--subset", str(tmp_path / "list.txt"), "--out", str(tmp_path / "t5")],
+         "list.txt:1: 'nope/x.jpg' is not a sample of the built-in digits dataset"),
+        (train + ["--out", str(afile)], "is a file, not a folder; choose another --out"),
+        (["analyze", str(tmp_path), "--out", str(afile / "sub")], "is a file, not a folder"),
+        (["prune", "--data", "builtin:digits", "--prune-rate", "0.3", "--out", str(tmp_path / "p"),
+          "--share-models", str(afile)], "--share-models " + str(afile)),
+        (["demo", "--classes", "1", "--samples", "10"], "--classes >= 2, got 10, 1"),
+    ]
+    for argv, message in cases:
+        assert cli.main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, (argv, err)
+    assert not (tmp_path / "p").exists()  # --out was not claimed by the refused --share-models
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("data: builtin:digits\nmethods: [random]\nprune_rates: [0.3]\nseeds: [0]\n")
+    assert cli.main(["experiment", str(grid), "--out", str(tmp_path / "e")]) == 2
+    assert "methods must be a mapping, got ['random']" in capsys.readouterr().err
+    grid.write_text("data: builtin:digits\nmethods: {random: random}\nprune_rates: [0.3]\nseeds: [0]\n")
+    assert cli.main(["experiment", str(grid), "--out", str(tmp_path / "e")]) == 2
+    assert "method 'random' must map to its options" in capsys.readouterr().err
+    grid.write_text("data: builtin:digits\nmethods: {random: {score: random}}\nprune_rates: [0.3]\nseeds: [0]\n")
+    assert cli.main(["experiment", str(grid), "--out", str(afile)]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+    run = tmp_path / "run"
+    prune = ["prune", "--data", "builtin:digits", "--prune-rate", "0.3", "--epochs", "1", "--folds", "2",
+             "--quiet", "--out", str(run)]
+    assert cli.main(prune) == 0
+    capsys.readouterr()
+    assert cli.main(train + ["--out", str(run)]) == 2
+    assert "holds an unseen-fast prune run (config.json); train into another --out" in capsys.readouterr().err
+    assert not (run / "checkpoint.pt").exists()
+
+
+def test_a_worker_error_the_user_can_fix_keeps_its_kind():
+    from unseen_fast.data import BadImageError, DataError
+    from unseen_fast.errors import Stopped, user_error_named
+
+    assert user_error_named("DataError") is DataError and user_error_named("BadImageError") is BadImageError
+    assert user_error_named("Stopped") is Stopped and user_error_named("UserError") is UserError
+    assert user_error_named("RuntimeError") is None and user_error_named("ValueError") is None
+    assert Stopped.exit_code == 143 and DataError.exit_code == 2

@@ -1,6 +1,8 @@
 """The backends beyond the common contract (tests/test_data_loaders.py):
 nvjpeg (GPU decoding without DALI, run here on the CPU) and resident (the
 dataset held on the device), against the cache backend."""
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -8,6 +10,7 @@ import torch
 from data_fixtures import collect, loader
 from unseen_fast.data import ImageIndex, choose_backend
 from unseen_fast.data.decode import decode_bytes, decode_file
+from unseen_fast.train import TrainConfig
 
 
 # ------------------------------------------------------------ nvjpeg backend
@@ -78,6 +81,26 @@ def test_auto_picks_nvjpeg_on_a_gpu_without_dali(small_index, monkeypatch):
     assert choose_backend(small_index, 224, device="cpu", cache_budget_bytes=1000)[0] == "torchvision"
     monkeypatch.setattr(loader_module, "gpu_jpeg_decoding", lambda device: False)  # a CPU-only torchvision
     assert choose_backend(small_index, 224, device="cuda", cache_budget_bytes=1000)[0] == "torchvision"
+
+
+def test_file_decoders_of_in_memory_images_use_the_cache_and_a_missing_dali_is_refused_first(
+        small_index, tmp_path, monkeypatch):
+    """dali and nvjpeg decode files: on images already in memory both serve
+    the decoded cache (dali used to fail after the run folder was claimed);
+    dali asked for where it is not installed stops prune before --out exists."""
+    from unseen_fast.data import DataError, loader as loader_module, make_loader
+    from unseen_fast.pipeline import PruneConfig, prune
+
+    digits = ImageIndex.digits()
+    for backend in ("dali", "nvjpeg"):
+        batches = make_loader(digits, np.arange(40), train=False, batch_size=20, image_size=8, backend=backend,
+                              cache_dir=tmp_path / "cache")
+        assert batches.backend == "cache" and len(list(batches)) == 2
+    monkeypatch.setattr(loader_module, "dali_available", lambda: False)
+    config = PruneConfig(prune_rate=0.3, folds=2, train=dataclasses.replace(TrainConfig(epochs=1), backend="dali"))
+    with pytest.raises(DataError, match="backend 'dali' needs nvidia-dali .* use --backend auto"):
+        prune(small_index, out=tmp_path / "run", config=config)
+    assert not (tmp_path / "run").exists()
 
 
 # ------------------------------------------------------------ resident backend

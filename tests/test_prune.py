@@ -156,6 +156,10 @@ def test_resume_after_interruptions_gives_the_same_coreset(digits, tmp_path, mon
             interruptions += 1
     assert interruptions >= 3  # in fold training, between phases and in the stage trainings
     assert np.array_equal(np.load(tmp_path / "resumed" / "coreset.npy"), expected)
+    straight, resumed = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("straight", "resumed"))
+    # every phase reported, also those finished by an earlier invocation than the one that wrote summary.json
+    assert resumed["images_processed"] == straight["images_processed"]
+    assert set(resumed["wall_time_s"]) == set(straight["wall_time_s"])
 
 
 def test_sigkill_then_resume(digits, tmp_path):

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from unseen_fast.data import DataError, ImageIndex
-from unseen_fast.rundir import save_figure, write_json
+from unseen_fast.rundir import make_folder, save_figure, write_json
 
 # Configuration fields that do not change the stage-1 scores of a run.
 NOT_STAGE1 = ("prune_rate", "stages", "stage_size", "selection", "auto_keep_split", "seed")
@@ -55,8 +55,7 @@ def collect_runs(paths) -> tuple[list[dict], list[dict]]:
 
 
 def analyze(paths, out) -> dict:
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_folder(out)
     runs, results = collect_runs(paths)
     report = dict(runs=[r["path"] for r in runs])
     distinct = _distinct_stage1(runs)

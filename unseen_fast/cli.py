@@ -32,8 +32,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from unseen_fast.errors import UserError
     from unseen_fast.parallel import training_device
 
-    if args.samples < 1 or args.classes < 1:
-        raise UserError(f"need --samples >= 1 and --classes >= 1, got {args.samples}, {args.classes}")
+    if args.samples < 1 or args.classes < 2:  # one class: every entropy is 0, nothing to rank by
+        raise UserError(f"need --samples >= 1 and --classes >= 2, got {args.samples}, {args.classes}")
     if not 0 < args.keep <= 1:
         raise UserError(f"--keep must be in (0, 1], got {args.keep}")
     device = training_device(args.device, None, None)
@@ -108,7 +108,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from unseen_fast.errors import UserError
     from unseen_fast.evaluate import accuracy_report, predict_logits
     from unseen_fast.parallel import TrainJob, train_many
-    from unseen_fast.rundir import write_json
+    from unseen_fast.rundir import not_a_run_folder, write_json
     from unseen_fast.splits import stratified_holdout
     from unseen_fast.train import check_model, load_model
 
@@ -132,7 +132,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             "training on %d samples; %d more held out for validation (--val-fraction %g)", len(ids), len(val_ids),
             args.val_fraction)
     check_model(config, index.num_classes)  # these two before anything is written
-    index.save(out)  # creates the folder, refused inside --data
+    index.save(not_a_run_folder(out))  # creates the folder, refused inside --data
     write_json(out / "train_config.json", dict(vars(config), train_samples=len(ids), val_samples=len(val_ids)))
     loader_kwargs = dict(cache_dir=out / "cache")
     train_many([TrainJob("model", ids, str(out), seed=args.seed)], config, index, device=device,
@@ -383,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except UserError as err:
         print(f"unseen-fast {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        return err.exit_code
     except OSError as err:  # a read-only, forbidden or full folder met outside the checked writes
         if err.errno not in STORAGE_ERRNOS or err.filename is None:
             raise

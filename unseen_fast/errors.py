@@ -1,13 +1,33 @@
-"""The one exception type for problems a user can fix.
+"""The exception types for problems a user can fix.
 
 Every bad argument, bad dataset or unusable folder raises a ``UserError``
 (or a subclass) whose message names the offending value or path; the CLI
-prints it as one line and exits 2. Anything else is a bug and keeps its
-traceback. ``UserError`` is a ``ValueError``, so callers that catch bad
-values keep working.
+prints it as one line and exits with its ``exit_code`` (2). Anything else
+is a bug and keeps its traceback. ``UserError`` is a ``ValueError``, so
+callers that catch bad values keep working.
 """
 from __future__ import annotations
 
 
 class UserError(ValueError):
     """A problem with the caller's input that the caller can fix; the message says which and how."""
+    exit_code = 2
+
+
+class Stopped(UserError):
+    """A run stopped on request (SIGTERM, a scheduler's pre-emption) after
+    saving its checkpoints: exit 143 (128 + SIGTERM), as if the signal had
+    ended it, so a scheduler tells pre-emption from bad input (2)."""
+    exit_code = 143
+
+
+def user_error_named(name: str) -> type[UserError] | None:
+    """The UserError class (itself or a subclass) called ``name``: a worker
+    process's error keeps its kind across the process boundary."""
+    pending = [UserError]
+    while pending:
+        kind = pending.pop()
+        if kind.__name__ == name:
+            return kind
+        pending.extend(kind.__subclasses__())
+    return None

@@ -31,106 +31,28 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from unseen_fast.baselines import BaselineParams
 from unseen_fast.data import DataError, ImageIndex, open_index
 from unseen_fast.errors import UserError
 from unseen_fast.evaluate import accuracy_report, predict_logits
 from unseen_fast.models import default_image_size
 from unseen_fast.parallel import TrainJob, train_many, training_device
-from unseen_fast.pipeline import PruneConfig, prune
-from unseen_fast.rundir import atomic_path, save_figure, save_npz, write_json, write_text
+from unseen_fast.grid import Grid, prune_config
+from unseen_fast.pipeline import prune
+from unseen_fast.rundir import atomic_path, make_folder, save_figure, save_npz, write_json, write_text
 from unseen_fast.splits import stratified_holdout
 from unseen_fast.train import TrainConfig, config_identity, load_model, steps_per_epoch_for
 
 log = logging.getLogger("unseen_fast.experiment")
-BUDGETS = ("epochs", "iterations")
-PRUNE_FIELDS = {f.name for f in dataclasses.fields(PruneConfig)} - {"prune_rate", "seed", "train", "baseline"}
-# besides PruneConfig fields a method may set its baseline parameters and override the grid's prune_train
-# (e.g. another pruning architecture beside the same final model)
-METHOD_EXTRAS = {"baseline", "prune_train"}
-
-
-@dataclass
-class Grid:
-    data: str                                   # ImageFolder root or builtin:digits
-    methods: dict                               # name -> PruneConfig fields (score, framework, stages, ...)
-    prune_rates: list
-    seeds: list
-    file_list: str | None = None                # optional "relative/path label" list under data
-    val_data: str | None = None                 # validation ImageFolder; else a stratified holdout of data
-    val_fraction: float = 0.1                   # holdout share when val_data is not given
-    split_seed: int = 0                         # the holdout is fixed by this seed, not by the cell seeds
-    train_samples: int | None = None            # prune a stratified subset of the training split this big
-    prune_train: dict = field(default_factory=dict)  # TrainConfig fields of the pruning models
-    final_train: dict = field(default_factory=dict)  # TrainConfig fields of the final models (arch may differ)
-    budgets: list = field(default_factory=lambda: ["epochs"])  # epochs and/or iterations (CCS's protocol)
-    iterations_at: list | None = None           # prune rates that also get the iterations budget (default all)
-    full_data: bool = True                      # train and report the full-data model per seed
-
-    @classmethod
-    def from_yaml(cls, path) -> "Grid":
-        import yaml
-
-        try:
-            raw = yaml.safe_load(Path(path).read_text()) or {}
-        except OSError as err:
-            raise UserError(f"cannot read the grid {path}: {err.strerror}") from None
-        except yaml.YAMLError as err:
-            raise UserError(f"{path} is not valid YAML: {err}") from None
-        if not isinstance(raw, dict):
-            raise UserError(f"{path}: a grid is a mapping of keys (data, methods, ...), got {type(raw).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise UserError(f"{path}: unknown grid key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        missing = [name for name in ("data", "methods", "prune_rates", "seeds") if name not in raw]
-        if missing:
-            raise UserError(f"{path}: missing grid key(s) {', '.join(missing)}")
-        try:
-            grid = cls(**raw)
-        except TypeError as err:
-            raise UserError(f"{path}: {err}") from None
-        grid.validate(path)
-        return grid
-
-    def validate(self, where="grid") -> None:
-        if not self.methods:
-            raise UserError(f"{where}: no methods")
-        for name, fields in (("prune_train", self.prune_train), ("final_train", self.final_train)):
-            try:
-                TrainConfig(**fields)  # unknown or bad fields raise here, naming the field
-            except (TypeError, UserError) as err:
-                raise UserError(f"{where}: {name}: {err}") from None
-        for name, spec in self.methods.items():
-            bad = sorted(set(spec) - PRUNE_FIELDS - METHOD_EXTRAS)
-            if bad:
-                raise UserError(f"{where}: method {name!r} has unknown option(s) {', '.join(bad)}; "
-                                 f"known: {', '.join(sorted(PRUNE_FIELDS | METHOD_EXTRAS))}")
-            try:  # every value a method sets, checked before the first cell runs (rate and size are placeholders)
-                _prune_config(spec, 0.5, 0, self.prune_train, image_size=32)
-            except (TypeError, UserError) as err:
-                raise UserError(f"{where}: method {name!r}: {err}") from None
-            if name == "full":
-                raise UserError(f"{where}: 'full' is reserved for the full-data model")
-        for rate in self.prune_rates:
-            if not 0 < float(rate) < 1:
-                raise UserError(f"{where}: prune rate {rate} is not in (0, 1)")
-        bad = sorted(set(self.budgets) - set(BUDGETS))
-        if bad or not self.budgets:
-            raise UserError(f"{where}: budgets must be a non-empty subset of {BUDGETS}, got {self.budgets}")
-
-
 def run_experiment(grid: Grid, out, *, device="auto", nproc=None, gpus=None, progress=False) -> list[dict]:
     """Run (or resume) every cell of ``grid`` in ``out``; returns the result rows."""
     out = Path(out)
     device = training_device(device, gpus, nproc)  # "auto": the GPU when one is visible
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
     write_json(out / "grid.json", dataclasses.asdict(grid))
     index = open_index(grid.data, file_list=grid.file_list)
     train_index, val_index, val_ids = _split(grid, index, out)
@@ -147,7 +69,7 @@ def run_experiment(grid: Grid, out, *, device="auto", nproc=None, gpus=None, pro
             _report(grid, out)
         for rate in grid.prune_rates:
             for method, spec in grid.methods.items():
-                config = _prune_config(spec, rate, seed, grid.prune_train, image_size)
+                config = prune_config(spec, rate, seed, grid.prune_train, image_size)
                 run = out / "prune" / method / f"p{rate}" / f"seed{seed}"
                 tick = time.perf_counter()
                 summary = prune(train_index, out=run, config=config, resume=(run / "config.json").exists(),
@@ -201,13 +123,6 @@ def _split(grid: Grid, index: ImageIndex, out: Path):
     else:
         save_npz(path, train=train_ids, val=held)
     return index.subset(train_ids), val_index, val_ids
-
-
-def _prune_config(spec: dict, rate: float, seed: int, prune_train: dict, image_size: int) -> PruneConfig:
-    spec = dict(spec)
-    baseline = BaselineParams(**spec.pop("baseline", {}))
-    train = TrainConfig(**{"image_size": image_size, **prune_train, **spec.pop("prune_train", {})})
-    return PruneConfig(prune_rate=float(rate), seed=int(seed), train=train, baseline=baseline, **spec)
 
 
 def _final_config(grid: Grid, seed: int, image_size: int) -> TrainConfig:
@@ -382,11 +297,12 @@ def _plot(grid: Grid, rows: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(1, len(grid.budgets), figsize=(6 * len(grid.budgets), 4), squeeze=False)
     full = [r["top1"] for r in rows if r["method"] == "full"]
     for ax, budget in zip(axes[0], grid.budgets):
-        for method in grid.methods:
+        for i, method in enumerate(grid.methods):
             points = [(rate, _cells(rows, method, rate, budget)) for rate in grid.prune_rates]
             points = [(rate, values) for rate, values in points if values]
+            dodge = 0.6 * (i - (len(grid.methods) - 1) / 2)  # equal results (auto = Random) stay visible side by side
             if points:
-                ax.errorbar([100 * r for r, _ in points], [100 * np.mean(v) for _, v in points],
+                ax.errorbar([100 * r + dodge for r, _ in points], [100 * np.mean(v) for _, v in points],
                             yerr=[100 * np.std(v) for _, v in points], marker="o", capsize=3, label=method)
         if full:
             ax.axhline(100 * np.mean(full), color="k", ls="--", lw=0.8, label="full data")

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from unseen_fast.data import ImageIndex
-from unseen_fast.errors import UserError
+from unseen_fast.errors import UserError, user_error_named
 from unseen_fast.checkpoint import stop_on_sigterm
 from unseen_fast.train import TrainConfig, train
 
@@ -192,6 +192,10 @@ def _launch(jobs, config, index, *, workers: int, use_gpus: bool, loader_kwargs,
         elastic_launch(launch, _recorded_worker)(jobs, config, index, use_gpus, loader_kwargs, model_factory)
     except ChildFailedError as err:
         rank, message = _root_failure(err)
+        kind, _, text = message.partition(": ")
+        user_kind = user_error_named(kind) if text else None  # the worker's own one-line error: the user's to fix
+        if user_kind is not None:
+            raise user_kind(f"training worker {rank} failed: {text}") from None
         raise RuntimeError(f"training worker {rank} failed: {message or err}") from None
 
 

@@ -18,15 +18,15 @@ import numpy as np
 
 from unseen_fast.auto_selection import WarmStart, choose_selection, validation_mask, validation_size
 from unseen_fast.baselines import DYNAMICS_SCORES, FEATURE_SCORES, BaselineParams
-from unseen_fast.constants import FRAMEWORKS, OUTPUT_SCORES, SCORES
-from unseen_fast.data import ImageIndex, open_index, prepare_cache, release_resident
+from unseen_fast.constants import FRAMEWORKS, OUTPUT_SCORES, SCORES, resolve_amp
+from unseen_fast.data import ImageIndex, check_backend, open_index, prepare_cache, release_resident
 from unseen_fast.errors import UserError
 from unseen_fast.evaluate import ScoringPass, score_samples
 from unseen_fast.fold_scores import SCORE_NORMS, combine_scores
 from unseen_fast.label_issues import find_label_issues, label_issues_csv
 from unseen_fast.outputs import PruneResult, write_outputs
 from unseen_fast.parallel import TrainJob, check_picklable, train_many, training_device
-from unseen_fast.rundir import RunDir, write_text
+from unseen_fast.rundir import RunDir, make_folder, read_json, write_json, write_text
 from unseen_fast.selection import SELECTIONS, random_scores, select, stage_sizes
 from unseen_fast.splits import fold_assignment
 from unseen_fast.stage1 import Stage1Store, score_stage1, scoring_mask
@@ -34,6 +34,7 @@ from unseen_fast.train import TrainConfig, check_model, concrete, config_identit
 from unseen_fast.usable_images import SKIPPED_LIST, checked_before, readable_images, usable_mask
 
 log = logging.getLogger("unseen_fast.pipeline")
+PHASE_COSTS = "phase_costs.json"  # wall time and images of each finished phase, kept across invocations
 
 
 
@@ -160,6 +161,8 @@ def prune(data, *, out, config: PruneConfig, device="auto", nproc: int | None = 
     device = training_device(device, gpus, nproc)  # the scoring runs there too
     index = data if isinstance(data, ImageIndex) else open_index(data)
     index.refuse_inside(out)  # before anything is written there
+    log.info("pruning %d samples on %s, precision %s", len(index), device,
+             resolve_amp(config.train.amp, str(device)))  # the first line, before the checks' own
     checked = checked_before(Path(out), index, skip_bad) if resume else None
     index, skipped = checked or readable_images(index, skip_bad)
     config.validate(index)
@@ -167,7 +170,9 @@ def prune(data, *, out, config: PruneConfig, device="auto", nproc: int | None = 
     config = dataclasses.replace(config, train=concrete(config.train, index, where))
     check_model(config.train, index.num_classes, model_factory)  # these two: before the run folder is claimed
     check_picklable(model_factory, gpus if gpus and gpus > 1 else nproc)
-    log.info("pruning %d samples on %s, precision %s", len(index), where, config.train.amp)
+    check_backend(config.train.backend, index)
+    if share_dir is not None:  # a file there is refused before --out is claimed
+        make_folder(share_dir, "--share-models")
     run = _claim(RunDir(out), config, index, resume)
     if skipped:
         write_text(run / SKIPPED_LIST, "".join(f"{path}\t{reason}\n" for path, reason in skipped.items()))
@@ -217,12 +222,20 @@ class _PruneJob:
         self.store = Stage1Store(run, config, index, share_dir)
         self.loader_kwargs = dict(cache_dir=self.store.cache_dir)
         self.common = dict(common, loader_kwargs=self.loader_kwargs)
-        self.timings, self.images = {}, {}
+        costs = read_json(run / PHASE_COSTS) if (run / PHASE_COSTS).exists() else {}  # of earlier invocations
+        self.timings, self.images = costs.get("wall_time_s", {}), costs.get("images_processed", {})
         bad = prepare_cache(index, config.train.image_size, backend=config.train.backend, device=common["device"],
                             cache_dir=self.store.cache_dir, progress=common["progress"])
         self.usable = usable_mask(run, index, bad, skip_bad, config.score)  # (N,) False: never trained on, scored or kept
         # the prune rate applies to the usable samples, as it does when unreadable headers left the index
         self.sizes = stage_sizes(int(self.usable.sum()), config.prune_rate, config.stages, config.stage_size)
+
+    def _cost(self, phase: str, tick: float, images: int) -> None:
+        """A phase finished: its wall time (summed over the invocations that ran
+        it) and images, saved at once so a run resumed after a crash reports them."""
+        self.timings[f"{phase}_s"] = self.timings.get(f"{phase}_s", 0.0) + time.perf_counter() - tick
+        self.images[phase] = images
+        write_json(self.run / PHASE_COSTS, dict(wall_time_s=self.timings, images_processed=self.images))
 
     def split(self) -> np.ndarray:
         """(N,) fold of every sample."""
@@ -334,13 +347,11 @@ class _PruneJob:
         jobs = self.store.jobs(fold, self.usable)
         if jobs:
             train_many(jobs, self.store.train_config, self.index, **self.common)
-        self.timings["stage1_training_s"] = time.perf_counter() - tick
-        self.images["stage1_training"] = self.config.train.epochs * sum(len(job.ids) for job in jobs)
+        self._cost("stage1_training", tick, self.config.train.epochs * sum(len(job.ids) for job in jobs))
         tick = time.perf_counter()
         result = score_stage1(self.config, self.index, fold, jobs, self.usable, device=self.common["device"],
                               loader_kwargs=self.loader_kwargs, model_factory=self.common["model_factory"])
-        self.timings["stage1_scoring_s"] = time.perf_counter() - tick
-        self.images["stage1_scoring"] = len(self.index)
+        self._cost("stage1_scoring", tick, len(self.index))
         return result
 
     def later_stage(self, stage: int, added: np.ndarray, dropped: np.ndarray) -> np.ndarray:
@@ -365,8 +376,7 @@ class _PruneJob:
                        seed=config.seed + 1000 * stage)
         if trained:
             train_many([job], config.train, self.index, **self.common)
-        self.timings[f"stage{stage}_training_s"] = time.perf_counter() - tick
-        self.images[f"stage{stage}_training"] = config.train.epochs * len(coreset) if trained else 0
+        self._cost(f"stage{stage}_training", tick, config.train.epochs * len(coreset) if trained else 0)
         tick = time.perf_counter()
         if trained:
             model = load_model(job.out_dir, self.index.num_classes, device=self.common["device"],
@@ -376,6 +386,5 @@ class _PruneJob:
             scores[rest], correct[rest] = scored.scores[0], scored.correct[0]
         else:
             scores[rest] = random_scores(config.seed, stage, n)[rest]  # per sample id, as --selection random
-        self.timings[f"stage{stage}_scoring_s"] = time.perf_counter() - tick
-        self.images[f"stage{stage}_scoring"] = len(rest)
+        self._cost(f"stage{stage}_scoring", tick, len(rest))
         return scores, correct

@@ -77,6 +77,28 @@ def allocate(path, size: int) -> None:
         raise _storage_error(path, err, size) from None
 
 
+def make_folder(path, option: str = "--out") -> Path:
+    """``path`` as a folder, created with its parents; a file in the way is
+    one line naming it and the option that chose it."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise UserError(f"{option} {path}: it or a folder above it is a file, not a folder; choose another "
+                        f"{option}") from None
+    return path
+
+
+def not_a_run_folder(path) -> Path:
+    """``path``, unless it holds a prune run (config.json) or an experiment
+    (grid.json): a single training's files would be mixed into theirs."""
+    path = Path(path)
+    for marker, kind in ((RunDir.CONFIG, "prune run"), ("grid.json", "experiment")):
+        if (path / marker).is_file():
+            raise UserError(f"{path} holds an unseen-fast {kind} ({marker}); train into another --out folder")
+    return path
+
+
 def write_text(path, text: str) -> None:
     data = text.encode("utf-8")
     with atomic_path(path, size=len(data)) as tmp:

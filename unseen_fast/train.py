@@ -20,7 +20,7 @@ from unseen_fast.checkpoint import (CHECKPOINT, CheckpointWriter, checked_checkp
 from unseen_fast.constants import AMP_MODES, amp_dtype, input_dtype, resolve_amp
 from unseen_fast.data import ImageIndex, make_loader
 from unseen_fast.dynamics import DynamicsRecorder
-from unseen_fast.errors import UserError
+from unseen_fast.errors import Stopped, UserError
 from unseen_fast.fused_loss import cross_entropy_with_stats
 from unseen_fast.models import build_model, default_image_size
 from unseen_fast.precise_bn import recalibrate_batchnorm
@@ -147,8 +147,8 @@ def train(config: TrainConfig, index: ImageIndex, ids, out_dir, *, device="cpu",
                 if ddp_group is not None:
                     torch.distributed.barrier(ddp_group)  # nobody runs ahead of a checkpoint
                 if stopping:
-                    raise UserError(f"training {out_dir.name} stopped by SIGTERM after epoch {epoch + 1}/"
-                                    f"{config.epochs} (checkpoint saved); --resume continues from there")
+                    raise Stopped(f"training {out_dir.name} stopped by SIGTERM after epoch {epoch + 1}/{config.epochs}"
+                                  f" (checkpoint saved); the same command (prune: with --resume) continues")
     except BaseException:
         if writer is not None:
             writer.wait(raise_error=False)  # the checkpoint in flight lands; the first error is the one raised
@@ -193,7 +193,8 @@ class _EpochContext:
                              seed=config.seed, epoch=epoch, dtype=input_dtype(config.amp),
                              drop_last=self.opt.drop_last, **self.loader_kwargs)
         if first:
-            log.info("training on %d samples with the %s data backend", len(self.ids), loader.backend)
+            log.info("training on %d samples on %s, precision %s, with the %s data backend", len(self.ids),
+                     self.device, config.amp, loader.backend)
         batches = progress_of(loader, self.progress, f"epoch {epoch + 1}/{config.epochs}")
         start = time.perf_counter()
         sums = _train_epoch(config, self.step_model, self.opt, batches, self.recorder, epoch, self.device)

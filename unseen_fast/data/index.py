@@ -13,7 +13,7 @@ import numpy as np
 from unseen_fast.data.errors import DataError
 from unseen_fast.data.order import as_id_array
 from unseen_fast.data.scan import IMAGE_EXTENSIONS, scan_folder
-from unseen_fast.rundir import write_text
+from unseen_fast.rundir import make_folder, write_text
 
 INDEX_LIST = "index.txt"  # "relative/path label" lines: DALI's file_list format
 INDEX_META = "index.json"
@@ -164,6 +164,11 @@ class ImageIndex:
                 f"root={self.root!r})")
 
     @property
+    def name(self) -> str:
+        """The dataset as messages name it: its folder, or which built-in one."""
+        return self.root or f"the built-in {self.source} dataset"
+
+    @property
     def num_classes(self) -> int:
         return len(self.classes)
 
@@ -185,7 +190,7 @@ class ImageIndex:
         ids = np.unique(np.linspace(0, len(self) - 1, min(samples, len(self))).astype(int))
         sizes = self.image_sizes(ids, skip_unreadable=True)  # unreadable files are reported by the header pass
         if not len(sizes):
-            raise DataError(f"none of {len(ids)} sampled images under {self.root} can be read, e.g. "
+            raise DataError(f"none of {len(ids)} sampled images of {self.name} can be read, e.g. "
                             f"{self.file(int(ids[0]))}")
         height, width = np.median(sizes, axis=0)
         return int(height), int(width)
@@ -262,14 +267,14 @@ class ImageIndex:
         a different one raises instead of being overwritten."""
         run_dir = Path(run_dir)
         self.refuse_inside(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
+        make_folder(run_dir)
         meta_path = run_dir / INDEX_META
         if meta_path.exists():
             saved = json.loads(meta_path.read_text())
             if saved.get("fingerprint") != self.fingerprint:
-                raise DataError(
-                    f"{meta_path} holds a different dataset index ({saved.get('num_samples')} samples from "
-                    f"{saved.get('root')!r}); refusing to overwrite it: use a new run directory")
+                source = saved.get("root") or f"the built-in {saved.get('source')} dataset"
+                raise DataError(f"{meta_path} holds a different dataset index ({saved.get('num_samples')} samples "
+                                f"from {source}); refusing to overwrite it: use a new run directory")
             return
         meta = dict(source=self.source, root=self.root, classes=self.classes,
                     num_samples=len(self), fingerprint=self.fingerprint)
@@ -352,12 +357,21 @@ def read_file_list(path):
 def subset_ids(index: ImageIndex, path) -> np.ndarray:
     """Sample ids of ``index`` named by a .npy file of ids, or by a file list
     of paths (labels, if present, are ignored)."""
+    if not Path(path).is_file():
+        raise DataError(f"--subset {path}: {'a folder, not a file' if Path(path).is_dir() else 'no such file'}")
     if str(path).endswith(".npy"):
-        return as_id_array(np.load(path), len(index))
+        try:
+            ids = np.load(path)  # no pickles: a .npy of ids is plain integers
+        except (ValueError, OSError) as err:
+            raise DataError(f"--subset {path} is not a .npy array of sample ids: {err}") from None
+        return as_id_array(ids, len(index))
     position = {p: i for i, p in enumerate(index.paths)}
     ids = []
-    for lineno, rel, _ in read_file_list(path):
-        if rel not in position:
-            raise DataError(f"{path}:{lineno}: {rel!r} is not a sample of {index.root}")
-        ids.append(position[rel])
+    try:
+        for lineno, rel, _ in read_file_list(path):
+            if rel not in position:
+                raise DataError(f"{path}:{lineno}: {rel!r} is not a sample of {index.name}")
+            ids.append(position[rel])
+    except UnicodeDecodeError:
+        raise DataError(f"--subset {path} is neither a .npy of sample ids nor a UTF-8 file list") from None
     return as_id_array(ids, len(index))

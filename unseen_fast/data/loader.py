@@ -117,19 +117,27 @@ def make_loader(index: ImageIndex, ids, *, train: bool, batch_size: int, image_s
     return _open_backend(backend, index, order, common, cache_dir=cache_dir, workers=workers, progress=progress)
 
 
+def check_backend(backend: str, index: ImageIndex) -> None:
+    """Refuse a backend this machine cannot run, before a run writes anything."""
+    if backend == "dali" and not index.in_memory and not dali_available():
+        raise DataError("backend 'dali' needs nvidia-dali (pip install nvidia-dali-cuda120); "
+                        "use --backend auto or torchvision")
+
+
 def _open_backend(backend: str, index: ImageIndex, order, common: dict, *, cache_dir, workers, progress):
     if backend == "nvjpeg" and not index.in_memory:
         return NvjpegLoader(index, order, num_threads=workers, **common)
-    if backend in ("cache", "resident", "nvjpeg"):  # nvjpeg of images already in memory: nothing to decode
+    if backend in ("dali", "nvjpeg") and index.in_memory:  # decoders of files: images in memory need none
+        log.debug("backend %s: %s is already in memory, the decoded cache serves it", backend, index.name)
+        backend = "cache"
+    if backend in ("cache", "resident", "nvjpeg"):
         cache = DecodedCache.open_or_build(index, common["aug"], cache_dir, workers=workers, progress=progress)
         if backend == "resident":
             return ResidentLoader(index, order, cache=cache, pixels=resident_pixels(index, cache, common["device"]),
                                   **common)
         return CacheLoader(index, order, cache=cache, **common)
     if backend == "dali":
-        if not dali_available():
-            raise DataError("backend 'dali' needs nvidia-dali (pip install nvidia-dali-cuda120); "
-                            "use backend='torchvision' or 'auto'")
+        check_backend(backend, index)
         return DaliLoader(index, order, num_threads=workers, **common)
     return TorchvisionLoader(index, order, num_workers=2 if workers is None else workers, **common)
 
