@@ -229,3 +229,9 @@ def test_class_ranks_and_analyze_errors(tmp_path):
     assert class_ranks(scores, labels, 3).tolist() == [3, 1, 2]
     with pytest.raises(DataError, match="neither a prune run"):
         analyze([tmp_path], tmp_path / "an")
+    from unseen_fast.analyze import format_summary
+
+    # one seed, one framework: the summary says why two plots are missing instead of staying silent
+    text = format_summary(dict(runs=["r"], seed_correlation={}, class_rank_shift={}, class_variance_vs_prune_rate={}))
+    assert "no setting was run with 2 or more seeds (none plotted)" in text
+    assert "no score was run under both fitting and unseen with one seed (none plotted)" in text

@@ -360,3 +360,25 @@ def test_a_worker_error_the_user_can_fix_keeps_its_kind():
     assert user_error_named("Stopped") is Stopped and user_error_named("UserError") is UserError
     assert user_error_named("RuntimeError") is None and user_error_named("ValueError") is None
     assert Stopped.exit_code == 143 and DataError.exit_code == 2
+
+
+def test_gpu_counts_and_compiled_jobs_are_planned_before_any_worker(monkeypatch):
+    """--gpus above the visible GPUs is one line (not a worker dying on an
+    invalid ordinal); compiled jobs on one GPU train one after another
+    (Dynamo is not thread-safe), the others concurrently on streams."""
+    from unseen_fast import parallel
+    from unseen_fast.parallel import TrainJob, train_many, training_device
+    from unseen_fast.train import TrainConfig
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(UserError, match=r"--gpus 2: torch sees 1 GPU\(s\) on this machine"):
+        training_device("auto", 2, None)
+    assert training_device("auto", 1, None).type == "cuda"
+    calls = []
+    monkeypatch.setattr(parallel, "concurrently", lambda jobs, *a, **k: calls.append(("streams", len(jobs))))
+    monkeypatch.setattr(parallel, "_run_job", lambda job, *a, **k: calls.append(("one", job.name)))
+    jobs = [TrainJob(f"fold{k}", np.arange(3), f"/nonexistent/fold{k}") for k in range(2)]
+    train_many(jobs, TrainConfig(), None, device="cuda")
+    train_many(jobs, TrainConfig(compile=True), None, device="cuda")
+    assert calls == [("streams", 2), ("one", "fold0"), ("one", "fold1")]

@@ -496,11 +496,11 @@ def test_recording_dynamics_copies_to_the_host_once_per_epoch(tmp_path):
 
 @pytest.mark.cuda
 def test_a_training_epoch_never_syncs_on_the_gpu():
-    run = one_epoch(1024, device="cuda")
-    run()  # warm-up: cuDNN and allocator set-up may sync once
+    one_epoch(1024, device="cuda")()  # warm-up: cuDNN, the allocator and the resident upload may sync once
+    run = one_epoch(1024, device="cuda")  # the model's weights are copied up (a sync) before the check
     torch.cuda.set_sync_debug_mode("error")
     try:
-        one_epoch(1024, device="cuda")()
+        run()  # the epoch itself: the loader's per-epoch copies included
     finally:
         torch.cuda.set_sync_debug_mode("default")
 

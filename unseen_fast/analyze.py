@@ -243,8 +243,12 @@ def format_summary(report: dict) -> str:
     for label, numbers in report["seed_correlation"].items():
         lines.append(f"seed-to-seed correlation of {label}: Pearson {numbers['mean_pearson']:.3f}, "
                      f"Spearman {numbers['mean_spearman']:.3f} ({len(numbers['pairs'])} pair(s))")
+    if not report["seed_correlation"]:  # say why the plot is missing
+        lines.append("seed-to-seed correlation: no setting was run with 2 or more seeds (none plotted)")
     for label, numbers in report["class_rank_shift"].items():
         lines.append(f"class rank shift fitting -> unseen ({label}): mean |shift| {numbers['mean_abs_shift']:.2f}")
+    if not report["class_rank_shift"]:
+        lines.append("class rank shift: no score was run under both fitting and unseen with one seed (none plotted)")
     for method, rates in report["class_variance_vs_prune_rate"].items():
         text = ", ".join(f"{100 * float(r):g}%: {v:.5f}" for r, v in rates.items() if not math.isnan(v))
         lines.append(f"class-accuracy variance {method}: {text}")

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from unseen_fast.data import ImageIndex
+from unseen_fast.data import ImageIndex, release_resident
 from unseen_fast.errors import UserError, user_error_named
 from unseen_fast.checkpoint import stop_on_sigterm
 from unseen_fast.train import TrainConfig, train
@@ -63,6 +63,8 @@ def training_device(device, gpus: int | None, nproc: int | None) -> torch.device
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"{'--gpus' if gpus else '--device ' + str(device)} asked for a GPU, but torch sees none "
                         f"on this machine; leave it out to run on the CPU")
+    if gpus and gpus > torch.cuda.device_count():  # else every worker dies on an invalid device ordinal
+        raise UserError(f"--gpus {gpus}: torch sees {torch.cuda.device_count()} GPU(s) on this machine")
     return device
 
 
@@ -85,9 +87,13 @@ def train_many(jobs: list[TrainJob], config: TrainConfig, index: ImageIndex, *, 
     device = training_device(device, gpus, nproc)
     workers = gpus if gpus and gpus > 1 else nproc
     if workers and workers > 1:
+        if gpus and gpus > 1:  # each worker uploads its own copy: this process's would sit on GPU 0 unused
+            release_resident()
+            torch.cuda.empty_cache()
         _launch(jobs, config, index, workers=workers, use_gpus=bool(gpus and gpus > 1),
                 loader_kwargs=loader_kwargs, model_factory=model_factory)
-    elif torch.device(device).type == "cuda" and len(jobs) > 1:
+    # threads on streams, except under torch.compile: Dynamo and Inductor are not thread-safe
+    elif torch.device(device).type == "cuda" and len(jobs) > 1 and not config.compile:
         concurrently(jobs, config, index, torch.device(device), loader_kwargs, model_factory)
     else:
         for job in jobs:

@@ -10,7 +10,7 @@ import torch
 from unseen_fast.data.errors import BadImageError
 from unseen_fast.data.index import ImageIndex
 from unseen_fast.data.order import batch_slices
-from unseen_fast.data.transforms import Augment, finish_batch
+from unseen_fast.data.transforms import Augment, finish_batch, to_device
 
 log = logging.getLogger("unseen_fast.data")
 
@@ -55,8 +55,7 @@ class BatchLoader:
             if len(ids) == 0:
                 continue
             images = finish_batch(images, dtype=self.dtype, device=self.device)
-            labels = self._labels[ids].to(self.device, non_blocking=True)
-            yield images, labels, ids.to(self.device, non_blocking=True)
+            yield images, to_device(self._labels[ids], self.device), to_device(ids, self.device)
 
     def _uint8_batches(self):
         raise NotImplementedError

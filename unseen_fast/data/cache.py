@@ -17,7 +17,7 @@ from unseen_fast.data.batches import BatchLoader
 from unseen_fast.data.decode import decode_every_image
 from unseen_fast.data.errors import BadImageError
 from unseen_fast.data.index import ImageIndex
-from unseen_fast.data.transforms import Augment, cache_augment, cache_pixels
+from unseen_fast.data.transforms import Augment, cache_augment, cache_pixels, to_device
 from unseen_fast.rundir import allocate, atomic_path, write_json
 
 log = logging.getLogger("unseen_fast.data")
@@ -130,7 +130,7 @@ class CacheLoader(BatchLoader):
             ids = ids[self._keep[window]]
         # Sorted reads are kinder to the page cache; the batch keeps its order.
         rows = torch.from_numpy(_gather(self.cache.pixels, ids))
-        return rows.to(self.device, non_blocking=True), torch.from_numpy(ids)
+        return to_device(rows, self.device), torch.from_numpy(ids)
 
 
 def _gather(pixels: np.ndarray, ids: np.ndarray) -> np.ndarray:

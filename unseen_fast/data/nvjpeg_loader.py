@@ -89,6 +89,7 @@ class NvjpegLoader(BatchLoader):
         images = [d.to(self.device) if isinstance(d, torch.Tensor) and d.dim() == 3 else None for d in data]
         jpegs = [k for k, d in enumerate(data) if isinstance(d, torch.Tensor) and d.dim() == 1]
         if jpegs:
+            self._settle()
             try:
                 decoded = decode_jpeg([data[k] for k in jpegs], mode=ImageReadMode.RGB, device=self.device)
             except RuntimeError as err:  # one file fails the whole call: file by file, naming the culprit
@@ -102,6 +103,14 @@ class NvjpegLoader(BatchLoader):
                 self._record_bad(item)  # raises unless skip_bad
         good = [k for k in range(len(ids)) if images[k] is not None]
         return [images[k] for k in good], ids[good]
+
+    def _settle(self) -> None:
+        """Wait for the work queued on this thread's stream before a GPU
+        decode: torchvision decodes on a stream of its own that does not wait
+        for ours, into memory our stream may have freed while kernels still
+        read it (torchvision PR #9606). The decode waits for the host anyway."""
+        if self.device.type == "cuda":
+            torch.cuda.current_stream(self.device).synchronize()
 
     def _decode_one(self, data: torch.Tensor, sample_id: int, batch_error: Exception):
         """One JPEG of a batch the batched call rejected: on the device, else

@@ -17,7 +17,7 @@ import torch
 
 from unseen_fast.data.cache import CacheLoader, DecodedCache
 from unseen_fast.data.index import ImageIndex
-from unseen_fast.data.transforms import finish_batch
+from unseen_fast.data.transforms import finish_batch, to_device
 
 log = logging.getLogger("unseen_fast.data")
 
@@ -81,7 +81,7 @@ class ResidentLoader(CacheLoader):
         self._kept_order = self._kept_before = None
 
     def __iter__(self):
-        labels = torch.from_numpy(self.index.labels).to(self.device)  # one copy per epoch
+        labels = to_device(torch.from_numpy(self.index.labels), self.device)  # one copy per epoch, no wait
         for images, ids in self._uint8_batches():
             if len(ids) == 0:
                 continue
@@ -90,7 +90,7 @@ class ResidentLoader(CacheLoader):
     def _rows(self, window: slice) -> tuple[torch.Tensor, torch.Tensor]:
         if self._kept_order is None:  # once per epoch: the order, bad images left out, in one copy
             keep = np.ones(len(self.order), bool) if self._keep is None else self._keep
-            self._kept_order = torch.from_numpy(self.order[keep]).to(self.pixels.device)
+            self._kept_order = to_device(torch.from_numpy(self.order[keep]), self.pixels.device)
             self._kept_before = np.concatenate([[0], np.cumsum(keep)])  # kept positions before each position
         stop = min(window.stop, len(self.order))
         ids = self._kept_order[self._kept_before[window.start]:self._kept_before[stop]]
