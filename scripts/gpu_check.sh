@@ -66,8 +66,9 @@ case $part in
     # each in its own process: a segfault shows as rc 139 instead of ending the script
     step former-segfaults 40 $PY -m pytest -q -p no:cacheprovider \
       "tests/test_score.py::test_empty_and_shapes" "tests/test_select.py::test_select_errors"
+    # not test_cuda_build: its nvcc/ptxas checks need no GPU and run in CI; here they would eat the step's time
     step cuda-tests 200 $PY -m pytest -q -p no:cacheprovider -rs tests \
-      -k "(cuda or gpu_path or resident or concurrent or sync or deferred) and not emulated"
+      -k "(cuda or gpu_path or resident or concurrent or sync or deferred) and not emulated and not cuda_build"
     step ops-bench 100 $PY -m pytest -q -p no:cacheprovider bench/test_gpu_ops_bench.py --benchmark-only \
       --benchmark-columns=median,iqr,rounds
     rm -rf gpu-check-prune-1
