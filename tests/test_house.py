@@ -382,3 +382,19 @@ def test_gpu_counts_and_compiled_jobs_are_planned_before_any_worker(monkeypatch)
     train_many(jobs, TrainConfig(), None, device="cuda")
     train_many(jobs, TrainConfig(compile=True), None, device="cuda")
     assert calls == [("streams", 2), ("one", "fold0"), ("one", "fold1")]
+
+
+def test_the_prune_log_opens_with_device_and_precision(tmp_path, caplog):
+    """The README's promise: the first line says where and in what precision
+    the run trains (before the image-size line and every check's own)."""
+    import logging
+
+    caplog.set_level(logging.INFO)
+    argv = ["prune", "--data", "builtin:digits", "--prune-rate", "0.3", "--epochs", "1", "--folds", "2",
+            "--out", str(tmp_path / "run")]
+    assert cli.main(argv) == 0
+    messages = [r.getMessage() for r in caplog.records if r.name.startswith("unseen_fast")]
+    assert messages[0].startswith("pruning 1797 samples on cpu, precision "), messages[:3]
+    assert any(m.startswith("image size 8 px") for m in messages[1:])
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["config"]["train"]["image_size"] == 8  # still resolved from the data, now inside prune

@@ -92,10 +92,10 @@ def _train_config(args: argparse.Namespace, index, device):
     from unseen_fast.models import default_arch, default_image_size
     from unseen_fast.train import TrainConfig
 
+    size = args.image_size or (None if index is None else default_image_size(index))  # None: prune() decides
     return TrainConfig(arch=args.arch or default_arch(device), epochs=args.epochs, batch_size=args.batch_size,
-                       lr=args.lr, image_size=args.image_size or default_image_size(index), seed=args.seed,
-                       backend=args.backend, amp=resolve_amp(args.amp, device),
-                       checkpoint_every=args.checkpoint_every, compile=args.compile)
+                       lr=args.lr, image_size=size, seed=args.seed, backend=args.backend, compile=args.compile,
+                       amp=resolve_amp(args.amp, device), checkpoint_every=args.checkpoint_every)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -164,7 +164,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
                          selection=args.selection, split=args.split, score_norm=args.score_norm, seed=args.seed,
                          drop_label_issues=args.drop_label_issues, label_issue_factor=args.label_issue_factor,
                          auto_budget=args.auto_budget, auto_keep_split=args.auto_keep_split,
-                         train=_train_config(args, index, device),
+                         train=_train_config(args, None, device),  # prune sizes images after its first line
                          baseline=BaselineParams(early_epochs=args.early_epochs, window=args.window,
                                                  tdds_decay=args.tdds_decay, ccs_beta=args.ccs_beta,
                                                  ccs_strata=args.ccs_strata, mix_alpha=args.mix_alpha))
