@@ -161,8 +161,9 @@ def prune(data, *, out, config: PruneConfig, device="auto", nproc: int | None = 
     device = training_device(device, gpus, nproc)  # the scoring runs there too
     index = data if isinstance(data, ImageIndex) else open_index(data)
     index.refuse_inside(out)  # before anything is written there
-    log.info("pruning %d samples on %s, precision %s", len(index), device,
-             resolve_amp(config.train.amp, str(device)))  # the first line, before the checks' own
+    train = dataclasses.replace(config.train, amp=resolve_amp(config.train.amp, str(device)))  # once, for the log
+    config = dataclasses.replace(config, train=train)
+    log.info("pruning %d samples on %s, precision %s", len(index), device, config.train.amp)  # the first line
     checked = checked_before(Path(out), index, skip_bad) if resume else None
     index, skipped = checked or readable_images(index, skip_bad)
     config.validate(index)

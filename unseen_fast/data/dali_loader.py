@@ -92,8 +92,6 @@ class DaliLoader(BatchLoader):
 
     def __init__(self, *args, num_threads: int | None = None, **kwargs):
         super().__init__(*args, **kwargs)
-        if self.index.in_memory:
-            raise DataError(f"the dali backend reads files; {self.index!r} is in memory: use backend='cache'")
         self.num_threads = num_threads or min(os.cpu_count() or 2, 8)
         self.device_id = (self.device.index or 0) if self.device.type == "cuda" else None
 

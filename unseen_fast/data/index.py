@@ -166,7 +166,7 @@ class ImageIndex:
     @property
     def name(self) -> str:
         """The dataset as messages name it: its folder, or which built-in one."""
-        return self.root or f"the built-in {self.source} dataset"
+        return dataset_name(self.root, self.source)
 
     @property
     def num_classes(self) -> int:
@@ -272,9 +272,9 @@ class ImageIndex:
         if meta_path.exists():
             saved = json.loads(meta_path.read_text())
             if saved.get("fingerprint") != self.fingerprint:
-                source = saved.get("root") or f"the built-in {saved.get('source')} dataset"
                 raise DataError(f"{meta_path} holds a different dataset index ({saved.get('num_samples')} samples "
-                                f"from {source}); refusing to overwrite it: use a new run directory")
+                                f"from {dataset_name(saved.get('root'), saved.get('source'))}); refusing to "
+                                f"overwrite it: use a new run directory")
             return
         meta = dict(source=self.source, root=self.root, classes=self.classes,
                     num_samples=len(self), fingerprint=self.fingerprint)
@@ -336,6 +336,11 @@ class ImageIndex:
             if a != b or self.labels[i] != other.labels[i]:
                 raise DataError(f"the dataset changed: sample {i} was {a!r}, is now {b!r}")
         raise DataError(f"the dataset changed: {len(self)} samples saved, {len(other)} now")
+
+
+def dataset_name(root, source) -> str:
+    """A dataset as messages name it: its folder, or which built-in one."""
+    return root or f"the built-in {source} dataset"
 
 
 def read_file_list(path):

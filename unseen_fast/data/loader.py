@@ -130,7 +130,7 @@ def _open_backend(backend: str, index: ImageIndex, order, common: dict, *, cache
     if backend in ("dali", "nvjpeg") and index.in_memory:  # decoders of files: images in memory need none
         log.debug("backend %s: %s is already in memory, the decoded cache serves it", backend, index.name)
         backend = "cache"
-    if backend in ("cache", "resident", "nvjpeg"):
+    if backend in ("cache", "resident"):
         cache = DecodedCache.open_or_build(index, common["aug"], cache_dir, workers=workers, progress=progress)
         if backend == "resident":
             return ResidentLoader(index, order, cache=cache, pixels=resident_pixels(index, cache, common["device"]),
