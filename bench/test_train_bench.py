@@ -9,6 +9,8 @@
   autocast and channels_last float32 (whatever the CPU) and NCHW float32,
   and ours under torch.compile (the TrainConfig.compile option; its
   first-call compile time is excluded);
+- the SGD step alone (Nesterov, weight decay groups): torch's fused kernel,
+  which the trainer uses, vs its default (for-loop on CPU);
 - the fused loss with statistics vs F.cross_entropy plus a separate softmax
   pass for the same statistics (forward + backward);
 - K=4 fastnet models on digits through train_many with 2 worker processes
@@ -27,7 +29,7 @@ from unseen_fast.data import ImageIndex
 from unseen_fast.fused_loss import cross_entropy_with_stats
 from unseen_fast.models import build_model
 from unseen_fast.parallel import TrainJob, train_many
-from unseen_fast.train import TrainConfig
+from unseen_fast.train import TrainConfig, parameter_groups
 
 BATCH = 256
 
@@ -76,6 +78,22 @@ def test_train_step(benchmark, arch, variant):
     step()
     step()  # the compiled variant compiles on the first calls
     benchmark.pedantic(step, rounds=3 if arch == "resnet18" else 5, iterations=1)
+
+
+@pytest.mark.parametrize("arch", ["fastnet", "resnet18"])
+@pytest.mark.parametrize("variant", ["fused SGD (ours)", "torch default SGD"])
+def test_sgd_step(benchmark, arch, variant):
+    benchmark.group = f"SGD step {arch}"
+    if "ours" in variant:
+        benchmark.extra_info["role"] = "ours"
+    torch.manual_seed(0)
+    model = build_model(arch, 10, image_size=32)
+    for param in model.parameters():
+        param.grad = torch.randn_like(param)
+    optimizer = torch.optim.SGD(parameter_groups(model, 5e-4), lr=0.01, momentum=0.9, nesterov=True,
+                                fused=True if "ours" in variant else None)
+    optimizer.step()  # the momentum buffers exist from here on
+    benchmark.pedantic(optimizer.step, rounds=20, iterations=5)
 
 
 def loss_with_separate_stats(logits, labels):

@@ -451,12 +451,12 @@ def counting_host_transfers():
             setattr(torch.Tensor, name, real)
 
 
-def one_epoch(samples: int, device="cpu", recorder=None, **fields):
+def one_epoch(samples: int, device="cpu", recorder=None, amp="off", **fields):
     from unseen_fast.data import make_loader
     from unseen_fast.train import _Optimization, _train_epoch
 
     digits = ImageIndex.digits()
-    config = TrainConfig(batch_size=64, image_size=8, amp="off", **fields)
+    config = TrainConfig(batch_size=64, image_size=8, amp=amp, **fields)
     model = build_model("fastnet", 10, image_size=8).to(device)
     opt = _Optimization.create(config, model, torch.device(device), per_rank=samples)
     loader = make_loader(digits, np.arange(samples), train=True, batch_size=64, image_size=8, backend="resident",
@@ -464,13 +464,15 @@ def one_epoch(samples: int, device="cpu", recorder=None, **fields):
     return lambda: _train_epoch(config, model, opt, loader, recorder, 0, torch.device(device))
 
 
-def test_a_training_epoch_makes_no_host_transfer_per_step():
+@pytest.mark.parametrize("amp", ["off", "fp16"])
+def test_a_training_epoch_makes_no_host_transfer_per_step(amp):
     """Loss and accuracy stay on the device until the epoch's log line; the
-    resident loader gathers on the device: the count must not grow with the
-    number of steps (4 vs 16 here)."""
+    resident loader gathers on the device; with fp16 the GradScaler's
+    overflow check stays there too (fused SGD): the count must not grow with
+    the number of steps (4 vs 16 here)."""
     counts = []
     for samples in (256, 1024):
-        run = one_epoch(samples)
+        run = one_epoch(samples, amp=amp)
         with counting_host_transfers() as calls:
             run()
         counts.append(calls["n"])
@@ -495,9 +497,10 @@ def test_recording_dynamics_copies_to_the_host_once_per_epoch(tmp_path):
 
 
 @pytest.mark.cuda
-def test_a_training_epoch_never_syncs_on_the_gpu():
-    one_epoch(1024, device="cuda")()  # warm-up: cuDNN, the allocator and the resident upload may sync once
-    run = one_epoch(1024, device="cuda")  # the model's weights are copied up (a sync) before the check
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_a_training_epoch_never_syncs_on_the_gpu(amp):
+    one_epoch(1024, device="cuda", amp=amp)()  # warm-up: cuDNN, the allocator and the resident upload may sync once
+    run = one_epoch(1024, device="cuda", amp=amp)  # the model's weights are copied up (a sync) before the check
     torch.cuda.set_sync_debug_mode("error")
     try:
         run()  # the epoch itself: the loader's per-epoch copies included

@@ -31,6 +31,8 @@ log = logging.getLogger("unseen_fast.train")
 # Model initialization draws from the global RNG: one job at a time, so a
 # job's weights depend on its seed only, whatever other threads do.
 _SEEDED_INIT = threading.Lock()
+# Devices where torch's fused SGD runs (CPU and CUDA kernels); elsewhere the default step.
+FUSED_SGD_DEVICES = ("cpu", "cuda")
 
 
 @dataclass
@@ -218,8 +220,10 @@ class _Optimization:
     def create(cls, config: TrainConfig, model: nn.Module, device: torch.device, per_rank: int,
                batch: int | None = None) -> "_Optimization":
         batch = batch or config.batch_size
+        # fused: one kernel for all parameters, and with fp16 the GradScaler's
+        # overflow check stays on the device (the unfused step reads it with .item())
         optimizer = torch.optim.SGD(parameter_groups(model, config.weight_decay), lr=config.lr,
-                                    momentum=config.momentum, nesterov=True)
+                                    momentum=config.momentum, nesterov=True, fused=device.type in FUSED_SGD_DEVICES)
         steps_per_epoch = steps_per_epoch_for(per_rank, batch)
         total_steps = steps_per_epoch * config.epochs
         warmup = int(round(config.warmup_epochs * steps_per_epoch))
