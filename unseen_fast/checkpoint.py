@@ -10,6 +10,7 @@ import hashlib
 import io
 import json
 import logging
+import shutil
 import signal
 import threading
 from pathlib import Path
@@ -24,6 +25,7 @@ log = logging.getLogger("unseen_fast.train")
 
 CHECKPOINT = "checkpoint.pt"
 RUN_ONLY_FIELDS = ("checkpoint_every",)
+WRITE_CHUNK = 16 << 20  # bytes per write of a serialized checkpoint
 
 
 def config_identity(config) -> dict:
@@ -103,8 +105,12 @@ class CheckpointWriter:
             # zip writer, a plain write with ENOSPC, which atomic_path turns into one line
             buffer = io.BytesIO()
             torch.save(state, buffer)
-            with atomic_path(self.path, size=buffer.tell()) as tmp:
-                tmp.write_bytes(buffer.getbuffer())
+            # copied out in chunks, never through a memoryview of the buffer: a failed write's
+            # traceback keeps the writing frames, and CPython 3.12's GC segfaulted freeing such a view
+            size = buffer.tell()
+            buffer.seek(0)
+            with atomic_path(self.path, size=size) as tmp, open(tmp, "wb") as out:
+                shutil.copyfileobj(buffer, out, WRITE_CHUNK)
         except BaseException as err:  # re-raised in the training thread by wait()
             self._error = err
 
