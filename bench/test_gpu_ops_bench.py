@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from unseen_fast import ops
+from unseen_fast.data.transforms import MEAN, STD, normalization_table
 from unseen_fast.fused_loss import cross_entropy_with_stats
 
 DEVICE = os.environ.get("UNSEEN_FAST_BENCH_DEVICE", "cuda")
@@ -153,4 +154,31 @@ def test_loss(benchmark, shape, variant):
     fn = {"loss with stats (ours)": ours, "F.cross_entropy + separate score": separate,
           "F.cross_entropy alone": alone}[variant]
     timed(benchmark, fn, nbytes=logits.numel() * logits.element_size(),
+          role="ours" if "ours" in variant else None)
+
+
+NORMALIZE_SHAPES = {"CIFAR batch 256 x 32 x 32": (256, 32, 32), "ImageNet batch 512 x 224 x 224": (512, 224, 224)}
+
+
+@pytest.mark.parametrize("shape", list(NORMALIZE_SHAPES))
+@pytest.mark.parametrize("variant", ["apply_lut (ours)", "indexing fallback (int64 index)",
+                                     "float formula (x.float() - mean) / std", "device copy of the output"])
+def test_normalize_batch(benchmark, shape, variant):
+    """The loaders' last step on every batch: uint8 NHWC -> bfloat16. Bytes
+    count the 1-byte read and the 2-byte write (a copy: both of 2 bytes)."""
+    b, h, w = NORMALIZE_SHAPES[shape]
+    gen = torch.Generator(device=DEVICE).manual_seed(0)
+    pixels = torch.randint(0, 256, (max(b // SCALE, 1), h, w, 3), generator=gen, device=DEVICE, dtype=torch.uint8)
+    table = normalization_table(torch.bfloat16, pixels.device)
+    mean = torch.tensor(MEAN, device=DEVICE)
+    inv_std = torch.tensor([1 / s for s in STD], device=DEVICE)
+    out = torch.empty(pixels.shape, dtype=torch.bfloat16, device=DEVICE)
+    channels = torch.arange(3, device=DEVICE)
+    fn = {"apply_lut (ours)": lambda: ops.apply_lut(pixels, table),
+          "indexing fallback (int64 index)": lambda: table.reshape(-1)[pixels.long() * 3 + channels],
+          "float formula (x.float() - mean) / std": lambda: ((pixels.float() - mean) * inv_std).to(torch.bfloat16),
+          "device copy of the output": lambda: out.clone()}[variant]
+    benchmark.group = f"normalize {shape} to bfloat16 on {DEVICE}"
+    count = pixels.numel()
+    timed(benchmark, fn, nbytes=4 * count if "copy" in variant else 3 * count,
           role="ours" if "ours" in variant else None)

@@ -166,6 +166,21 @@ inline void check_select_errors(const at::Tensor& errors, const c10::optional<at
               " eligible samples (N=", n, ")");
 }
 
+// apply_lut: uint8 pixels, channels last, a [256, C] table on their device.
+inline void check_lut_args(const at::Tensor& pixels, const at::Tensor& table) {
+  TORCH_CHECK(pixels.scalar_type() == at::kByte, "apply_lut: pixels must be uint8, got ",
+              pixels.scalar_type());
+  TORCH_CHECK(pixels.dim() >= 1, "apply_lut: pixels must have a channel dimension (last)");
+  TORCH_CHECK(table.dim() == 2 && table.size(0) == 256 && table.size(1) == pixels.size(-1),
+              "apply_lut: table must be [256, C] with C = pixels.shape[-1] = ", pixels.size(-1),
+              ", got shape ", table.sizes());
+  TORCH_CHECK(table.device() == pixels.device(), "apply_lut: table is on ", table.device(),
+              " but pixels are on ", pixels.device());
+  const auto dtype = table.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kBFloat16 || dtype == at::kHalf,
+              "apply_lut: table must be float32, float64, bfloat16 or float16, got ", dtype);
+}
+
 // Sum of normalize must be finite and positive; name the first bad score.
 inline void check_normalize_total(const at::Tensor& scores, double total) {
   if (std::isfinite(total) && total > 0) return;

@@ -293,3 +293,35 @@ def test_emulated_select_refuses_what_the_cpu_kernel_refuses(emulated, precheck)
         with pytest.raises(RuntimeError, match="label at index 2 is not below num_classes=2"):
             emulated_select(emulated, torch.rand(3), 1, labels=torch.tensor([0, 1, 5]), balanced=True,
                             num_classes=2, precheck=False)
+
+
+# ------------------------------------------------------------------ apply_lut
+@pytest.mark.parametrize("count, channels", [(1, 1), (15, 3), (16, 4), (17, 1), (48, 3), (4096 * 16 + 5, 3),
+                                             (64, 5), (1000, 4)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+def test_emulated_lut_equals_the_cpu_kernel(emulated, gen, count, channels, dtype):
+    """Every chunk tail, the shared table (<= 4 channels) and the global one
+    (5), more chunks than the grid (the grid-stride loop), every entry width."""
+    pixels = torch.randint(0, 256, (count, channels), generator=gen, dtype=torch.uint8)
+    pixels[0] = 255
+    table = torch.randn(256, channels, generator=gen).to(dtype)
+    got = emulated.apply_lut(pixels, table)
+    assert got.dtype == dtype and torch.equal(got, ops.apply_lut(pixels, table))
+
+
+def test_emulated_lut_of_unaligned_and_strided_pixels(emulated, gen):
+    base = torch.randint(0, 256, (4 * 16 * 3 + 1,), generator=gen, dtype=torch.uint8)
+    table = torch.randn(256, 3, generator=gen)
+    unaligned = base[1:].view(-1, 3)  # data 1 byte past a 16-byte boundary: the scalar path
+    assert torch.equal(emulated.apply_lut(unaligned, table), ops.apply_lut(unaligned, table))
+    nchw = torch.randint(0, 256, (2, 3, 7, 9), generator=gen, dtype=torch.uint8)
+    nhwc = nchw.permute(0, 2, 3, 1)
+    assert torch.equal(emulated.apply_lut(nhwc, table), ops.apply_lut(nhwc, table))
+    assert emulated.apply_lut(torch.empty(0, 3, dtype=torch.uint8), table).shape == (0, 3)
+
+
+def test_emulated_lut_refuses_what_the_cpu_kernel_refuses(emulated):
+    with pytest.raises(RuntimeError, match="pixels must be uint8"):
+        emulated.apply_lut(torch.zeros(2, 3), torch.zeros(256, 3))
+    with pytest.raises(RuntimeError, match="table must be float32, float64, bfloat16 or float16"):
+        emulated.apply_lut(torch.zeros(2, 3, dtype=torch.uint8), torch.zeros(256, 3, dtype=torch.int32))

@@ -5,6 +5,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "../checks.h"
+
 namespace unseen_fast {
 namespace {
 
@@ -19,14 +21,7 @@ void lut_rows(const uint8_t* in, const T* table, T* out, int64_t pixels, int64_t
 }
 
 at::Tensor apply_lut_cpu(const at::Tensor& pixels, const at::Tensor& table) {
-  TORCH_CHECK(pixels.scalar_type() == at::kByte, "apply_lut: pixels must be uint8, got ",
-              pixels.scalar_type());
-  TORCH_CHECK(pixels.dim() >= 1, "apply_lut: pixels must have a channel dimension (last)");
-  TORCH_CHECK(table.dim() == 2 && table.size(0) == 256 && table.size(1) == pixels.size(-1),
-              "apply_lut: table must be [256, C] with C = pixels.shape[-1] = ", pixels.size(-1),
-              ", got shape ", table.sizes());
-  TORCH_CHECK(table.device() == pixels.device(), "apply_lut: table is on ", table.device(),
-              " but pixels are on ", pixels.device());
+  check_lut_args(pixels, table);
   const at::Tensor in = pixels.contiguous();
   const at::Tensor lut = table.contiguous();
   at::Tensor out = at::empty(pixels.sizes(), table.options());

@@ -88,4 +88,18 @@ C10_HOST_DEVICE inline int64_t select_tiles(int64_t n) { return (n + kSelectTile
 
 cudaError_t launch_select(const SelectLaunch& args, cudaStream_t stream) noexcept;
 
+// apply_lut: out[i] = table[pixels[i] * channels + i % channels] over the
+// flat, contiguous pixels. The lookup copies table entries, so the kernel
+// moves bits of the entry's width (2, 4 or 8 bytes) whatever the dtype.
+struct LutLaunch {
+  const uint8_t* pixels;  // [count], contiguous
+  int64_t count;          // elements (pixels x channels)
+  int64_t channels;
+  const void* table;      // [256, channels], contiguous
+  int entry_bytes;        // 2, 4 or 8
+  void* out;              // [count], contiguous
+};
+
+cudaError_t launch_lut(const LutLaunch& args, cudaStream_t stream) noexcept;
+
 }  // namespace unseen_fast::cuda

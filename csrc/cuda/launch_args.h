@@ -168,4 +168,22 @@ inline at::Tensor by_descending_score(const at::Tensor& scores, const at::Tensor
   return winners.index_select(0, std::get<1>(keys.sort(/*stable=*/true, 0, /*descending=*/true)));
 }
 
+struct LutCall {
+  at::Tensor out;                    // pixels.shape, the table's dtype
+  at::Tensor pixels, table;          // contiguous, kept alive until the launch
+  LutLaunch launch;
+};
+
+inline LutCall prepare_lut(const at::Tensor& pixels, const at::Tensor& table) {
+  check_lut_args(pixels, table);
+  TORCH_CHECK(table.size(1) <= INT32_MAX / 256, "apply_lut: ", table.size(1), " channels is too many");
+  LutCall call;
+  call.pixels = pixels.contiguous();
+  call.table = table.contiguous();
+  call.out = at::empty(pixels.sizes(), table.options());
+  call.launch = LutLaunch{call.pixels.const_data_ptr<uint8_t>(), call.pixels.numel(), table.size(1),
+                          call.table.const_data_ptr(), static_cast<int>(table.element_size()), call.out.data_ptr()};
+  return call;
+}
+
 }  // namespace unseen_fast::cuda

@@ -6,6 +6,7 @@
 
 #include "cuda/launch_args.h"
 #include "cuda/loss_kernels.cu"
+#include "cuda/lut_kernels.cu"
 #include "cuda/score_kernels.cu"
 #include "cuda/select_kernels.cu"
 
@@ -35,6 +36,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_with_stats(const at
       unseen_fast::cuda::prepare_loss(logits, labels, label_smoothing, check_labels);
   if (logits.size(0) > 0) check_launch(unseen_fast::cuda::launch_loss(call.launch, nullptr));
   return {call.loss, call.stats, call.grad};
+}
+
+at::Tensor apply_lut(const at::Tensor& pixels, const at::Tensor& table) {
+  check_cpu(pixels);
+  const unseen_fast::cuda::LutCall call = unseen_fast::cuda::prepare_lut(pixels, table);
+  check_launch(unseen_fast::cuda::launch_lut(call.launch, nullptr));
+  return call.out;
 }
 
 // The CUDA select_topk: with `precheck` the op's own path (check_select_args
@@ -114,6 +122,7 @@ TORCH_LIBRARY(unseen_fast_emulated, m) {
         " int num_classes, bool precheck) -> Tensor", &select_topk);
   m.def("select_topk_deferred(Tensor scores, int k, Tensor? labels, bool balanced, Tensor? exclude, bool sorted,"
         " int num_classes) -> (Tensor, Tensor)", &select_topk_deferred);
+  m.def("apply_lut(Tensor pixels, Tensor table) -> Tensor", &apply_lut);
   m.def("set_order_seed(int seed) -> ()", &set_order_seed);
   m.def("rotate(Tensor values, bool barrier) -> Tensor", &rotate);
   m.def("divergent_barrier() -> ()", &divergent_barrier);

@@ -2,6 +2,8 @@
 per-channel table, in one pass (the normalization step of every loader)."""
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from unseen_fast._extension import _C  # noqa: F401  (registers the ops)
@@ -22,12 +24,20 @@ def apply_lut(pixels: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     -------
     torch.Tensor
         pixels.shape, table's dtype: ``out[..., c] = table[pixels[..., c], c]``.
-        CPU tensors use the compiled kernel; others an indexing fallback.
+        CPU and CUDA tensors use the compiled kernels (CUDA: the table in
+        shared memory, 16-byte loads); other devices, or an extension built
+        without CUDA, an indexing fallback (an int64 index 8x the pixels).
     """
-    if pixels.device.type == "cpu":
+    if _compiled_for(pixels.device.type):
         return torch.ops.unseen_fast.apply_lut(pixels, table)
     channels = torch.arange(pixels.shape[-1], device=pixels.device)
     return table.reshape(-1)[pixels.long() * pixels.shape[-1] + channels]
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_for(device_type: str) -> bool:
+    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
+    return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key("unseen_fast::apply_lut", key)
 
 
 @torch.library.register_fake("unseen_fast::apply_lut")
