@@ -72,7 +72,7 @@ case $part in
     step ops-bench 100 $PY -m pytest -q -p no:cacheprovider bench/test_gpu_ops_bench.py --benchmark-only \
       --benchmark-columns=median,iqr,rounds
     rm -rf gpu-check-prune-1
-    step prune-1 110 unseen-fast prune --data "$data" --prune-rate 0.3 --gpus 1 --out gpu-check-prune-1
+    step prune-1 110 $PY -m unseen_fast.cli prune --data "$data" --prune-rate 0.3 --gpus 1 --out gpu-check-prune-1
     $PY -c "import json; s = json.load(open('gpu-check-prune-1/summary.json')); print(json.dumps({k: s.get(k) for k in ('device', 'precision', 'wall_time_s', 'images_processed')}, indent=1))" \
       > "$OUT/prune-1-summary.log" 2>&1
     cat "$OUT/prune-1-summary.log"
@@ -80,12 +80,12 @@ case $part in
   second)
     build
     if [ ! -f gpu-check-prune-1/coreset.npy ]; then  # a fresh machine: the first call's run is gone
-      step prune-1 110 unseen-fast prune --data "$data" --prune-rate 0.3 --gpus 1 --out gpu-check-prune-1
+      step prune-1 110 $PY -m unseen_fast.cli prune --data "$data" --prune-rate 0.3 --gpus 1 --out gpu-check-prune-1
     fi
     rm -rf gpu-check-prune-2
-    step prune-2 110 unseen-fast prune --data "$data" --prune-rate 0.3 --gpus 1 --out gpu-check-prune-2
+    step prune-2 110 $PY -m unseen_fast.cli prune --data "$data" --prune-rate 0.3 --gpus 1 --out gpu-check-prune-2
     rm -rf gpu-check-prune-compile  # the same with --compile (issue 16: the GPU default if it wins)
-    step prune-compile 110 unseen-fast prune --data "$data" --prune-rate 0.3 --gpus 1 --compile \
+    step prune-compile 110 $PY -m unseen_fast.cli prune --data "$data" --prune-rate 0.3 --gpus 1 --compile \
       --out gpu-check-prune-compile
     $PY - > "$OUT/prune-compare.log" 2>&1 <<'EOF'
 import json
