@@ -71,6 +71,44 @@ def test_interrupts_and_unwritable_folders_are_one_line(monkeypatch, tmp_path, c
         assert "cannot write" in capsys.readouterr().err
 
 
+def test_sigterm_outside_a_training_is_one_line_and_resume_finishes(tmp_path):
+    """SIGTERM during scoring (after the fold models trained, between the
+    score files' writes): one line, exit 143 as inside a training, no
+    coreset; --resume gives the coreset of an uninterrupted run."""
+    import subprocess
+    import sys
+
+    args = ["prune", "--data", "builtin:digits", "--prune-rate", "0.3", "--epochs", "2", "--quiet", "--seed", "3"]
+    out = tmp_path / "run"
+    code = ("import os, signal, sys\n"
+            "from unseen_fast import pipeline as p\n"
+            "real = p.combine_scores\n"
+            "def combine(*a):\n"
+            "    os.kill(os.getpid(), signal.SIGTERM)\n"
+            "    return real(*a)\n"
+            "p.combine_scores = combine\n"
+            "from unseen_fast.cli import main\n"
+            f"sys.exit(main({args + ['--out', str(out)]!r}))\n")
+    stopped = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert stopped.returncode == 143, stopped.stderr[-2000:]
+    assert stopped.stderr.strip().splitlines()[-1] == ("unseen-fast prune: stopped by SIGTERM; the finished "
+                                                       "checkpoints are kept: the same command with --resume continues")
+    assert "Traceback" not in stopped.stderr and not (out / "coreset.npy").exists()
+    cli_command = [sys.executable, "-m", "unseen_fast.cli"]
+    assert subprocess.run(cli_command + args + ["--out", str(out), "--resume"], capture_output=True).returncode == 0
+    assert subprocess.run(cli_command + args + ["--out", str(tmp_path / "straight")], capture_output=True).returncode == 0
+    assert np.array_equal(np.load(out / "coreset.npy"), np.load(tmp_path / "straight" / "coreset.npy"))
+
+
+def test_a_bad_option_is_one_line(capsys):
+    """argparse's own errors too: no usage block before the message."""
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["prune", "--data", "builtin:digits", "--prune-rate", "0.3"])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == ("unseen-fast prune: error: the following arguments are required: --out "
+                                       "(see unseen-fast prune --help)\n")
+
+
 def test_bad_grid_files_are_user_errors(tmp_path, capsys):
     (tmp_path / "grid.yaml").write_text("data: [unclosed\n")
     assert cli.main(["experiment", str(tmp_path / "grid.yaml"), "--out", str(tmp_path / "exp")]) == 2
@@ -190,7 +228,7 @@ FLOORS = {"errors": 0, "constants": 0, "rundir": 0, "_extension": 0, "_C": 0, "d
           "fused_loss": 3, "dynamics": 3, "models": 3, "checkpoint": 3, "progress": 3, "precise_bn": 3, "train": 4, "parallel": 4, "splits": 4, "evaluate": 5,
           "baselines": 5, "fold_scores": 5, "selection": 5, "stage1": 6, "outputs": 6, "label_issues": 6,
           "auto_selection": 6, "usable_images": 6, "pipeline": 7,
-          "grid": 8, "experiment": 8, "analyze": 8, "info": 8, "cli": 9}
+          "grid": 8, "experiment": 8, "analyze": 8, "info": 8, "demo": 8, "cli": 9}
 
 
 def test_imports_flow_downward():

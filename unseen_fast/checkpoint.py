@@ -157,6 +157,33 @@ def stop_on_sigterm():
         signal.signal(signal.SIGTERM, previous)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM outside a training (scoring, selection, writing the outputs):
+    raised wherever the main thread is, as Ctrl-C raises KeyboardInterrupt,
+    so the same cleanups run (and every write is atomic: nothing is left
+    half-written). Exit code 143, as a stop inside a training."""
+    exit_code = 143
+
+
+@contextlib.contextmanager
+def terminate_on_sigterm():
+    """For a whole command: SIGTERM raises Terminated, except inside the
+    trainings' stop_on_sigterm blocks, whose handler replaces this one
+    (checkpoint after the epoch, then stop)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated("SIGTERM")
+
+
 def _request_stop(signum, frame) -> None:
     log.warning("SIGTERM: stopping after this epoch's checkpoint")
     _STOP.set()

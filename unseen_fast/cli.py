@@ -5,7 +5,6 @@ import argparse
 import json
 import logging
 import sys
-import time
 from pathlib import Path
 
 
@@ -24,44 +23,11 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Score random logits with every method, normalize, select, check against
-    the float64 reference and time the fused op against eager PyTorch."""
-    import torch
+    from unseen_fast.demo import run_demo
 
-    from unseen_fast import ops, reference
-    from unseen_fast.errors import UserError
-    from unseen_fast.parallel import training_device
-
-    if args.samples < 1 or args.classes < 2:  # one class: every entropy is 0, nothing to rank by
-        raise UserError(f"need --samples >= 1 and --classes >= 2, got {args.samples}, {args.classes}")
-    if not 0 < args.keep <= 1:
-        raise UserError(f"--keep must be in (0, 1], got {args.keep}")
-    device = training_device(args.device, None, None)
-    gen = torch.Generator().manual_seed(args.seed)
-    logits = (torch.randn(args.samples, args.classes, generator=gen) * 3).to(device)
-    labels = torch.randint(0, args.classes, (args.samples,), generator=gen).to(device)
-
-    start = time.perf_counter()
-    scores = ops.score(logits, labels, ops.METHODS)
-    fused_s = time.perf_counter() - start
-    start = time.perf_counter()
-    expected = reference.score(logits, labels, ops.METHODS, dtype=torch.float32)
-    eager_s = time.perf_counter() - start
-    exact = reference.score(logits, labels, ops.METHODS)
-    err = (scores.double() - exact).abs().max().item()
-
-    k = int(args.samples * args.keep)
-    entropy = scores[:, 0].contiguous()
-    keep = ops.select_topk(ops.normalize(entropy), k)
-    same = torch.equal(keep.cpu(), reference.select_topk(entropy, k).cpu())
-    print(f"scored {args.samples} x {args.classes} logits on {device} with {len(ops.METHODS)} methods: "
-          f"fused {fused_s * 1e3:.1f} ms, eager float32 PyTorch {eager_s * 1e3:.1f} ms "
-          f"(first call of each, includes warm-up)")
-    print(f"max |error| vs float64 reference: {err:.2e}")
-    for name, col in zip(ops.METHODS, scores.T):
-        print(f"  {name:<17} mean {col.mean().item():8.4f}  min {col.min().item():8.4f}  max {col.max().item():8.4f}")
-    print(f"kept the {k} highest-entropy samples ({args.keep:.0%}); matches the reference selection: {same}")
-    return 0 if same and err < 1e-4 else 1
+    ok = run_demo(samples=args.samples, classes=args.classes, keep=args.keep, seed=args.seed,
+                  device_name=args.device)
+    return 0 if ok else 1
 
 
 def cmd_check_data(args: argparse.Namespace) -> int:
@@ -326,8 +292,15 @@ def _add_prune_options(pr: argparse.ArgumentParser) -> None:
     pr.add_argument("--resume", action="store_true", help="continue the run in --out")
 
 
+class _Parser(argparse.ArgumentParser):
+    """A bad option is one line, as every other bad input (the usage block is in --help)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="unseen-fast", description=__doc__)
+    parser = _Parser(prog="unseen-fast", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", help="versions, compiled kernels, devices, DALI")
     info.add_argument("--json", action="store_true", help="print a JSON object")
@@ -375,12 +348,14 @@ def main(argv: list[str] | None = None) -> int:
     """The one error boundary: a problem the user can fix (UserError, which
     DataError and every bad option value are) is one line on stderr and exit
     2; anything else is a bug and keeps its traceback."""
+    from unseen_fast.checkpoint import Terminated, terminate_on_sigterm
     from unseen_fast.errors import UserError
     from unseen_fast.rundir import STORAGE_ERRNOS
 
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        with terminate_on_sigterm():
+            return args.func(args)
     except UserError as err:
         print(f"unseen-fast {args.command}: error: {err}", file=sys.stderr)
         return err.exit_code
@@ -389,11 +364,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"unseen-fast {args.command}: error: cannot write {err.filename}: {err.strerror}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM outside a training (Terminated)
         again = "the same command" + (" with --resume" if args.command == "prune" else "")
-        print(f"unseen-fast {args.command}: interrupted; the finished checkpoints are kept: {again} continues",
+        what = "stopped by SIGTERM" if isinstance(stop, Terminated) else "interrupted"
+        print(f"unseen-fast {args.command}: {what}; the finished checkpoints are kept: {again} continues",
               file=sys.stderr)
-        return 130
+        return getattr(stop, "exit_code", 130)
 
 
 if __name__ == "__main__":
