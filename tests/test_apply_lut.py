@@ -38,9 +38,9 @@ def test_non_contiguous_unaligned_and_extreme_levels(gen, device):
 def test_cuda_lut_is_the_compiled_kernel_and_never_waits(gen):
     """On a GPU the loaders' normalization is the CUDA kernel (not the
     indexing fallback, whose int64 index is 8x the batch) and never syncs."""
-    from unseen_fast.data.lut import _compiled_for
+    from unseen_fast.data.lut import _COMPILED_FOR
 
-    assert _compiled_for("cuda"), "the extension was built without its CUDA apply_lut"
+    assert "cuda" in _COMPILED_FOR, "the extension was built without its CUDA apply_lut"
     pixels = torch.randint(0, 256, (64, 32, 32, 3), generator=gen, dtype=torch.uint8).cuda()
     table = normalization_table(torch.bfloat16, pixels.device)
     torch.cuda.synchronize()
@@ -50,6 +50,8 @@ def test_cuda_lut_is_the_compiled_kernel_and_never_waits(gen):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert torch.equal(out.cpu().double(), reference(pixels, table))
+    with pytest.raises(RuntimeError, match="apply_lut: table is on cuda:0 but pixels are on cpu"):
+        ops.apply_lut(pixels.cpu(), table)  # the device message, not the CUDA guard's
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
@@ -75,6 +77,13 @@ def test_finish_batch_equals_the_float_formula(gen, dtype):
 def test_errors(device, pixels, table, message):
     with pytest.raises(RuntimeError, match=message):
         ops.apply_lut(pixels.to(device), table.to(device))
+
+
+def test_apply_lut_compiles_without_a_graph_break(gen):
+    pixels = torch.randint(0, 256, (2, 5, 3), generator=gen, dtype=torch.uint8)
+    table = torch.randn(256, 3, generator=gen)
+    compiled = torch.compile(ops.apply_lut, fullgraph=True, backend="eager")
+    assert torch.equal(compiled(pixels, table), ops.apply_lut(pixels, table))
 
 
 def test_opcheck(gen, device):

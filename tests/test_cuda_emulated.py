@@ -299,13 +299,15 @@ def test_emulated_select_refuses_what_the_cpu_kernel_refuses(emulated, precheck)
 @pytest.mark.parametrize("count, channels", [(1, 1), (15, 3), (16, 4), (17, 1), (48, 3), (4096 * 16 + 5, 3),
                                              (64, 5), (1000, 4)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
-def test_emulated_lut_equals_the_cpu_kernel(emulated, gen, count, channels, dtype):
+@pytest.mark.parametrize("max_blocks", [0, 1, 3])
+def test_emulated_lut_equals_the_cpu_kernel(emulated, gen, count, channels, dtype, max_blocks):
     """Every chunk tail, the shared table (<= 4 channels) and the global one
-    (5), more chunks than the grid (the grid-stride loop), every entry width."""
+    (5), every entry width; the grid capped at 1 or 3 blocks (the default
+    cap, 4096, binds only past 16.8M elements) runs the grid-stride loop."""
     pixels = torch.randint(0, 256, (count, channels), generator=gen, dtype=torch.uint8)
     pixels[0] = 255
     table = torch.randn(256, channels, generator=gen).to(dtype)
-    got = emulated.apply_lut(pixels, table)
+    got = emulated.apply_lut(pixels, table, max_blocks)
     assert got.dtype == dtype and torch.equal(got, ops.apply_lut(pixels, table))
 
 
@@ -313,15 +315,15 @@ def test_emulated_lut_of_unaligned_and_strided_pixels(emulated, gen):
     base = torch.randint(0, 256, (4 * 16 * 3 + 1,), generator=gen, dtype=torch.uint8)
     table = torch.randn(256, 3, generator=gen)
     unaligned = base[1:].view(-1, 3)  # data 1 byte past a 16-byte boundary: the scalar path
-    assert torch.equal(emulated.apply_lut(unaligned, table), ops.apply_lut(unaligned, table))
+    assert torch.equal(emulated.apply_lut(unaligned, table, 0), ops.apply_lut(unaligned, table))
     nchw = torch.randint(0, 256, (2, 3, 7, 9), generator=gen, dtype=torch.uint8)
     nhwc = nchw.permute(0, 2, 3, 1)
-    assert torch.equal(emulated.apply_lut(nhwc, table), ops.apply_lut(nhwc, table))
-    assert emulated.apply_lut(torch.empty(0, 3, dtype=torch.uint8), table).shape == (0, 3)
+    assert torch.equal(emulated.apply_lut(nhwc, table, 0), ops.apply_lut(nhwc, table))
+    assert emulated.apply_lut(torch.empty(0, 3, dtype=torch.uint8), table, 0).shape == (0, 3)
 
 
 def test_emulated_lut_refuses_what_the_cpu_kernel_refuses(emulated):
     with pytest.raises(RuntimeError, match="pixels must be uint8"):
-        emulated.apply_lut(torch.zeros(2, 3), torch.zeros(256, 3))
+        emulated.apply_lut(torch.zeros(2, 3), torch.zeros(256, 3), 0)
     with pytest.raises(RuntimeError, match="table must be float32, float64, bfloat16 or float16"):
-        emulated.apply_lut(torch.zeros(2, 3, dtype=torch.uint8), torch.zeros(256, 3, dtype=torch.int32))
+        emulated.apply_lut(torch.zeros(2, 3, dtype=torch.uint8), torch.zeros(256, 3, dtype=torch.int32), 0)

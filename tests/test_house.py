@@ -107,6 +107,10 @@ def test_a_bad_option_is_one_line(capsys):
     assert stop.value.code == 2
     assert capsys.readouterr().err == ("unseen-fast prune: error: the following arguments are required: --out "
                                        "(see unseen-fast prune --help)\n")
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--data", "builtin:digits", "--out", "x", "--epoch", "2", "--bogus"])
+    assert capsys.readouterr().err == ("unseen-fast train: error: unrecognized arguments: --bogus "
+                                       "(see unseen-fast train --help)\n")
 
 
 def test_bad_grid_files_are_user_errors(tmp_path, capsys):

@@ -249,6 +249,63 @@ def test_sigterm_reaches_jobs_trained_concurrently_in_threads(tmp_path, monkeypa
     assert all(1 <= epochs < 6 for epochs in done), done  # each stopped at an epoch end, checkpoint saved
 
 
+def test_a_sigterm_after_the_last_look_is_not_lost():
+    """A SIGTERM while the last checkpoint is written (after the loop's last
+    look at the request) reaches the handler outside the block on exit,
+    instead of being cleared by the next job's block."""
+    import signal
+
+    from unseen_fast.checkpoint import stop_on_sigterm
+
+    outer = []
+    previous = signal.signal(signal.SIGTERM, lambda *args: outer.append("outer handler"))
+    try:
+        with stop_on_sigterm() as stop:
+            assert not stop.requested
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert stop.requested and outer == []  # inside: only the request
+        assert outer == ["outer handler"]
+        with stop_on_sigterm() as stop:  # the next job starts clean
+            assert not stop.requested
+        assert outer == ["outer handler"]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_the_elastic_launchers_signal_handlers_are_undone(monkeypatch):
+    """torch's elastic launcher sets handlers raising its SignalException and
+    never restores ours; a signal it met becomes Terminated (SIGTERM)."""
+    import signal
+
+    import torch.distributed.launcher.api as launcher
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+
+    from unseen_fast import parallel
+    from unseen_fast.checkpoint import Terminated
+
+    def launch_that_meets(sig):
+        def elastic_launch(config, entrypoint):
+            def run(*args):
+                signal.signal(signal.SIGTERM, lambda *a: None)  # as elastic's PContext.start does
+                raise SignalException(f"Process {os.getpid()} got signal: {sig}", sigval=sig)
+            return run
+        return elastic_launch
+
+    ours = lambda *args: None  # noqa: E731
+    previous = signal.signal(signal.SIGTERM, ours)
+    try:
+        monkeypatch.setattr(launcher, "elastic_launch", launch_that_meets(signal.SIGTERM))
+        with pytest.raises(Terminated):
+            parallel._launch([], digits_config(), ImageIndex.digits(), workers=2, use_gpus=False, loader_kwargs={})
+        assert signal.getsignal(signal.SIGTERM) is ours
+        monkeypatch.setattr(launcher, "elastic_launch", launch_that_meets(signal.SIGINT))
+        with pytest.raises(KeyboardInterrupt) as stop:
+            parallel._launch([], digits_config(), ImageIndex.digits(), workers=2, use_gpus=False, loader_kwargs={})
+        assert not isinstance(stop.value, Terminated) and signal.getsignal(signal.SIGTERM) is ours
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def test_recalibrated_batchnorm_holds_the_mean_over_equal_batches():
     """Precise BatchNorm: the running mean is the mean of the training
     images as augmented in one more epoch, the running variance the mean of

@@ -155,6 +155,8 @@ def stop_on_sigterm():
         yield StopRequest()
     finally:
         signal.signal(signal.SIGTERM, previous)
+    if _STOP.is_set():  # the block ended normally: the SIGTERM came after its last look; not lost
+        signal.raise_signal(signal.SIGTERM)
 
 
 class Terminated(KeyboardInterrupt):

@@ -341,6 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("runs", nargs="+", help="prune run folders and/or experiment folders")
     an.add_argument("--out", required=True, help="folder for the PNG plots and analysis.json")
     an.set_defaults(func=cmd_analyze)
+    for command in sub.choices.values():  # an unknown option is then reported by its command's parser
+        command.set_defaults(command_parser=command)
     return parser
 
 
@@ -352,7 +354,9 @@ def main(argv: list[str] | None = None) -> int:
     from unseen_fast.errors import UserError
     from unseen_fast.rundir import STORAGE_ERRNOS
 
-    args = build_parser().parse_args(argv)
+    args, unknown = build_parser().parse_known_args(argv)
+    if unknown:
+        args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         with terminate_on_sigterm():
             return args.func(args)

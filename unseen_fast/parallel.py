@@ -4,10 +4,13 @@ worker processes started by torch.distributed's elastic launcher (one per
 GPU, or N gloo workers on CPU)."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
+import signal
 import sys
+import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -18,7 +21,7 @@ import torch
 
 from unseen_fast.data import ImageIndex, release_resident
 from unseen_fast.errors import UserError, user_error_named
-from unseen_fast.checkpoint import stop_on_sigterm
+from unseen_fast.checkpoint import Terminated, stop_on_sigterm
 from unseen_fast.train import TrainConfig, train
 
 log = logging.getLogger("unseen_fast.train")
@@ -186,6 +189,7 @@ def _launch(jobs, config, index, *, workers: int, use_gpus: bool, loader_kwargs,
     (or, already inside torchrun, run this rank's share directly)."""
     if "TORCHELASTIC_RUN_ID" in os.environ:  # started by torchrun: we are one of the workers
         return _worker(jobs, config, index, use_gpus, loader_kwargs, model_factory)
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -195,7 +199,10 @@ def _launch(jobs, config, index, *, workers: int, use_gpus: bool, loader_kwargs,
                           rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0,
                           monitor_interval=0.1, start_method="spawn")
     try:
-        elastic_launch(launch, _recorded_worker)(jobs, config, index, use_gpus, loader_kwargs, model_factory)
+        with _signal_handlers_kept():
+            elastic_launch(launch, _recorded_worker)(jobs, config, index, use_gpus, loader_kwargs, model_factory)
+    except SignalException as err:  # the launcher's handler met a signal and has shut the workers down
+        raise (Terminated("SIGTERM") if err.sigval == signal.SIGTERM else KeyboardInterrupt()) from None
     except ChildFailedError as err:
         rank, message = _root_failure(err)
         kind, _, text = message.partition(": ")
@@ -203,6 +210,23 @@ def _launch(jobs, config, index, *, workers: int, use_gpus: bool, loader_kwargs,
         if user_kind is not None:
             raise user_kind(f"training worker {rank} failed: {text}") from None
         raise RuntimeError(f"training worker {rank} failed: {message or err}") from None
+
+
+@contextlib.contextmanager
+def _signal_handlers_kept():
+    """The elastic launcher sets its own handlers of these signals (they
+    raise its SignalException) and never restores ours: restored here, so a
+    SIGTERM after the trainings (scoring, outputs) is still one line."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    kept = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)}
+    try:
+        yield
+    finally:
+        for sig, handler in kept.items():
+            if handler is not None:  # None: a handler not set from Python, which cannot be put back
+                signal.signal(sig, handler)
 
 
 def _root_failure(err) -> tuple[int, str]:

@@ -98,6 +98,7 @@ struct LutLaunch {
   const void* table;      // [256, channels], contiguous
   int entry_bytes;        // 2, 4 or 8
   void* out;              // [count], contiguous
+  unsigned max_blocks;    // the grid's cap (past it, a grid-stride loop); 0: the default
 };
 
 cudaError_t launch_lut(const LutLaunch& args, cudaStream_t stream) noexcept;

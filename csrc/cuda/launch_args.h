@@ -171,7 +171,7 @@ inline at::Tensor by_descending_score(const at::Tensor& scores, const at::Tensor
 struct LutCall {
   at::Tensor out;                    // pixels.shape, the table's dtype
   at::Tensor pixels, table;          // contiguous, kept alive until the launch
-  LutLaunch launch;
+  LutLaunch launch;                  // launch.max_blocks: the default cap (tests lower it)
 };
 
 inline LutCall prepare_lut(const at::Tensor& pixels, const at::Tensor& table) {
@@ -182,7 +182,8 @@ inline LutCall prepare_lut(const at::Tensor& pixels, const at::Tensor& table) {
   call.table = table.contiguous();
   call.out = at::empty(pixels.sizes(), table.options());
   call.launch = LutLaunch{call.pixels.const_data_ptr<uint8_t>(), call.pixels.numel(), table.size(1),
-                          call.table.const_data_ptr(), static_cast<int>(table.element_size()), call.out.data_ptr()};
+                          call.table.const_data_ptr(), static_cast<int>(table.element_size()), call.out.data_ptr(),
+                          0};
   return call;
 }
 

@@ -14,8 +14,9 @@ namespace {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_with_stats_cuda(
     const at::Tensor& logits, const at::Tensor& labels, double label_smoothing, bool check_labels) {
-  const c10::cuda::CUDAGuard guard(logits.device());
+  // checks first: with a CPU tensor among the arguments the device message, not the guard's, is raised
   const cuda::LossCall call = cuda::prepare_loss(logits, labels, label_smoothing, check_labels);
+  const c10::cuda::CUDAGuard guard(logits.device());
   if (logits.size(0) > 0)
     C10_CUDA_CHECK(cuda::launch_loss(call.launch, c10::cuda::getCurrentCUDAStream()));
   return {call.loss, call.stats, call.grad};

@@ -12,7 +12,7 @@ namespace {
 constexpr int kLutBlock = 256;
 constexpr int kLutChunk = 16;              // elements per thread step: one 16-byte load of pixels
 constexpr int kMaxSharedEntries = 256 * 4;  // tables of up to 4 channels live in shared memory
-constexpr unsigned kMaxLutBlocks = 4096;    // the rest is a grid-stride loop
+constexpr unsigned kMaxLutBlocks = 4096;    // the default cap: past it, a grid-stride loop
 
 // The p-th 32-bit word of a chunk's output entries (little-endian), so the
 // 16-byte stores are built in registers, never through a local array.
@@ -73,7 +73,8 @@ cudaError_t launch_width(const LutLaunch& a, cudaStream_t stream) {
   const bool aligned = reinterpret_cast<uintptr_t>(a.pixels) % 16 == 0 && reinterpret_cast<uintptr_t>(a.out) % 16 == 0;
   const int64_t chunks = (a.count + kLutChunk - 1) / kLutChunk;
   const int64_t wanted = (chunks + kLutBlock - 1) / kLutBlock;
-  const unsigned blocks = wanted < kMaxLutBlocks ? static_cast<unsigned>(wanted) : kMaxLutBlocks;
+  const unsigned cap = a.max_blocks ? a.max_blocks : kMaxLutBlocks;
+  const unsigned blocks = wanted < cap ? static_cast<unsigned>(wanted) : cap;
   if (256 * a.channels <= kMaxSharedEntries)
     return launch_kernel(lut_kernel<W, true>, blocks, kLutBlock, stream, a, aligned);
   return launch_kernel(lut_kernel<W, false>, blocks, kLutBlock, stream, a, aligned);

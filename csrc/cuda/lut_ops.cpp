@@ -13,8 +13,9 @@ namespace unseen_fast {
 namespace {
 
 at::Tensor apply_lut_cuda(const at::Tensor& pixels, const at::Tensor& table) {
+  // checks first: CPU pixels with a CUDA table get the device message, not the guard's
+  const cuda::LutCall call = cuda::prepare_lut(pixels, table);
   const c10::cuda::CUDAGuard guard(pixels.device());
-  cuda::LutCall call = cuda::prepare_lut(pixels, table);
   C10_CUDA_CHECK(cuda::launch_lut(call.launch, c10::cuda::getCurrentCUDAStream()));
   return call.out;
 }

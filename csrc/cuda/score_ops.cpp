@@ -14,8 +14,9 @@ namespace {
 
 at::Tensor score_cuda(const at::Tensor& logits, const c10::optional<at::Tensor>& labels,
                       at::IntArrayRef methods, bool check_labels) {
-  const c10::cuda::CUDAGuard guard(logits.device());
+  // checks first: with a CPU tensor among the arguments the device message, not the guard's, is raised
   const cuda::ScoreCall call = cuda::prepare_score(logits, labels, methods, check_labels);
+  const c10::cuda::CUDAGuard guard(logits.device());
   if (call.empty()) return call.out;
   C10_CUDA_CHECK(cuda::launch_score(call.launch, c10::cuda::getCurrentCUDAStream()));
   return call.out;

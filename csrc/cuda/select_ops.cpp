@@ -32,8 +32,8 @@ std::tuple<at::Tensor, at::Tensor> select_topk_deferred_cuda(const at::Tensor& s
                                                               const c10::optional<at::Tensor>& labels, bool balanced,
                                                               const c10::optional<at::Tensor>& exclude, bool sorted,
                                                               int64_t num_classes) {
-  const c10::cuda::CUDAGuard guard(scores.device());
   const cuda::SelectCall call = cuda::prepare_deferred_select(scores, k, labels, balanced, exclude, num_classes);
+  const c10::cuda::CUDAGuard guard(scores.device());  // after the checks, as in every op here
   C10_CUDA_CHECK(cuda::launch_select(call.launch, c10::cuda::getCurrentCUDAStream()));
   return {sorted && k > 0 ? cuda::by_descending_score(call.scores, call.out) : call.out, call.errors};
 }

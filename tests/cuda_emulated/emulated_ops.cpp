@@ -38,9 +38,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_with_stats(const at
   return {call.loss, call.stats, call.grad};
 }
 
-at::Tensor apply_lut(const at::Tensor& pixels, const at::Tensor& table) {
+// max_blocks > 0 caps the grid, so small inputs exercise the grid-stride loop.
+at::Tensor apply_lut(const at::Tensor& pixels, const at::Tensor& table, int64_t max_blocks) {
   check_cpu(pixels);
-  const unseen_fast::cuda::LutCall call = unseen_fast::cuda::prepare_lut(pixels, table);
+  unseen_fast::cuda::LutCall call = unseen_fast::cuda::prepare_lut(pixels, table);
+  call.launch.max_blocks = static_cast<unsigned>(max_blocks);
   check_launch(unseen_fast::cuda::launch_lut(call.launch, nullptr));
   return call.out;
 }
@@ -122,7 +124,7 @@ TORCH_LIBRARY(unseen_fast_emulated, m) {
         " int num_classes, bool precheck) -> Tensor", &select_topk);
   m.def("select_topk_deferred(Tensor scores, int k, Tensor? labels, bool balanced, Tensor? exclude, bool sorted,"
         " int num_classes) -> (Tensor, Tensor)", &select_topk_deferred);
-  m.def("apply_lut(Tensor pixels, Tensor table) -> Tensor", &apply_lut);
+  m.def("apply_lut(Tensor pixels, Tensor table, int max_blocks) -> Tensor", &apply_lut);
   m.def("set_order_seed(int seed) -> ()", &set_order_seed);
   m.def("rotate(Tensor values, bool barrier) -> Tensor", &rotate);
   m.def("divergent_barrier() -> ()", &divergent_barrier);

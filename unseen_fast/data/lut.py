@@ -2,8 +2,6 @@
 per-channel table, in one pass (the normalization step of every loader)."""
 from __future__ import annotations
 
-import functools
-
 import torch
 
 from unseen_fast._extension import _C  # noqa: F401  (registers the ops)
@@ -17,8 +15,8 @@ def apply_lut(pixels: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     pixels : torch.Tensor
         (..., C) uint8, channels last (for example an NHWC image batch).
     table : torch.Tensor
-        (256, C) float32, bfloat16 or float16: ``table[v, c]`` replaces value
-        ``v`` of channel ``c``.
+        (256, C) float32, float64, bfloat16 or float16: ``table[v, c]`` replaces
+        value ``v`` of channel ``c``.
 
     Returns
     -------
@@ -28,16 +26,16 @@ def apply_lut(pixels: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
         shared memory, 16-byte loads); other devices, or an extension built
         without CUDA, an indexing fallback (an int64 index 8x the pixels).
     """
-    if _compiled_for(pixels.device.type):
+    if pixels.device.type in _COMPILED_FOR:
         return torch.ops.unseen_fast.apply_lut(pixels, table)
     channels = torch.arange(pixels.shape[-1], device=pixels.device)
     return table.reshape(-1)[pixels.long() * pixels.shape[-1] + channels]
 
 
-@functools.lru_cache(maxsize=None)
-def _compiled_for(device_type: str) -> bool:
-    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
-    return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key("unseen_fast::apply_lut", key)
+# The device types the extension has an apply_lut kernel for, read once at
+# import (a constant, so torch.compile traces apply_lut without a graph break).
+_COMPILED_FOR = frozenset(device_type for device_type, key in (("cpu", "CPU"), ("cuda", "CUDA"))
+                          if torch._C._dispatch_has_kernel_for_dispatch_key("unseen_fast::apply_lut", key))
 
 
 @torch.library.register_fake("unseen_fast::apply_lut")

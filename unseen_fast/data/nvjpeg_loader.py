@@ -91,7 +91,11 @@ class NvjpegLoader(BatchLoader):
         if jpegs:
             self._settle()
             try:
-                decoded = decode_jpeg([data[k] for k in jpegs], mode=ImageReadMode.RGB, device=self.device)
+                batch = [data[k] for k in jpegs]
+                # a GPU decodes the batch in one call; the CPU (tests) file by file, as torchvision
+                # does inside a list call (0.19's CPU decoder takes no list)
+                decoded = (decode_jpeg(batch, mode=ImageReadMode.RGB, device=self.device) if self.device.type == "cuda"
+                           else [decode_jpeg(jpeg, mode=ImageReadMode.RGB) for jpeg in batch])
             except RuntimeError as err:  # one file fails the whole call: file by file, naming the culprit
                 decoded = [self._decode_one(data[k], int(ids[k]), err) for k in jpegs]
             for k, image in zip(jpegs, decoded):
@@ -122,7 +126,8 @@ class NvjpegLoader(BatchLoader):
                         first_line(batch_error))
             self._warned = True
         try:
-            return decode_jpeg([data], mode=ImageReadMode.RGB, device=self.device)[0]
+            return decode_jpeg([data], mode=ImageReadMode.RGB, device=self.device)[0] if self.device.type == "cuda" \
+                else decode_jpeg(data, mode=ImageReadMode.RGB)
         except RuntimeError:
             try:
                 return decode_bytes(data, self.index.file(sample_id), sample_id).to(self.device)
