@@ -84,18 +84,12 @@ class NvjpegLoader(BatchLoader):
         """([(3, H, W) uint8 on the device] of the decodable samples, their
         ids). ``data``: per sample the JPEG's bytes (1-D), pixels already
         decoded on a reading thread (3-D), or a BadImageError."""
-        from torchvision.io import ImageReadMode, decode_jpeg
-
         images = [d.to(self.device) if isinstance(d, torch.Tensor) and d.dim() == 3 else None for d in data]
         jpegs = [k for k, d in enumerate(data) if isinstance(d, torch.Tensor) and d.dim() == 1]
         if jpegs:
             self._settle()
             try:
-                batch = [data[k] for k in jpegs]
-                # a GPU decodes the batch in one call; the CPU (tests) file by file, as torchvision
-                # does inside a list call (0.19's CPU decoder takes no list)
-                decoded = (decode_jpeg(batch, mode=ImageReadMode.RGB, device=self.device) if self.device.type == "cuda"
-                           else [decode_jpeg(jpeg, mode=ImageReadMode.RGB) for jpeg in batch])
+                decoded = self._decode_jpegs([data[k] for k in jpegs])
             except RuntimeError as err:  # one file fails the whole call: file by file, naming the culprit
                 decoded = [self._decode_one(data[k], int(ids[k]), err) for k in jpegs]
             for k, image in zip(jpegs, decoded):
@@ -108,6 +102,15 @@ class NvjpegLoader(BatchLoader):
         good = [k for k in range(len(ids)) if images[k] is not None]
         return [images[k] for k in good], ids[good]
 
+    def _decode_jpegs(self, jpegs: list[torch.Tensor]) -> list[torch.Tensor]:
+        """On a GPU one batched call; on the CPU (tests) file by file, as
+        torchvision does inside a list call (0.19's CPU decoder takes no list)."""
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        if self.device.type == "cuda":
+            return decode_jpeg(jpegs, mode=ImageReadMode.RGB, device=self.device)
+        return [decode_jpeg(jpeg, mode=ImageReadMode.RGB) for jpeg in jpegs]
+
     def _settle(self) -> None:
         """Wait for the work queued on this thread's stream before a GPU
         decode: torchvision decodes on a stream of its own that does not wait
@@ -119,15 +122,12 @@ class NvjpegLoader(BatchLoader):
     def _decode_one(self, data: torch.Tensor, sample_id: int, batch_error: Exception):
         """One JPEG of a batch the batched call rejected: on the device, else
         with the CPU decoders (Pillow too), else the BadImageError."""
-        from torchvision.io import ImageReadMode, decode_jpeg
-
         if not self._warned:
             log.warning("nvjpeg: a batch failed to decode at once (%s); decoding its files one by one",
                         first_line(batch_error))
             self._warned = True
         try:
-            return decode_jpeg([data], mode=ImageReadMode.RGB, device=self.device)[0] if self.device.type == "cuda" \
-                else decode_jpeg(data, mode=ImageReadMode.RGB)
+            return self._decode_jpegs([data])[0]
         except RuntimeError:
             try:
                 return decode_bytes(data, self.index.file(sample_id), sample_id).to(self.device)
