@@ -79,6 +79,23 @@ C10_HOST_DEVICE inline SoftmaxState empty_state() {
   return SoftmaxState{neg_inf(), INT64_MAX, neg_inf(), 0.f, 0.f, 0.f, false};
 }
 
+// exp(d) for d <= 0 (or NaN) in the row math's hot loops. On the GPU
+// 2^(d log2 e) by one MUFU.EX2 that flushes subnormal results to 0, as
+// quack's kernels do (expf is a 10-instruction range reduction around the
+// same MUFU.EX2; exp2f adds a range test and two scalings); its error is
+// about 2 ulp, and the results it flushes (< 1.2e-38) go into sums that
+// hold the argmax's 1 or are read relative to it. Elsewhere (CPU kernels,
+// the CUDA emulation) expf, as before.
+C10_HOST_DEVICE inline float exp_of_nonpositive(float d) {
+#if defined(__CUDA_ARCH__)
+  float e;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(e) : "f"(d * 1.44269504088896341f));
+  return e;
+#else
+  return expf(d);
+#endif
+}
+
 // Merge of two partial states of disjoint parts of one row. Commutative (the
 // winner is chosen by (max, -argmax), not by argument order), so any
 // reduction tree, a warp shuffle included, gives the same argmax and, up to
@@ -94,7 +111,7 @@ C10_HOST_DEVICE inline SoftmaxState merge(const SoftmaxState& a,
   out.nan = a.nan || b.nan;
   out.second = fmaxf(win.second, lose.max);
   const float shift = lose.max - win.max;  // <= 0, or NaN when both are +inf
-  const float scale = expf(shift);
+  const float scale = exp_of_nonpositive(shift);
   // A loser holding only -inf (or nothing), or one that underflows entirely,
   // adds nothing; skipping it also avoids 0 * inf = NaN.
   if (!(scale > 0.f)) return out;
@@ -115,24 +132,27 @@ C10_HOST_DEVICE inline void push(SoftmaxState& state, float z, int64_t index) {
                 SoftmaxState{z, index, neg_inf(), 0.f, 0.f, 0.f, false});
 }
 
-// The state of V adjacent logits (columns first .. first + valid - 1) in two
-// passes over registers, as the AVX-512 sweeps and quack's softmax do: the
-// maximum first, then the exp sums relative to it. One merge per chunk
-// instead of one per element (push): about 8 operations per logit instead
-// of 25. valid < V leaves the tail of v unread.
-template <int V>
-C10_HOST_DEVICE inline SoftmaxState fold_chunk(const float (&v)[V], int64_t first, int valid) {
+// The state of the N logits v held in registers, in two passes as the
+// AVX-512 sweeps and quack's softmax do: the maximum first, then the exp
+// sums relative to it; one merge per N logits instead of one per element
+// (push). v comes in groups of G adjacent columns, group g starting at
+// column first + g * step (step >= G: a thread's 16-byte chunks of a row
+// read by TPR threads); the caller fills columns past the row with -inf,
+// which adds exactly 0 (e^-128 is 0 in float, and 0 times the clamped d is
+// 0), and v[0] is a real column. Constant bounds and no guards: fully
+// unrolled (tests/test_cuda_build.py counts the GPU's instructions per logit).
+template <int N, int G>
+C10_HOST_DEVICE inline SoftmaxState fold_values(const float (&v)[N], int64_t first, int64_t step) {
+  static_assert(N % G == 0, "whole groups");
   SoftmaxState s = empty_state();
   float top = neg_inf();
   int arg = -1;
   bool nan = false;
-  for (int i = 0; i < V; ++i) {  // constant bounds, guarded bodies: fully unrolled, v in registers
-    if (i < valid) {
-      nan = nan || v[i] != v[i];
-      if (v[i] > top) {  // strict: the lowest index of a tie
-        top = v[i];
-        arg = i;
-      }
+  for (int i = 0; i < N; ++i) {
+    nan = nan || v[i] != v[i];
+    if (v[i] > top) {  // strict, in column order: the lowest index of a tie
+      top = v[i];
+      arg = i;
     }
   }
   if (nan) {
@@ -140,22 +160,21 @@ C10_HOST_DEVICE inline SoftmaxState fold_chunk(const float (&v)[V], int64_t firs
     return s;
   }
   if (arg < 0) {  // only -inf: push's state of its first element
-    if (valid > 0) s.argmax = first;
+    s.argmax = first;
     return s;
   }
   s.max = top;
-  s.argmax = first + arg;
+  s.argmax = first + static_cast<int64_t>(arg / G) * step + arg % G;
   if (!(top < -neg_inf())) return s;  // +inf: finalize gives NaN; no inf - inf here
   float second = neg_inf(), rest_sum = 0.f, rest_sq = 0.f, ent = 0.f;
-  for (int i = 0; i < V; ++i) {
-    if (i < valid && i != arg) {
-      second = fmaxf(second, v[i]);  // a duplicate of the max counts
-      const float d = fmaxf(v[i] - top, -120.f);  // -inf: e = 0 and e d = 0, not NaN
-      const float e = expf(d);
-      rest_sum += e;
-      rest_sq += e * e;
-      ent += e * d;
-    }
+  for (int i = 0; i < N; ++i) {
+    const float z = i == arg ? neg_inf() : v[i];  // the argmax stays out of the sums
+    second = fmaxf(second, z);  // a duplicate of the max counts
+    const float d = fmaxf(z - top, -128.f);  // -inf: e = 0 and e d = 0, not NaN
+    const float e = exp_of_nonpositive(d);
+    rest_sum += e;
+    rest_sq += e * e;
+    ent += e * d;
   }
   s.second = second;
   s.rest_sum = rest_sum;
@@ -242,7 +261,7 @@ C10_HOST_DEVICE inline LossRow loss_row(const SoftmaxState& s, int64_t label, co
 // exp(-inf) = 0, so a -inf logit gets the gradient -target.
 C10_HOST_DEVICE inline float loss_gradient(const LossRow& r, float z, bool is_label) {
   if (!r.defined) return std::numeric_limits<float>::quiet_NaN();
-  return expf(z - r.max) * r.inv_total - r.smooth - (is_label ? r.hit : 0.f);
+  return exp_of_nonpositive(z - r.max) * r.inv_total - r.smooth - (is_label ? r.hit : 0.f);
 }
 
 // The smoothed loss and the statistics of a finished row. `mean_d` is the

@@ -1,7 +1,9 @@
 """The CUDA sources, checked on any machine with nvcc (no GPU needed):
-kernels keep their state in registers (no stack frame, no spill), no C++
-exception can be thrown in nvcc-compiled code, and the extension refuses a
-torch it was not built against."""
+kernels keep their state in registers (no stack frame, no spill), the row
+kernels' hot loops issue their loads 16 bytes wide and spend few
+instructions per logit (read off the SASS), no C++ exception can be thrown
+in nvcc-compiled code, and the extension refuses a torch it was not built
+against. `python tests/test_cuda_build.py` prints the SASS figures."""
 import os
 import re
 import shutil
@@ -23,18 +25,93 @@ def find_nvcc():
     return shutil.which("nvcc")
 
 
-def ptxas_report(source, arch):
+def ptxas_report(source, arch, cubin=os.devnull):
     from torch.utils.cpp_extension import include_paths
 
     nvcc = find_nvcc()
     if nvcc is None:
         pytest.skip("no nvcc on this machine")
     command = [nvcc, f"-arch=sm_{arch}", "-std=c++20", "-O3", "--expt-relaxed-constexpr",
-               "-Xptxas", "-v", "-cubin", "-o", os.devnull, f"-I{ROOT / 'csrc'}",
+               "-Xptxas", "-v", "-cubin", "-o", str(cubin), f"-I{ROOT / 'csrc'}",
                *(f"-I{path}" for path in include_paths()), str(source)]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stderr
+
+
+def find_cuobjdump():
+    """The toolkit's, else the one triton ships beside torch (the CUDA 13.0
+    toolkit here has none)."""
+    nvcc = find_nvcc()
+    candidates = [Path(nvcc).parent / "cuobjdump"] if nvcc else []
+    try:
+        import triton
+
+        candidates.append(Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump")
+    except ImportError:
+        pass
+    found = next((str(c) for c in candidates if c.exists()), shutil.which("cuobjdump"))
+    if found is None:
+        pytest.skip("no cuobjdump (CUDA toolkit or triton) on this machine")
+    return found
+
+
+# Each unit-stride row kernel's hot loop: the one loop that holds 16-byte
+# global loads. (kernel name fragment, logits per 16-byte load)
+ROW_KERNELS = {"score_kernelIf": 4, "score_kernelI13__nv_bfloat16": 8, "score_kernelI6__half": 8,
+               "loss_kernelIf": 4, "loss_kernelI13__nv_bfloat16": 8, "loss_kernelI6__half": 8}
+FOLD_VALUES = 16  # kFoldValues in row_reduce.cuh: logits a thread loads before it folds them
+
+
+def wide_loops(source, tmp_dir, arch="90"):
+    """{kernel: [(instructions, 16-byte loads, logits per 16-byte load)]}: the
+    loops with 16-byte global loads of each unit-stride row kernel of
+    `source`, most such loads first (the fold of row_state; the loss
+    kernel's gradient sweep next), read off cuobjdump's SASS. Static counts:
+    a body includes the scalar tail path that full chunks skip."""
+    cubin = Path(tmp_dir) / f"{source.stem}_sm{arch}.cubin"
+    ptxas_report(source, arch, cubin)
+    sass = subprocess.run([find_cuobjdump(), "-sass", str(cubin)], capture_output=True, text=True,
+                          check=True).stdout
+    loops = {}
+    for function in re.split(r"\n\s*Function : ", sass)[1:]:
+        name = function.split("\n", 1)[0].strip()
+        width = next((w for fragment, w in ROW_KERNELS.items() if fragment in name), None)
+        if width is None or not re.search(r"Li\d+ELb1E", name):  # unit stride only
+            continue
+        code = re.findall(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);", function)
+        addresses = [int(a, 16) for a, _ in code]
+        found = []
+        for end, (_, text) in enumerate(code):
+            jump = re.search(r"BRA 0x([0-9a-f]+)", text)
+            if jump and int(jump.group(1), 16) < addresses[end]:  # a backward branch closes a loop
+                body = [t for _, t in code[addresses.index(int(jump.group(1), 16)):end + 1]]
+                wide = sum("LDG.E.128" in t for t in body)
+                if wide:
+                    found.append((len(body), wide, width))
+        short = re.sub(r"_ZN11unseen_fast4cuda\d+_GLOBAL__N__\w+?_cu_\w{8}\d+", "", name)
+        loops[short] = sorted(found, key=lambda loop: (-loop[1], -loop[0]))
+    return loops
+
+
+@pytest.mark.parametrize("source", ["score_kernels.cu", "loss_kernels.cu"])
+def test_row_kernels_hot_loops_load_wide_and_stay_short(source, tmp_path):
+    """These kernels are issue-bound before they are memory-bound: an H200
+    (132 SMs x 4 schedulers x ~1.98 GHz, about 1.05e12 warp instructions a
+    second; 4.8 TB/s HBM, spec figures) streams at its rate only if a loop
+    issues at most ~110 instructions per 16-byte load (512 bytes a warp):
+    ~28 per float32 logit, ~14 per 16-bit one. The loops before the folds
+    took 62 static instructions per float32 logit and 51 per 16-bit one,
+    with one 16-byte load per iteration; the folds take about 28 with a
+    fold's loads (4 or 2) in flight. Fails on a return to one load per
+    iteration or on 32 instructions per logit."""
+    loops = wide_loops(ROOT / "csrc" / "cuda" / source, tmp_path)
+    assert len(loops) == 12, sorted(loops)  # 3 dtypes x 4 widths
+    for name, found in loops.items():
+        assert found, f"{name}: no loop with 16-byte loads"
+        instructions, wide, width = found[0]
+        assert wide * width >= FOLD_VALUES, f"{name}: {wide} 16-byte loads per iteration"
+        assert instructions / (wide * width) < 32, f"{name}: {instructions} instructions per {wide * width} logits"
 
 
 def test_there_are_cuda_sources():
@@ -80,3 +157,13 @@ def test_extension_refuses_another_torch_version():
     from unseen_fast._extension import _BUILT_FOR as built
 
     assert f"built against torch {built} but torch 1.0.0 is loaded; rebuild it" in out
+
+
+if __name__ == "__main__":  # the SASS figures: python tests/test_cuda_build.py
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for source in ("score_kernels.cu", "loss_kernels.cu"):
+            for name, found in sorted(wide_loops(ROOT / "csrc" / "cuda" / source, tmp).items()):
+                print(f"{name[:56]:56s}", "; ".join(f"{n} instructions, {wide} x 16 B, {n / (wide * width):.1f} per logit"
+                                                    for n, wide, width in found))

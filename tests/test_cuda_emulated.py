@@ -69,6 +69,27 @@ def test_emulated_score_matches_float64(emulated, gen, c, dtype):
     torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6, equal_nan=True)
 
 
+@pytest.mark.parametrize("c", WIDTHS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_emulated_score_finds_the_argmax_column(emulated, gen, c, dtype):
+    """A fold holds chunks TPR chunks apart and maps its register slot back
+    to the column: with the label at the row's maximum (random rows give it
+    too rarely) `correct` is 1 and `logit_gap` minus the gap to the second,
+    with the label beside it both follow the other branch."""
+    n = rows_for(c)
+    logits = torch.randn(n, c, generator=gen).to(dtype)
+    top = torch.randint(0, c, (n,), generator=gen)
+    logits[torch.arange(n), top] = 10.0  # a unique maximum at a random column
+    labels = top.clone()
+    labels[1::2] = (top[1::2] + 1) % c
+    got = emulated.score(logits, labels, list(range(len(ALL))), True)
+    want = reference.score(logits, labels, ALL)
+    correct = ALL.index("correct")
+    assert torch.equal(got[:, correct], want[:, correct].float())
+    assert got[0::2, correct].eq(1).all() and (c == 1 or got[1::2, correct].eq(0).all())
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6, equal_nan=True)
+
+
 @pytest.mark.parametrize("c", [1, 10, 12, 16, 17, 40, 1000, 3000])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_emulated_score_same_bits_on_every_load_path(emulated, gen, c, dtype):

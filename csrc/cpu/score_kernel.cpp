@@ -193,8 +193,8 @@ UF_AVX512 void score_block_avx512(const T* base, int64_t row_stride, int64_t col
 
 #endif  // UF_HAVE_AVX512_PATH
 
-// Leaves of the split tree may be chunks of 8 folded by fold_chunk, as the
-// CUDA kernels fold their 16-byte loads: the tree test checks it on the CPU.
+// Leaves of the split tree may be chunks of 8 folded by fold_values, as the
+// CUDA kernels fold what their loads bring: the tree test checks it on the CPU.
 constexpr int kTreeChunk = 8;
 
 // Random split tree over [lo, hi): both halves may be empty, and the merge
@@ -208,8 +208,8 @@ SoftmaxState row_state_tree(const T* row, int64_t lo, int64_t hi, std::mt19937_6
   }
   if (hi - lo <= kTreeChunk && (rng() & 1)) {  // a leaf chunk, folded as the CUDA kernels do
     float v[kTreeChunk];
-    for (int64_t i = 0; i < kTreeChunk; ++i) v[i] = lo + i < hi ? static_cast<float>(row[lo + i]) : 0.f;
-    return fold_chunk<kTreeChunk>(v, lo, static_cast<int>(hi - lo));
+    for (int64_t i = 0; i < kTreeChunk; ++i) v[i] = lo + i < hi ? static_cast<float>(row[lo + i]) : neg_inf();
+    return fold_values<kTreeChunk, kTreeChunk / 2>(v, lo, kTreeChunk / 2);  // two groups of 4, adjacent
   }
   const int64_t mid = std::uniform_int_distribution<int64_t>(lo, hi)(rng);
   if (mid == lo || mid == hi) {  // an empty side, then a real split

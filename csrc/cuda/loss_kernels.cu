@@ -34,7 +34,7 @@ __device__ inline void store_chunk(__nv_bfloat16* g, const float (&v)[8]) {
 }
 
 template <typename T, typename G, int TPR, bool kUnitStride>
-__global__ void __launch_bounds__(kBlock) loss_kernel(const LossLaunch a) {
+__global__ void __launch_bounds__(kBlock, kMinBlocks) loss_kernel(const LossLaunch a) {
   const RowThread<TPR> t(a.rows);
   const T* r = static_cast<const T*>(a.logits) + (t.active ? t.row : 0) * a.row_stride;
   const SoftmaxState s = row_state<T, TPR, kUnitStride>(t, r, a.cols, a.col_stride, a.aligned);
@@ -51,7 +51,9 @@ __global__ void __launch_bounds__(kBlock) loss_kernel(const LossLaunch a) {
   float sum_d = 0.f;
   if (t.active) {
     // the chunks of row_state, in its order, on every load path (so strided
-    // and contiguous rows sum z - max in the same order: the same bits)
+    // and contiguous rows sum z - max in the same order: the same bits); one
+    // chunk at a time: the row is re-read from L1 / L2, and a fold's worth
+    // of loads here made ptxas spill the strided kernels
     constexpr int V = kChunk<T>;
     G* g = static_cast<G*>(a.grad) + t.row * a.cols;
     const bool store_aligned =
@@ -59,22 +61,21 @@ __global__ void __launch_bounds__(kBlock) loss_kernel(const LossLaunch a) {
     for (int64_t base = static_cast<int64_t>(t.lane) * V; base < a.cols; base += static_cast<int64_t>(TPR) * V) {
       const int valid = a.cols - base < V ? static_cast<int>(a.cols - base) : V;  // 64-bit: C may be close to 2^31
       float v[V];
-      if (kUnitStride && a.aligned && valid == V) {
-        load_chunk(r + base, v);
-      } else {
-        for (int i = 0; i < V; ++i)
-          v[i] = i < valid ? to_float(kUnitStride ? r[base + i] : r[(base + i) * a.col_stride]) : 0.f;
-      }
+      load_chunk_at<T, kUnitStride>(r, base, a.cols, a.col_stride, a.aligned, v);
       for (int i = 0; i < V; ++i) {
-        if (i < valid) sum_d += v[i] - lr.max;
-        v[i] = loss_gradient(lr, v[i], base + i == label);
+        if (i < valid) sum_d += v[i] - lr.max;  // not the -inf padding of the tail
+        v[i] = loss_gradient(lr, v[i], false);  // the label's column is rewritten below
       }
       if (store_aligned && valid == V) {
         store_chunk(g + base, v);
       } else {
-        for (int i = 0; i < valid; ++i) store(g + base + i, v[i]);
+        for (int i = 0; i < V; ++i)  // constant bounds: unrolled, no loop over a count the compiler cannot bound
+          if (i < valid) store(g + base + i, v[i]);
       }
     }
+    // the thread that stored the label's column writes it again with the
+    // target's 1 - eps: no 64-bit label test per logit in the sweep
+    if (label >= 0 && (label / V) % TPR == t.lane) store(g + label, loss_gradient(lr, label_logit, true));
   }
   sum_d = row_sum<TPR>(sum_d, t.lane);  // every thread joins the reduction
   if (!t.active || t.lane != 0) return;

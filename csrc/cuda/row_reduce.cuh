@@ -21,6 +21,12 @@
 namespace unseen_fast::cuda {
 
 constexpr int kBlock = 256;
+// Blocks of the row kernels per SM that __launch_bounds__ asks ptxas to fit
+// (at most 80 registers a thread, 768 threads resident). Left to itself
+// ptxas chose 48 registers for two bfloat16 loss kernels on sm_80 and
+// spilled; with 4 blocks (64 registers) the strided 256-thread kernels
+// spilled.
+constexpr int kMinBlocks = 3;
 
 __device__ inline float to_float(float x) { return x; }
 __device__ inline float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
@@ -82,28 +88,59 @@ __device__ inline void load_chunk(const T* p, float (&v)[8]) {
   widen(q.w, T{}, v[6], v[7]);
 }
 
-// The whole row's state in every thread of the row. Thread `lane` folds the
+// What one thread holds of its row at a time: kFoldValues logits, i.e.
+// kFoldChunks<T> 16-byte chunks (4 of float32, 2 of 16-bit logits), all
+// loaded before any is used (64 or 32 bytes in flight per thread) and folded
+// by one fold_values (one state merge per fold, not per chunk).
+constexpr int kFoldValues = 16;
+template <typename T>
+constexpr int kFoldChunks = kFoldValues / kChunk<T>;
+
+// The chunk of row r at columns b .. b + kChunk<T> - 1; columns past the row
+// read as -inf (fold_values adds nothing for them). kUnitStride: adjacent
+// columns; `aligned` (launch_args.h, rows_are_aligned): a 16-byte load,
+// else scalar loads.
+template <typename T, bool kUnitStride>
+__device__ inline void load_chunk_at(const T* r, int64_t b, int64_t cols, int64_t col_stride, bool aligned,
+                                     float (&c)[kChunk<T>]) {
+  if (kUnitStride && aligned && b + kChunk<T> <= cols) {
+    load_chunk(r + b, c);
+  } else {
+    for (int i = 0; i < kChunk<T>; ++i)
+      c[i] = b + i < cols ? to_float(kUnitStride ? r[b + i] : r[(b + i) * col_stride]) : neg_inf();
+  }
+}
+
+// One fold's logits: chunk u at columns base + u * step ..., all loaded
+// before any is used.
+template <typename T, bool kUnitStride>
+__device__ inline void load_fold(const T* r, int64_t base, int64_t step, int64_t cols, int64_t col_stride,
+                                 bool aligned, float (&v)[kFoldValues]) {
+  constexpr int V = kChunk<T>;
+  for (int u = 0; u < kFoldChunks<T>; ++u) {
+    float c[V];
+    load_chunk_at<T, kUnitStride>(r, base + u * step, cols, col_stride, aligned, c);
+    for (int i = 0; i < V; ++i) v[u * V + i] = c[i];
+  }
+}
+
+// The whole row's state in every thread of the row. Thread `lane` owns the
 // chunks lane, lane + TPR, ... of kChunk<T> adjacent logits (a warp reads
-// 512 contiguous bytes per step) with the two-pass fold_chunk, one merge
-// per chunk. kUnitStride: adjacent columns (32-bit-free offsets);
-// `aligned` (launch_args.h, rows_are_aligned): 16-byte loads, else scalar loads of the same chunks. All
-// threads of the block must call it.
+// 512 contiguous bytes per chunk) and folds them kFoldChunks<T> at a time,
+// in column order; every load path reads the same values into the same
+// folds (strided rows give the bits of contiguous ones). All threads of the
+// block must call it.
 template <typename T, int TPR, bool kUnitStride>
 __device__ SoftmaxState row_state(const RowThread<TPR>& t, const T* r, int64_t cols, int64_t col_stride,
                                   bool aligned) {
   constexpr int V = kChunk<T>;
+  constexpr int64_t kStep = static_cast<int64_t>(TPR) * V;  // columns from one of a thread's chunks to the next
   SoftmaxState s = empty_state();
   if (t.active) {
-    for (int64_t base = static_cast<int64_t>(t.lane) * V; base < cols; base += static_cast<int64_t>(TPR) * V) {
-      const int valid = cols - base < V ? static_cast<int>(cols - base) : V;
-      float v[V];
-      if (kUnitStride && aligned && valid == V) {
-        load_chunk(r + base, v);
-      } else {
-        for (int i = 0; i < V; ++i)
-          v[i] = i < valid ? to_float(kUnitStride ? r[base + i] : r[(base + i) * col_stride]) : 0.f;
-      }
-      s = merge(s, fold_chunk<V>(v, base, valid));
+    for (int64_t base = static_cast<int64_t>(t.lane) * V; base < cols; base += kFoldChunks<T> * kStep) {
+      float v[kFoldValues];
+      load_fold<T, kUnitStride>(r, base, kStep, cols, col_stride, aligned, v);
+      s = merge(s, fold_values<kFoldValues, V>(v, base, kStep));
     }
   }
   // xor butterfly: every lane ends with its warp's (part of the) row state

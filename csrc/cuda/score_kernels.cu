@@ -11,7 +11,7 @@ namespace unseen_fast::cuda {
 namespace {
 
 template <typename T, int TPR, bool kUnitStride>
-__global__ void __launch_bounds__(kBlock) score_kernel(const ScoreLaunch a) {
+__global__ void __launch_bounds__(kBlock, kMinBlocks) score_kernel(const ScoreLaunch a) {
   const RowThread<TPR> t(a.rows);
   const T* r = static_cast<const T*>(a.logits) + (t.active ? t.row : 0) * a.row_stride;
   const SoftmaxState s = row_state<T, TPR, kUnitStride>(t, r, a.cols, a.col_stride, a.aligned);
@@ -35,7 +35,7 @@ __global__ void __launch_bounds__(kBlock) score_kernel(const ScoreLaunch a) {
 // loads would land 4C bytes apart (rows of 40 bytes are not even 16-byte
 // aligned, so one scalar load per logit). Instead the block copies its rows,
 // one contiguous tile, into shared memory with 16-byte loads; each thread
-// folds its row from there in the order of row_state<T, 1> (same bits), and
+// folds its row from there as row_state<T, 1> does (same bits), and
 // the outputs leave through the same buffer, coalesced.
 template <typename T>
 __global__ void __launch_bounds__(kBlock) score_tile_kernel(const ScoreLaunch a) {
@@ -59,13 +59,12 @@ __global__ void __launch_bounds__(kBlock) score_tile_kernel(const ScoreLaunch a)
   int64_t label = -1;
   float label_logit = 0.f;
   if (active) {
+    // the one fold row_state<T, 1> makes of such a row: the same bits
+    static_assert(kOneThreadMaxCols <= kFoldValues, "a row is one fold");
     const T* r = rows + threadIdx.x * cols;
-    for (int base = 0; base < cols; base += V) {
-      const int valid = cols - base < V ? cols - base : V;
-      float v[V];
-      for (int i = 0; i < V; ++i) v[i] = i < valid ? to_float(r[base + i]) : 0.f;
-      s = merge(s, fold_chunk<V>(v, base, valid));
-    }
+    float v[kFoldValues];
+    for (int i = 0; i < kFoldValues; ++i) v[i] = i < cols ? to_float(r[i]) : neg_inf();
+    s = merge(s, fold_values<kFoldValues, V>(v, 0, V));
     if (a.labels != nullptr) {
       const int64_t y = a.labels[row0 + threadIdx.x];
       if (y >= 0 && y < cols) {  // out of range: the label methods give NaN
