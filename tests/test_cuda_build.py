@@ -56,11 +56,13 @@ def find_cuobjdump():
     return found
 
 
-# Each unit-stride row kernel's hot loop: the one loop that holds 16-byte
-# global loads. (kernel name fragment, logits per 16-byte load)
+# The unit-stride row kernels whose loops with 16-byte global loads are
+# counted: kernel name fragment -> logits per 16-byte load.
 ROW_KERNELS = {"score_kernelIf": 4, "score_kernelI13__nv_bfloat16": 8, "score_kernelI6__half": 8,
                "loss_kernelIf": 4, "loss_kernelI13__nv_bfloat16": 8, "loss_kernelI6__half": 8}
-FOLD_VALUES = 16  # kFoldValues in row_reduce.cuh: logits a thread loads before it folds them
+# logits a thread loads before it folds them, as row_reduce.cuh sets it
+FOLD_VALUES = int(re.search(r"constexpr int kFoldValues = (\d+);",
+                            (ROOT / "csrc" / "cuda" / "row_reduce.cuh").read_text()).group(1))
 
 
 def wide_loops(source, tmp_dir, arch="90"):

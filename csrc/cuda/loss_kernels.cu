@@ -53,7 +53,8 @@ __global__ void __launch_bounds__(kBlock, kMinBlocks) loss_kernel(const LossLaun
     // the chunks of row_state, in its order, on every load path (so strided
     // and contiguous rows sum z - max in the same order: the same bits); one
     // chunk at a time: the row is re-read from L1 / L2, and a fold's worth
-    // of loads here made ptxas spill the strided kernels
+    // of loads here spilled in the strided 16-bit kernels (default launch
+    // bounds) and made the loop longer
     constexpr int V = kChunk<T>;
     G* g = static_cast<G*>(a.grad) + t.row * a.cols;
     const bool store_aligned =

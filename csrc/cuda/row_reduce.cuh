@@ -22,10 +22,10 @@ namespace unseen_fast::cuda {
 
 constexpr int kBlock = 256;
 // Blocks of the row kernels per SM that __launch_bounds__ asks ptxas to fit
-// (at most 80 registers a thread, 768 threads resident). Left to itself
-// ptxas chose 48 registers for two bfloat16 loss kernels on sm_80 and
-// spilled; with 4 blocks (64 registers) the strided 256-thread kernels
-// spilled.
+// (at most 80 registers a thread, 768 threads resident). With the folds and
+// no minimum, ptxas chose 48 registers for two bfloat16 loss kernels on
+// sm_80 and spilled; with 4 blocks (64 registers) the strided 256-thread
+// kernels spilled.
 constexpr int kMinBlocks = 3;
 
 __device__ inline float to_float(float x) { return x; }
