@@ -59,7 +59,22 @@ __global__ void __launch_bounds__(kBlock, kMinBlocks) loss_kernel(const LossLaun
     G* g = static_cast<G*>(a.grad) + t.row * a.cols;
     const bool store_aligned =
         (a.cols * sizeof(G)) % 16 == 0 && reinterpret_cast<uintptr_t>(a.grad) % 16 == 0;
-    for (int64_t base = static_cast<int64_t>(t.lane) * V; base < a.cols; base += static_cast<int64_t>(TPR) * V) {
+    constexpr int64_t kStep = static_cast<int64_t>(TPR) * V;
+    int64_t base = static_cast<int64_t>(t.lane) * V;
+    if (kUnitStride && a.aligned && store_aligned) {
+      // whole chunks: 16-byte loads and stores, no guards (straight-line
+      // code, counted by tests/test_cuda_build.py)
+      for (; base <= a.cols - V; base += kStep) {
+        float v[V];
+        load_chunk(r + base, v);
+        for (int i = 0; i < V; ++i) {
+          sum_d += v[i] - lr.max;
+          v[i] = loss_gradient(lr, v[i], false);
+        }
+        store_chunk(g + base, v);
+      }
+    }
+    for (; base < a.cols; base += kStep) {  // the rest: the same chunks, guarded
       const int valid = a.cols - base < V ? static_cast<int>(a.cols - base) : V;  // 64-bit: C may be close to 2^31
       float v[V];
       load_chunk_at<T, kUnitStride>(r, base, a.cols, a.col_stride, a.aligned, v);

@@ -88,13 +88,13 @@ __device__ inline void load_chunk(const T* p, float (&v)[8]) {
   widen(q.w, T{}, v[6], v[7]);
 }
 
-// What one thread holds of its row at a time: kFoldValues logits, i.e.
-// kFoldChunks<T> 16-byte chunks (4 of float32, 2 of 16-bit logits), all
-// loaded before any is used (64 or 32 bytes in flight per thread) and folded
-// by one fold_values (one state merge per fold, not per chunk).
-constexpr int kFoldValues = 16;
+// What one thread holds of its row at a time: kFoldChunks 16-byte chunks,
+// all loaded before any is used (64 bytes in flight per thread), i.e.
+// kFoldValues<T> logits (16 float32, 32 16-bit ones), folded by one
+// fold_values (one state merge per fold, not per chunk).
+constexpr int kFoldChunks = 4;
 template <typename T>
-constexpr int kFoldChunks = kFoldValues / kChunk<T>;
+constexpr int kFoldValues = kFoldChunks * kChunk<T>;
 
 // The chunk of row r at columns b .. b + kChunk<T> - 1; columns past the row
 // read as -inf (fold_values adds nothing for them). kUnitStride: adjacent
@@ -115,9 +115,9 @@ __device__ inline void load_chunk_at(const T* r, int64_t b, int64_t cols, int64_
 // before any is used.
 template <typename T, bool kUnitStride>
 __device__ inline void load_fold(const T* r, int64_t base, int64_t step, int64_t cols, int64_t col_stride,
-                                 bool aligned, float (&v)[kFoldValues]) {
+                                 bool aligned, float (&v)[kFoldValues<T>]) {
   constexpr int V = kChunk<T>;
-  for (int u = 0; u < kFoldChunks<T>; ++u) {
+  for (int u = 0; u < kFoldChunks; ++u) {
     float c[V];
     load_chunk_at<T, kUnitStride>(r, base + u * step, cols, col_stride, aligned, c);
     for (int i = 0; i < V; ++i) v[u * V + i] = c[i];
@@ -126,7 +126,7 @@ __device__ inline void load_fold(const T* r, int64_t base, int64_t step, int64_t
 
 // The whole row's state in every thread of the row. Thread `lane` owns the
 // chunks lane, lane + TPR, ... of kChunk<T> adjacent logits (a warp reads
-// 512 contiguous bytes per chunk) and folds them kFoldChunks<T> at a time,
+// 512 contiguous bytes per chunk) and folds them kFoldChunks at a time,
 // in column order; every load path reads the same values into the same
 // folds (strided rows give the bits of contiguous ones). All threads of the
 // block must call it.
@@ -135,12 +135,31 @@ __device__ SoftmaxState row_state(const RowThread<TPR>& t, const T* r, int64_t c
                                   bool aligned) {
   constexpr int V = kChunk<T>;
   constexpr int64_t kStep = static_cast<int64_t>(TPR) * V;  // columns from one of a thread's chunks to the next
+  constexpr int64_t kFoldStep = kFoldChunks * kStep;  // columns from one of a thread's folds to the next
   SoftmaxState s = empty_state();
   if (t.active) {
-    for (int64_t base = static_cast<int64_t>(t.lane) * V; base < cols; base += kFoldChunks<T> * kStep) {
-      float v[kFoldValues];
+    int64_t base = static_cast<int64_t>(t.lane) * V;
+    if (kUnitStride && aligned) {
+      // Whole folds: every chunk inside the row, 16-byte loads and no
+      // guards, so the loop is straight-line code (its instruction count is
+      // the count per iteration that tests/test_cuda_build.py reads).
+      const int64_t last_whole = cols - (kFoldChunks - 1) * kStep - V;  // the last base of a whole fold
+      for (; base <= last_whole; base += kFoldStep) {
+        float v[kFoldValues<T>];
+        for (int u = 0; u < kFoldChunks; ++u) {
+          float c[V];
+          load_chunk(r + base + u * kStep, c);
+          for (int i = 0; i < V; ++i) v[u * V + i] = c[i];
+        }
+        s = merge(s, fold_values<kFoldValues<T>, V>(v, base, kStep));
+      }
+    }
+    // the rest (at most one fold of a row read with 16-byte loads; every
+    // fold of other rows): the same folds with guarded loads, the same bits
+    for (; base < cols; base += kFoldStep) {
+      float v[kFoldValues<T>];
       load_fold<T, kUnitStride>(r, base, kStep, cols, col_stride, aligned, v);
-      s = merge(s, fold_values<kFoldValues, V>(v, base, kStep));
+      s = merge(s, fold_values<kFoldValues<T>, V>(v, base, kStep));
     }
   }
   // xor butterfly: every lane ends with its warp's (part of the) row state

@@ -60,11 +60,11 @@ __global__ void __launch_bounds__(kBlock) score_tile_kernel(const ScoreLaunch a)
   float label_logit = 0.f;
   if (active) {
     // the one fold row_state<T, 1> makes of such a row: the same bits
-    static_assert(kOneThreadMaxCols <= kFoldValues, "a row is one fold");
+    static_assert(kOneThreadMaxCols <= kFoldValues<T>, "a row is one fold");
     const T* r = rows + threadIdx.x * cols;
-    float v[kFoldValues];
-    for (int i = 0; i < kFoldValues; ++i) v[i] = i < cols ? to_float(r[i]) : neg_inf();
-    s = merge(s, fold_values<kFoldValues, V>(v, 0, V));
+    float v[kFoldValues<T>];
+    for (int i = 0; i < kFoldValues<T>; ++i) v[i] = i < cols ? to_float(r[i]) : neg_inf();
+    s = merge(s, fold_values<kFoldValues<T>, V>(v, 0, V));
     if (a.labels != nullptr) {
       const int64_t y = a.labels[row0 + threadIdx.x];
       if (y >= 0 && y < cols) {  // out of range: the label methods give NaN
