@@ -62,8 +62,8 @@ __global__ void __launch_bounds__(kBlock, kMinBlocks) loss_kernel(const LossLaun
     constexpr int64_t kStep = static_cast<int64_t>(TPR) * V;
     int64_t base = static_cast<int64_t>(t.lane) * V;
     if (kUnitStride && a.aligned && store_aligned) {
-      // whole chunks: 16-byte loads and stores, no guards (straight-line
-      // code, counted by tests/test_cuda_build.py)
+      // whole chunks: 16-byte loads and stores, no guards (the loop's
+      // length is what an iteration issues: tests/test_cuda_build.py)
       for (; base <= a.cols - V; base += kStep) {
         float v[V];
         load_chunk(r + base, v);

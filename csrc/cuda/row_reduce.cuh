@@ -140,9 +140,9 @@ __device__ SoftmaxState row_state(const RowThread<TPR>& t, const T* r, int64_t c
   if (t.active) {
     int64_t base = static_cast<int64_t>(t.lane) * V;
     if (kUnitStride && aligned) {
-      // Whole folds: every chunk inside the row, 16-byte loads and no
-      // guards, so the loop is straight-line code (its instruction count is
-      // the count per iteration that tests/test_cuda_build.py reads).
+      // Whole folds: every chunk inside the row, 16-byte loads, no guards;
+      // its only branches skip rare rows (NaN, +-inf), so the loop's length
+      // is what an iteration issues (tests/test_cuda_build.py reads it).
       const int64_t last_whole = cols - (kFoldChunks - 1) * kStep - V;  // the last base of a whole fold
       for (; base <= last_whole; base += kFoldStep) {
         float v[kFoldValues<T>];
