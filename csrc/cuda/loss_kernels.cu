@@ -60,17 +60,22 @@ __global__ void __launch_bounds__(kBlock, kMinBlocks) loss_kernel(const LossLaun
     const bool store_aligned =
         (a.cols * sizeof(G)) % 16 == 0 && reinterpret_cast<uintptr_t>(a.grad) % 16 == 0;
     constexpr int64_t kStep = static_cast<int64_t>(TPR) * V;
+    // a chunk's gradients in place; `valid` leaves the -inf padding of the
+    // tail out of sum_d (the label's column is rewritten below)
+    const auto gradients = [&](float (&v)[V], int valid) {
+      for (int i = 0; i < V; ++i) {
+        if (i < valid) sum_d += v[i] - lr.max;
+        v[i] = loss_gradient(lr, v[i], false);
+      }
+    };
     int64_t base = static_cast<int64_t>(t.lane) * V;
     if (kUnitStride && a.aligned && store_aligned) {
       // whole chunks: 16-byte loads and stores, no guards (the loop's
       // length is what an iteration issues: tests/test_cuda_build.py)
       for (; base <= a.cols - V; base += kStep) {
         float v[V];
-        load_chunk(r + base, v);
-        for (int i = 0; i < V; ++i) {
-          sum_d += v[i] - lr.max;
-          v[i] = loss_gradient(lr, v[i], false);
-        }
+        load_chunk_at<T, true, true>(r, base, a.cols, a.col_stride, a.aligned, v);
+        gradients(v, V);
         store_chunk(g + base, v);
       }
     }
@@ -78,10 +83,7 @@ __global__ void __launch_bounds__(kBlock, kMinBlocks) loss_kernel(const LossLaun
       const int valid = a.cols - base < V ? static_cast<int>(a.cols - base) : V;  // 64-bit: C may be close to 2^31
       float v[V];
       load_chunk_at<T, kUnitStride>(r, base, a.cols, a.col_stride, a.aligned, v);
-      for (int i = 0; i < V; ++i) {
-        if (i < valid) sum_d += v[i] - lr.max;  // not the -inf padding of the tail
-        v[i] = loss_gradient(lr, v[i], false);  // the label's column is rewritten below
-      }
+      gradients(v, valid);
       if (store_aligned && valid == V) {
         store_chunk(g + base, v);
       } else {

@@ -99,11 +99,13 @@ constexpr int kFoldValues = kFoldChunks * kChunk<T>;
 // The chunk of row r at columns b .. b + kChunk<T> - 1; columns past the row
 // read as -inf (fold_values adds nothing for them). kUnitStride: adjacent
 // columns; `aligned` (launch_args.h, rows_are_aligned): a 16-byte load,
-// else scalar loads.
-template <typename T, bool kUnitStride>
+// else scalar loads. kWhole: the caller knows the chunk is inside an aligned
+// unit-stride row, so a 16-byte load with no test.
+template <typename T, bool kUnitStride, bool kWhole = false>
 __device__ inline void load_chunk_at(const T* r, int64_t b, int64_t cols, int64_t col_stride, bool aligned,
                                      float (&c)[kChunk<T>]) {
-  if (kUnitStride && aligned && b + kChunk<T> <= cols) {
+  static_assert(!kWhole || kUnitStride, "whole chunks are read with 16-byte loads");
+  if (kWhole || (kUnitStride && aligned && b + kChunk<T> <= cols)) {
     load_chunk(r + b, c);
   } else {
     for (int i = 0; i < kChunk<T>; ++i)
@@ -113,13 +115,13 @@ __device__ inline void load_chunk_at(const T* r, int64_t b, int64_t cols, int64_
 
 // One fold's logits: chunk u at columns base + u * step ..., all loaded
 // before any is used.
-template <typename T, bool kUnitStride>
+template <typename T, bool kUnitStride, bool kWhole = false>
 __device__ inline void load_fold(const T* r, int64_t base, int64_t step, int64_t cols, int64_t col_stride,
                                  bool aligned, float (&v)[kFoldValues<T>]) {
   constexpr int V = kChunk<T>;
   for (int u = 0; u < kFoldChunks; ++u) {
     float c[V];
-    load_chunk_at<T, kUnitStride>(r, base + u * step, cols, col_stride, aligned, c);
+    load_chunk_at<T, kUnitStride, kWhole>(r, base + u * step, cols, col_stride, aligned, c);
     for (int i = 0; i < V; ++i) v[u * V + i] = c[i];
   }
 }
@@ -146,11 +148,7 @@ __device__ SoftmaxState row_state(const RowThread<TPR>& t, const T* r, int64_t c
       const int64_t last_whole = cols - (kFoldChunks - 1) * kStep - V;  // the last base of a whole fold
       for (; base <= last_whole; base += kFoldStep) {
         float v[kFoldValues<T>];
-        for (int u = 0; u < kFoldChunks; ++u) {
-          float c[V];
-          load_chunk(r + base + u * kStep, c);
-          for (int i = 0; i < V; ++i) v[u * V + i] = c[i];
-        }
+        load_fold<T, true, true>(r, base, kStep, cols, col_stride, aligned, v);
         s = merge(s, fold_values<kFoldValues<T>, V>(v, base, kStep));
       }
     }
