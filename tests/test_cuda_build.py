@@ -65,6 +65,20 @@ FOLD_CHUNKS = int(re.search(r"constexpr int kFoldChunks = (\d+);",
                             (ROOT / "csrc" / "cuda" / "row_reduce.cuh").read_text()).group(1))
 
 
+def sass_functions(source, tmp_dir, arch="90"):
+    """{kernel name, namespace prefix removed: its SASS} of `source`,
+    compiled for sm_`arch` and read by cuobjdump."""
+    cubin = Path(tmp_dir) / f"{source.stem}_sm{arch}.cubin"
+    ptxas_report(source, arch, cubin)
+    sass = subprocess.run([find_cuobjdump(), "-sass", str(cubin)], capture_output=True, text=True,
+                          check=True).stdout
+    functions = {}
+    for function in re.split(r"\n\s*Function : ", sass)[1:]:
+        name = function.split("\n", 1)[0].strip()
+        functions[re.sub(r"_ZN11unseen_fast4cuda\d+_GLOBAL__N__\w+?_cu_\w{8}\d+", "", name)] = function
+    return functions
+
+
 def wide_loops(source, tmp_dir, arch="90"):
     """{kernel: [(instructions, 16-byte loads, logits per 16-byte load)]}:
     the loops of each unit-stride row kernel of `source` that load only 16
@@ -75,13 +89,8 @@ def wide_loops(source, tmp_dir, arch="90"):
     common path, give or take those few instructions. The guarded loops
     for the rest of a row (at most one fold or chunk per row here) are not
     listed."""
-    cubin = Path(tmp_dir) / f"{source.stem}_sm{arch}.cubin"
-    ptxas_report(source, arch, cubin)
-    sass = subprocess.run([find_cuobjdump(), "-sass", str(cubin)], capture_output=True, text=True,
-                          check=True).stdout
     loops = {}
-    for function in re.split(r"\n\s*Function : ", sass)[1:]:
-        name = function.split("\n", 1)[0].strip()
+    for name, function in sass_functions(source, tmp_dir, arch).items():
         width = next((w for fragment, w in ROW_KERNELS.items() if fragment in name), None)
         if width is None or not re.search(r"Li\d+ELb1E", name):  # unit stride only
             continue
@@ -96,9 +105,28 @@ def wide_loops(source, tmp_dir, arch="90"):
                 scalar = sum("LDG" in t and "LDG.E.128" not in t for t in body)
                 if wide and not scalar:
                     found.append((len(body), wide, width))
-        short = re.sub(r"_ZN11unseen_fast4cuda\d+_GLOBAL__N__\w+?_cu_\w{8}\d+", "", name)
-        loops[short] = sorted(found, key=lambda loop: (-loop[1], -loop[0]))
+        loops[name] = sorted(found, key=lambda loop: (-loop[1], -loop[0]))
     return loops
+
+
+def test_tile_kernel_reads_aligned_rows_from_shared_memory_16_bytes_wide(tmp_path):
+    """score_tile_kernel (at most kOneThreadMaxCols columns, one thread per
+    row) folds its row from shared memory. With one scalar load per logit
+    the lanes of a warp, a row pitch apart, meet in few banks: at 16
+    float32 columns all 32 lanes read bank 0 or 16, a 16-way conflict per
+    load, which alone would take longer than reading the rows from HBM.
+    Rows at a multiple of 16 bytes are read with 16-byte shared loads: at
+    least one per chunk a row can hold (4 float32, 2 16-bit)."""
+    max_cols = int(re.search(r"constexpr int kOneThreadMaxCols = (\d+);",
+                             (ROOT / "csrc" / "cuda" / "launch.h").read_text()).group(1))
+    tiles = {name: function for name, function in
+             sass_functions(ROOT / "csrc" / "cuda" / "score_kernels.cu", tmp_path).items()
+             if "score_tile_kernel" in name}
+    assert len(tiles) == 3, sorted(tiles)  # one per dtype
+    for name, function in tiles.items():
+        logits_per_chunk = 4 if "score_tile_kernelIf" in name else 8
+        wide = len(re.findall(r"\bLDS\.128\b", function))
+        assert wide >= max_cols // logits_per_chunk, f"{name}: {wide} 16-byte shared loads"
 
 
 @pytest.mark.parametrize("source", ["score_kernels.cu", "loss_kernels.cu"])

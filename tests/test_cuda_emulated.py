@@ -20,7 +20,7 @@ from unseen_fast import ops, reference
 
 ROOT = Path(__file__).resolve().parents[1]
 CUDA_INCLUDE = Path(os.environ.get("CUDA_HOME", "/usr/local/cuda")) / "include"
-WIDTHS = [1, 10, 16, 17, 40, 64, 65, 1000, 2048, 2049, 3000, 7000]  # every threads-per-row width and its edges;
+WIDTHS = [1, 8, 10, 16, 17, 40, 64, 65, 1000, 2048, 2049, 3000, 7000]  # every threads-per-row width and its edges (8, 16: tiled rows read 16 bytes wide);
 # 7000: whole folds of 256-thread rows (4 chunks a thread: 3080 float32 or 6152 16-bit columns from lane 0)
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
@@ -91,7 +91,7 @@ def test_emulated_score_finds_the_argmax_column(emulated, gen, c, dtype):
     torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6, equal_nan=True)
 
 
-@pytest.mark.parametrize("c", [1, 10, 12, 16, 17, 40, 1000, 3000, 7000])
+@pytest.mark.parametrize("c", [1, 4, 8, 10, 12, 16, 17, 40, 1000, 3000, 7000])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_emulated_score_same_bits_on_every_load_path(emulated, gen, c, dtype):
     """16-byte loads (aligned contiguous rows), scalar loads (a misaligned

@@ -62,10 +62,7 @@ struct RowThread {
 template <typename T>
 constexpr int kChunk = 16 / static_cast<int>(sizeof(T));
 
-__device__ inline void load_chunk(const float* p, float (&v)[4]) {
-  const float4 q = __ldg(reinterpret_cast<const float4*>(p));
-  v[0] = q.x, v[1] = q.y, v[2] = q.z, v[3] = q.w;
-}
+__device__ inline void unpack(const float4 q, float (&v)[4]) { v[0] = q.x, v[1] = q.y, v[2] = q.z, v[3] = q.w; }
 
 // Two 16-bit logits of one 32-bit word; little-endian: the lower half is the
 // earlier column.
@@ -80,12 +77,25 @@ __device__ inline void widen(unsigned w, __half, float& a, float& b) {
 }
 
 template <typename T>  // bfloat16 or float16
-__device__ inline void load_chunk(const T* p, float (&v)[8]) {
-  const uint4 q = __ldg(reinterpret_cast<const uint4*>(p));
+__device__ inline void unpack(const uint4 q, T, float (&v)[8]) {
   widen(q.x, T{}, v[0], v[1]);
   widen(q.y, T{}, v[2], v[3]);
   widen(q.z, T{}, v[4], v[5]);
   widen(q.w, T{}, v[6], v[7]);
+}
+
+// One 16-byte chunk from global memory (read-only path).
+__device__ inline void load_chunk(const float* p, float (&v)[4]) { unpack(__ldg(reinterpret_cast<const float4*>(p)), v); }
+
+template <typename T>
+__device__ inline void load_chunk(const T* p, float (&v)[8]) { unpack(__ldg(reinterpret_cast<const uint4*>(p)), T{}, v); }
+
+// The same from shared memory (__ldg is for global memory only).
+__device__ inline void load_shared_chunk(const float* p, float (&v)[4]) { unpack(*reinterpret_cast<const float4*>(p), v); }
+
+template <typename T>
+__device__ inline void load_shared_chunk(const T* p, float (&v)[8]) {
+  unpack(*reinterpret_cast<const uint4*>(p), T{}, v);
 }
 
 // What one thread holds of its row at a time: kFoldChunks 16-byte chunks,

@@ -63,7 +63,24 @@ __global__ void __launch_bounds__(kBlock) score_tile_kernel(const ScoreLaunch a)
     static_assert(kOneThreadMaxCols <= kFoldValues<T>, "a row is one fold");
     const T* r = rows + threadIdx.x * cols;
     float v[kFoldValues<T>];
-    for (int i = 0; i < kFoldValues<T>; ++i) v[i] = i < cols ? to_float(r[i]) : neg_inf();
+    if (cols % V == 0) {
+      // rows at a multiple of 16 bytes: 16-byte shared loads. One scalar load
+      // per logit would meet in few banks (at 16 float32 columns every lane
+      // of a warp reads bank 0 or 16: 16-way conflicts); 16-byte ones cut
+      // the wavefronts 4-fold and keep shared memory under the HBM rate.
+      constexpr int kRowChunks = (kOneThreadMaxCols + V - 1) / V;  // the most a row has; the rest are -inf
+      for (int u = 0; u < kFoldChunks; ++u) {
+        float c[V];
+        if (u < kRowChunks && u * V < cols) {
+          load_shared_chunk(r + u * V, c);
+        } else {
+          for (int i = 0; i < V; ++i) c[i] = neg_inf();
+        }
+        for (int i = 0; i < V; ++i) v[u * V + i] = c[i];
+      }
+    } else {
+      for (int i = 0; i < kFoldValues<T>; ++i) v[i] = i < cols ? to_float(r[i]) : neg_inf();
+    }
     s = merge(s, fold_values<kFoldValues<T>, V>(v, 0, V));
     if (a.labels != nullptr) {
       const int64_t y = a.labels[row0 + threadIdx.x];
