@@ -109,24 +109,33 @@ def wide_loops(source, tmp_dir, arch="90"):
     return loops
 
 
-def test_tile_kernel_reads_aligned_rows_from_shared_memory_16_bytes_wide(tmp_path):
-    """score_tile_kernel (at most kOneThreadMaxCols columns, one thread per
-    row) folds its row from shared memory. With one scalar load per logit
-    the lanes of a warp, a row pitch apart, meet in few banks: at 16
-    float32 columns all 32 lanes read bank 0 or 16, a 16-way conflict per
-    load, which alone would take longer than reading the rows from HBM.
-    Rows at a multiple of 16 bytes are read with 16-byte shared loads: at
-    least one per chunk a row can hold (4 float32, 2 16-bit)."""
+def test_tile_kernel_folds_only_the_row_and_reads_it_wide(tmp_path):
+    """score_tile_kernel (one thread per row of at most kOneThreadMaxCols
+    columns whose pitch is not a multiple of 16 bytes) is instantiated per
+    fold length, 1 to 4 float32 chunks or 1 to 2 16-bit ones, and the
+    launcher picks the shortest that holds the row: a C = 10 row folds 12
+    float32 or 16 bfloat16 values, not a whole fold's 16 or 32 (that
+    padding was most of the per-row work). The fold's second pass is one
+    MUFU.EX2 per value, so an instantiation one chunk longer issues exactly
+    one chunk's more of them. Rows are read from the tile as wide as their
+    pitch allows: 8-byte shared loads (LDS.64), two per chunk."""
     max_cols = int(re.search(r"constexpr int kOneThreadMaxCols = (\d+);",
                              (ROOT / "csrc" / "cuda" / "launch.h").read_text()).group(1))
-    tiles = {name: function for name, function in
-             sass_functions(ROOT / "csrc" / "cuda" / "score_kernels.cu", tmp_path).items()
-             if "score_tile_kernel" in name}
-    assert len(tiles) == 3, sorted(tiles)  # one per dtype
-    for name, function in tiles.items():
-        logits_per_chunk = 4 if "score_tile_kernelIf" in name else 8
-        wide = len(re.findall(r"\bLDS\.128\b", function))
-        assert wide >= max_cols // logits_per_chunk, f"{name}: {wide} 16-byte shared loads"
+    tiles = {}
+    for name, function in sass_functions(ROOT / "csrc" / "cuda" / "score_kernels.cu", tmp_path).items():
+        found = re.search(r"score_tile_kernelI(f|13__nv_bfloat16|6__half)Li(\d+)E", name)
+        if found:
+            tiles.setdefault(found.group(1), {})[int(found.group(2))] = function
+    for dtype, by_chunks in tiles.items():
+        per_chunk = 4 if dtype == "f" else 8
+        assert sorted(by_chunks) == list(range(1, -(-max_cols // per_chunk) + 1)), (dtype, sorted(by_chunks))
+        exps = {k: len(re.findall(r"\bMUFU\.EX2\b", f)) for k, f in by_chunks.items()}
+        for k in sorted(exps)[1:]:
+            assert exps[k] - exps[k - 1] == per_chunk, f"{dtype}: MUFU.EX2 by chunks {exps}"
+        for k, function in by_chunks.items():
+            wide = len(re.findall(r"\bLDS\.64\b", function))
+            assert wide >= 2 * k, f"{dtype}, {k} chunks: {wide} 8-byte shared loads"
+    assert sorted(tiles) == ["13__nv_bfloat16", "6__half", "f"], sorted(tiles)
 
 
 @pytest.mark.parametrize("source", ["score_kernels.cu", "loss_kernels.cu"])

@@ -20,7 +20,8 @@ from unseen_fast import ops, reference
 
 ROOT = Path(__file__).resolve().parents[1]
 CUDA_INCLUDE = Path(os.environ.get("CUDA_HOME", "/usr/local/cuda")) / "include"
-WIDTHS = [1, 8, 10, 16, 17, 40, 64, 65, 1000, 2048, 2049, 3000, 7000]  # every threads-per-row width and its edges (8, 16: tiled rows read 16 bytes wide);
+WIDTHS = [1, 2, 3, 5, 6, 8, 9, 10, 14, 16, 17, 40, 64, 65, 1000, 2048, 2049, 3000, 7000]  # every threads-per-row width and its edges;
+# 2-14: the tile's every fold length, its edges (5, 9) and every load width (float32 rows of 8-byte pitches: 2, 6, 10, 14; 16-bit ones of 4 bytes: 2, 10, 14; scalar: 3, 5, 9);
 # 7000: whole folds of 256-thread rows (4 chunks a thread: 3080 float32 or 6152 16-bit columns from lane 0)
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
@@ -59,6 +60,15 @@ def test_the_emulation_refuses_a_barrier_not_every_thread_reaches(emulated):
         emulated.divergent_barrier()
 
 
+def test_the_emulation_refuses_a_misaligned_vector_load(emulated):
+    """A 16-byte load off a 16-byte boundary faults on the GPU; the emulation
+    stops the launch (x86 would read it), so a kernel that picks too wide a
+    load for a row pitch fails here, not first on a GPU."""
+    emulated.vector_load(4)  # 16 bytes past the aligned base: fine
+    with pytest.raises(RuntimeError, match="misaligned 16-byte access"):
+        emulated.vector_load(2)
+
+
 @pytest.mark.parametrize("c", WIDTHS)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_emulated_score_matches_float64(emulated, gen, c, dtype):
@@ -91,7 +101,7 @@ def test_emulated_score_finds_the_argmax_column(emulated, gen, c, dtype):
     torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6, equal_nan=True)
 
 
-@pytest.mark.parametrize("c", [1, 4, 8, 10, 12, 16, 17, 40, 1000, 3000, 7000])
+@pytest.mark.parametrize("c", [1, 2, 3, 4, 5, 6, 8, 9, 10, 12, 14, 16, 17, 40, 1000, 3000, 7000])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_emulated_score_same_bits_on_every_load_path(emulated, gen, c, dtype):
     """16-byte loads (aligned contiguous rows), scalar loads (a misaligned
@@ -123,7 +133,7 @@ def test_emulated_score_tile_outputs_at_every_method_count(emulated, gen, count)
 
 
 def test_emulated_score_adversarial_rows(emulated):
-    for c in (12, 40, 3000):
+    for c in (10, 12, 14, 40, 3000):  # 10, 14: tiled rows read 8 bytes wide
         logits = adversarial_rows(c).repeat(3, 1)
         labels = torch.tensor([0, c - 1, 3, 5, 0, c - 1, 1, 1, 2, 0, 0, 0, 7]).repeat(3)
         got = emulated.score(logits, labels, list(range(len(ALL))), True)
@@ -291,6 +301,27 @@ def test_emulated_deferred_select_of_bad_input_stays_in_bounds(emulated, sorted_
         emulated.select_topk_deferred(torch.rand(3), 4, None, False, None, sorted_, 1)
     with pytest.raises(RuntimeError, match=r"k=1 is more than the 0 eligible"):
         emulated.select_topk_deferred(torch.empty(0), 1, None, False, None, sorted_, 1)
+
+
+def test_emulated_select_names_the_first_bad_index_of_many(emulated):
+    """Bad samples are recorded once per warp (its lowest flagged lane), so
+    several in one warp, in other warps and in later blocks must still
+    report the lowest index, for every kind of bad input at once."""
+    n = 3000
+    scores, labels = torch.rand(n), torch.arange(n) % 3
+    scores[[2999, 1500, 1040, 1037, 2100]] = float("nan")
+    labels[[2500, 779, 777]] = -1
+    labels[[1800, 903, 901, 2222]] = 7
+    _, errors = emulated.select_topk_deferred(scores, 100, labels, True, None, False, 3)
+    for message in ("score at index 1037 is NaN", "label -1 at index 777 is negative",
+                    "label at index 901 is not below num_classes=3"):
+        with pytest.raises(RuntimeError, match=message):
+            torch.ops.unseen_fast.check_select_errors(errors, labels, 100, n, 3)
+        if "NaN" in message:
+            scores[scores.isnan()] = 0.5
+        elif "negative" in message:
+            labels[labels < 0] = 0
+        _, errors = emulated.select_topk_deferred(scores, 100, labels, True, None, False, 3)
 
 
 @pytest.mark.parametrize("precheck", [True, False])

@@ -6,14 +6,17 @@
 // read of shared memory that lacks its barrier shows up as a wrong result.
 // Strict where CUDA says "undefined": a __syncthreads that not every thread
 // of the block reaches, a full-mask warp operation without all 32 lanes, or
-// lanes of one warp in different warp operations stop the launch with a
-// message instead of hanging or guessing.
+// lanes of one warp in different warp operations, or a misaligned vector
+// load (__ldg of a float4, load_shared_piece), stop the launch with a
+// message instead of hanging or guessing; the launch then returns
+// cudaErrorLaunchFailure (emu::last_failure() says why), as the noexcept
+// launchers need.
 //
 // It checks the kernels' logic (indexing, reductions, shuffles, barriers,
 // tails), not their speed, their memory model or the device's math library
 // (expf here is glibc's). Only what the kernels use is provided: 1-D grids
 // and blocks, static __shared__ arrays, __shfl*_sync / __syncwarp /
-// __ballot_sync with the full mask, integer atomics, __ldg.
+// __ballot_sync / __match_any_sync with the full mask, integer atomics, __ldg.
 #pragma once
 
 #ifndef UNSEEN_FAST_EMULATE_CUDA
@@ -55,7 +58,7 @@ constexpr unsigned kFullMask = 0xffffffffu;
 constexpr size_t kFiberStack = 256 * 1024;
 
 enum class Wait { kNone, kBlockBarrier, kWarp, kDone };
-enum class WarpOp { kSync, kXor, kIdx, kDown, kUp, kBallot };
+enum class WarpOp { kSync, kXor, kIdx, kDown, kUp, kBallot, kMatchAny };
 
 struct Fiber {
   ucontext_t context;
@@ -111,6 +114,15 @@ inline void fiber_entry() {
   for (;;) yield_to_scheduler(Wait::kDone);
 }
 
+// A vector load or store of `bytes` at p: the GPU faults on a misaligned
+// address ("misaligned address", the context is lost); here the launch stops
+// with a message instead of reading whatever x86 reads there.
+inline void check_aligned(const void* p, size_t bytes) {
+  if (reinterpret_cast<uintptr_t>(p) % bytes != 0)
+    fail_in_fiber("misaligned " + std::to_string(bytes) + "-byte access at " +
+                  std::to_string(reinterpret_cast<uintptr_t>(p) % 64) + " bytes past a 64-byte boundary");
+}
+
 // Lane `lane` of a warp operation reads which lane (-1: its own value).
 inline int source_lane(const Fiber& f, int lane) {
   const int width = f.op_width, base = lane & ~(width - 1);
@@ -142,7 +154,12 @@ inline bool release_warp(Block& b, size_t first) {
   for (int l = 0; l < kWarpSize; ++l) ballot |= (lanes[l].value != 0 ? uint64_t{1} : 0) << l;
   for (int l = 0; l < kWarpSize; ++l) {
     Fiber& f = lanes[l];
-    f.result = f.op == WarpOp::kBallot ? ballot : lanes[source_lane(f, l)].value;
+    if (f.op == WarpOp::kMatchAny) {  // the lanes holding the same bits
+      f.result = 0;
+      for (int m = 0; m < kWarpSize; ++m) f.result |= (lanes[m].value == f.value ? uint64_t{1} : 0) << m;
+    } else {
+      f.result = f.op == WarpOp::kBallot ? ballot : lanes[source_lane(f, l)].value;
+    }
     f.wait = Wait::kNone;
   }
   return true;
@@ -266,13 +283,22 @@ template <typename T>
 T __shfl_up_sync(unsigned mask, T v, unsigned delta, int width = 32) {
   return ::unseen_fast::emu::warp_op(mask, ::unseen_fast::emu::WarpOp::kUp, v, static_cast<int>(delta), width);
 }
+template <typename T>
+unsigned __match_any_sync(unsigned mask, T v) {
+  static_assert(sizeof(T) == 4 || sizeof(T) == 8, "32- or 64-bit values");
+  return static_cast<unsigned>(::unseen_fast::emu::warp_op<uint64_t>(
+      mask, ::unseen_fast::emu::WarpOp::kMatchAny, ::unseen_fast::emu::to_bits(v), 0, 32));
+}
 inline unsigned __ballot_sync(unsigned mask, int predicate) {
   return static_cast<unsigned>(
       ::unseen_fast::emu::warp_op<uint32_t>(mask, ::unseen_fast::emu::WarpOp::kBallot, predicate != 0, 0, 32));
 }
 
 template <typename T>
-T __ldg(const T* p) { return *p; }
+T __ldg(const T* p) {
+  ::unseen_fast::emu::check_aligned(p, alignof(T));  // float4 / uint4: 16 bytes
+  return *p;
+}
 inline float __uint_as_float(unsigned u) { return ::unseen_fast::emu::from_bits<float>(u); }
 inline unsigned __float_as_uint(float f) { return static_cast<unsigned>(::unseen_fast::emu::to_bits(f)); }
 inline int __popc(unsigned v) { return __builtin_popcount(v); }
@@ -312,6 +338,17 @@ T atomicOr(T* address, T v) {
   return old;
 }
 
+namespace unseen_fast::emu {
+
+// Why the last launch on this thread failed (launch_kernel returns only
+// cudaErrorLaunchFailure).
+inline std::string& last_failure() {
+  static thread_local std::string message;
+  return message;
+}
+
+}  // namespace unseen_fast::emu
+
 namespace unseen_fast::cuda {
 
 // The emulated launch: blocks in order, each on fibers; shared memory and
@@ -335,9 +372,12 @@ cudaError_t launch_kernel(void (*kernel)(Params...), unsigned blocks, unsigned t
       b.block_idx = uint3{i, 0, 0};
       emu::run_block(b, emu::order_rng());
     }
-  } catch (...) {
+  } catch (const std::exception& e) {
+    // the launchers are noexcept (an exception would abort the process):
+    // a failed launch returns an error code, as on the GPU
     slot = outer;
-    throw;
+    emu::last_failure() = e.what();
+    return cudaErrorLaunchFailure;
   }
   slot = outer;
   return cudaSuccess;

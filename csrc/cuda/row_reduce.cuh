@@ -13,6 +13,7 @@
 #include <cuda_fp16.h>
 
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 
 #include "../score_math.h"
@@ -90,12 +91,64 @@ __device__ inline void load_chunk(const float* p, float (&v)[4]) { unpack(__ldg(
 template <typename T>
 __device__ inline void load_chunk(const T* p, float (&v)[8]) { unpack(__ldg(reinterpret_cast<const uint4*>(p)), T{}, v); }
 
-// The same from shared memory (__ldg is for global memory only).
-__device__ inline void load_shared_chunk(const float* p, float (&v)[4]) { unpack(*reinterpret_cast<const float4*>(p), v); }
+// kBytes (4, 8 or 16) from shared memory as kBytes / sizeof(T) logits,
+// widened to float as load_chunk does. p must be kBytes-aligned: the
+// emulation stops the launch where it is not, as the GPU would.
+template <int kBytes> struct SharedWords;  // a vector of kBytes / 4 32-bit words
+template <> struct SharedWords<4> { using type = unsigned; };
+template <> struct SharedWords<8> { using type = uint2; };
+template <> struct SharedWords<16> { using type = uint4; };
 
-template <typename T>
-__device__ inline void load_shared_chunk(const T* p, float (&v)[8]) {
-  unpack(*reinterpret_cast<const uint4*>(p), T{}, v);
+template <int kBytes, typename T>
+__device__ inline void load_shared_piece(const T* p, float (&v)[kBytes / sizeof(T)]) {
+  using Words = typename SharedWords<kBytes>::type;
+#ifdef UNSEEN_FAST_EMULATE_CUDA
+  emu::check_aligned(p, kBytes);
+#endif
+  const Words q = *reinterpret_cast<const Words*>(p);
+  unsigned w[kBytes / 4];
+  memcpy(w, &q, kBytes);  // register moves
+  for (int i = 0; i < kBytes / 4; ++i) {
+    if constexpr (std::is_same_v<T, float>) {
+      v[i] = __uint_as_float(w[i]);
+    } else {
+      widen(w[i], T{}, v[2 * i], v[2 * i + 1]);
+    }
+  }
+}
+
+// A tile row of `cols` (<= N) logits from shared memory into v[N], -inf past
+// the row, read with the widest loads its pitch allows. The lanes of a warp
+// read rows a pitch apart: one scalar load per logit of a 40-byte float32 row
+// (C = 10) meets two lanes to a bank, 8-byte loads (LDS.64, half a warp per
+// wavefront) none, and a 20-byte bfloat16 row is 5 conflict-free 4-byte
+// words instead of 10 16-bit loads. Pitches of 16-byte multiples never come
+// here (launch_args.h: rows_form_tiles) and would take the 8-byte path.
+template <int kBytes, typename T, int N>
+__device__ inline void load_tile_pieces(const T* r, int cols, float (&v)[N]) {
+  constexpr int P = kBytes / static_cast<int>(sizeof(T));  // logits per load
+  static_assert(N % P == 0, "whole pieces");
+  for (int p = 0; p < N / P; ++p) {
+    float c[P];
+    if (p * P < cols) {  // the pitch is a multiple of kBytes: a piece is all in or all out
+      load_shared_piece<kBytes>(r + p * P, c);
+    } else {
+      for (int i = 0; i < P; ++i) c[i] = neg_inf();
+    }
+    for (int i = 0; i < P; ++i) v[p * P + i] = c[i];
+  }
+}
+
+template <typename T, int N>
+__device__ inline void load_tile_row(const T* r, int cols, float (&v)[N]) {
+  const int pitch = cols * static_cast<int>(sizeof(T));
+  if (pitch % 8 == 0) {
+    load_tile_pieces<8>(r, cols, v);
+  } else if (sizeof(T) == 2 && pitch % 4 == 0) {
+    load_tile_pieces<4>(r, cols, v);
+  } else {
+    for (int i = 0; i < N; ++i) v[i] = i < cols ? to_float(r[i]) : neg_inf();
+  }
 }
 
 // What one thread holds of its row at a time: kFoldChunks 16-byte chunks,

@@ -31,15 +31,22 @@ __global__ void __launch_bounds__(kBlock, kMinBlocks) score_kernel(const ScoreLa
   }
 }
 
-// C <= kOneThreadMaxCols, contiguous rows: with one thread per row a warp's
-// loads would land 4C bytes apart (rows of 40 bytes are not even 16-byte
-// aligned, so one scalar load per logit). Instead the block copies its rows,
-// one contiguous tile, into shared memory with 16-byte loads; each thread
-// folds its row from there as row_state<T, 1> does (same bits), and
-// the outputs leave through the same buffer, coalesced.
-template <typename T>
+// C <= kOneThreadMaxCols, contiguous rows whose pitch is not a multiple of
+// 16 bytes (launch_args.h: rows_form_tiles): with one thread per row a
+// warp's loads would land 4C bytes apart (rows of 40 bytes are not even
+// 16-byte aligned, so one scalar load per logit). Instead the block copies
+// its rows, one contiguous tile, into shared memory with 16-byte loads; each
+// thread reads its row from there as wide as its pitch allows and folds
+// kRowChunks chunks, the row's length rounded up to a chunk (C = 10: 12
+// float32 or 16 bfloat16 values, not a whole fold's 16 or 32: the padding
+// was most of the work); the outputs leave through the same buffer,
+// coalesced. The bits are row_state<T, 1>'s: its fold differs only by more
+// -inf columns, which add exactly 0.
+template <typename T, int kRowChunks>
 __global__ void __launch_bounds__(kBlock) score_tile_kernel(const ScoreLaunch a) {
   constexpr int V = kChunk<T>;
+  constexpr int kValues = kRowChunks * V;
+  static_assert(kValues <= kFoldValues<T>, "a row is at most one fold");
   // The rows (256 x 16 x 4 bytes at most), then the outputs at an odd pitch
   // (a warp's writes of one method land in 32 different banks): 17 KB.
   constexpr int kTileWords = kBlock * (kMaxScoreMethods + 1);
@@ -59,29 +66,10 @@ __global__ void __launch_bounds__(kBlock) score_tile_kernel(const ScoreLaunch a)
   int64_t label = -1;
   float label_logit = 0.f;
   if (active) {
-    // the one fold row_state<T, 1> makes of such a row: the same bits
-    static_assert(kOneThreadMaxCols <= kFoldValues<T>, "a row is one fold");
     const T* r = rows + threadIdx.x * cols;
-    float v[kFoldValues<T>];
-    if (cols % V == 0) {
-      // rows at a multiple of 16 bytes: 16-byte shared loads. One scalar load
-      // per logit would meet in few banks (at 16 float32 columns every lane
-      // of a warp reads bank 0 or 16: 16-way conflicts); 16-byte ones cut
-      // the wavefronts 4-fold and keep shared memory under the HBM rate.
-      constexpr int kRowChunks = (kOneThreadMaxCols + V - 1) / V;  // the most a row has; the rest are -inf
-      for (int u = 0; u < kFoldChunks; ++u) {
-        float c[V];
-        if (u < kRowChunks && u * V < cols) {
-          load_shared_chunk(r + u * V, c);
-        } else {
-          for (int i = 0; i < V; ++i) c[i] = neg_inf();
-        }
-        for (int i = 0; i < V; ++i) v[u * V + i] = c[i];
-      }
-    } else {
-      for (int i = 0; i < kFoldValues<T>; ++i) v[i] = i < cols ? to_float(r[i]) : neg_inf();
-    }
-    s = merge(s, fold_values<kFoldValues<T>, V>(v, 0, V));
+    float v[kValues];
+    load_tile_row(r, cols, v);
+    s = merge(s, fold_values<kValues, V>(v, 0, V));
     if (a.labels != nullptr) {
       const int64_t y = a.labels[row0 + threadIdx.x];
       if (y >= 0 && y < cols) {  // out of range: the label methods give NaN
@@ -107,9 +95,19 @@ __global__ void __launch_bounds__(kBlock) score_tile_kernel(const ScoreLaunch a)
   }
 }
 
+// The tile kernel whose fold is as long as the row: the fewest chunks that
+// hold a.cols (<= kOneThreadMaxCols) columns.
+template <typename T, int kRowChunks = 1>
+cudaError_t launch_tile(const ScoreLaunch& a, cudaStream_t stream) {
+  if constexpr (kRowChunks * kChunk<T> < kOneThreadMaxCols) {
+    if (a.cols > kRowChunks * kChunk<T>) return launch_tile<T, kRowChunks + 1>(a, stream);
+  }
+  return launch_kernel(score_tile_kernel<T, kRowChunks>, blocks_for<1>(a.rows), kBlock, stream, a);
+}
+
 template <typename T, bool kUnitStride>
 cudaError_t launch_typed(const ScoreLaunch& a, cudaStream_t stream) {
-  if (a.tiled) return launch_kernel(score_tile_kernel<T>, blocks_for<1>(a.rows), kBlock, stream, a);
+  if (a.tiled) return launch_tile<T>(a, stream);
   return launch_by_width(a.cols, [&](auto tpr) {
     constexpr int TPR = decltype(tpr)::value;
     return launch_kernel(score_kernel<T, TPR, kUnitStride>, blocks_for<TPR>(a.rows), kBlock, stream, a);

@@ -114,6 +114,15 @@ __device__ inline void record_min(int64_t* slot, int64_t i) {
   atomicMin(reinterpret_cast<long long*>(slot), static_cast<long long>(i));
 }
 
+// record_min of the warp's lowest flagged index (lanes hold increasing
+// indices), one atomic per warp: all-NaN scores at N = 10M would otherwise
+// queue 10M atomics on one address before the error is even reported.
+// Every lane of the warp must call it.
+__device__ inline void record_first_in_warp(int64_t* slot, bool flagged, int64_t i) {
+  const unsigned flags = __ballot_sync(kFull, flagged);
+  if (flags != 0 && static_cast<int>(threadIdx.x % 32) == __ffs(flags) - 1) record_min(slot, i);
+}
+
 // Exclusive prefix sum in thread order over the block; `total` gets the sum.
 // Every thread of the block must call it.
 template <typename T>
@@ -155,23 +164,37 @@ __global__ void __launch_bounds__(kThreads) hist_kernel(const SelectLaunch a, in
     __syncthreads();
   }
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < a.n; i += stride) {
+  // The loop's bound is the block's, so whole warps iterate together and
+  // the ballots and matches below always have all 32 lanes.
+  for (int64_t first = static_cast<int64_t>(blockIdx.x) * kThreads; first < a.n; first += stride) {
+    const int64_t i = first + threadIdx.x;
+    const bool here = i < a.n;
     if (pass == 0) {  // bad input, as check_select_args reports it
-      const F s = static_cast<const F*>(a.scores)[i];
-      if (s != s) record_min(a.errors + kFirstNan, i);
-      if (a.labels != nullptr && a.labels[i] < 0) record_min(a.errors + kFirstNegativeLabel, i);
-      if (a.balanced && a.labels[i] >= a.groups) record_min(a.errors + kFirstLabelBeyond, i);
+      const F s = here ? static_cast<const F*>(a.scores)[i] : F(0);
+      record_first_in_warp(a.errors + kFirstNan, s != s, i);
+      if (a.labels != nullptr) record_first_in_warp(a.errors + kFirstNegativeLabel, here && a.labels[i] < 0, i);
+      if (a.balanced) record_first_in_warp(a.errors + kFirstLabelBeyond, here && a.labels[i] >= a.groups, i);
     }
     Key key;
-    int64_t g;
-    if (!candidate<F>(a, i, key, g)) continue;
-    if (pass > 0) {
+    int64_t g = 0;
+    bool counted = here && candidate<F>(a, i, key, g);
+    if (counted && pass > 0) {
       const SelectGroup& s = a.group[g];
-      if (s.quota == 0 || !same_above(key, Key{s.prefix_hi, s.prefix_lo}, digit.top)) continue;
+      counted = s.quota != 0 && same_above(key, Key{s.prefix_hi, s.prefix_lo}, digit.top);
     }
-    const unsigned d = key_bits(key, digit.from, digit.width);
-    if (one_group) atomicAdd(&local[d], 1u);
-    else atomicAdd(&a.hist[g * kBuckets + d], 1u);
+    const unsigned d = counted ? key_bits(key, digit.from, digit.width) : 0u;
+    if (one_group) {
+      if (counted) atomicAdd(&local[d], 1u);
+    } else {
+      // The classes' histograms are in global memory, where atomics on one
+      // address queue in L2 one at a time; a few classes, or tied scores
+      // (0/1 `correct`, all-zero scores), put whole warps on one bucket
+      // for several passes. One atomic per distinct bucket of the warp.
+      const long long bucket = counted ? g * kBuckets + d : -1;
+      const unsigned peers = __match_any_sync(kFull, bucket);
+      if (counted && static_cast<int>(threadIdx.x % 32) == __ffs(peers) - 1)
+        atomicAdd(&a.hist[bucket], static_cast<unsigned>(__popc(peers)));
+    }
   }
   if (one_group) {
     __syncthreads();

@@ -17,7 +17,8 @@ void check_cpu(const at::Tensor& t) {
 }
 
 void check_launch(cudaError_t status) {
-  TORCH_CHECK(status == cudaSuccess, "emulated launch failed with cudaError_t ", static_cast<int>(status));
+  TORCH_CHECK(status == cudaSuccess, "emulated launch failed with cudaError_t ", static_cast<int>(status), ": ",
+              unseen_fast::emu::last_failure());
 }
 
 at::Tensor score(const at::Tensor& logits, const c10::optional<at::Tensor>& labels, at::IntArrayRef methods,
@@ -81,7 +82,7 @@ std::tuple<at::Tensor, at::Tensor> select_topk_deferred(const at::Tensor& scores
 
 void set_order_seed(int64_t seed) { unseen_fast::emu::set_order_seed(static_cast<uint32_t>(seed)); }
 
-// Two deliberately wrong kernels: the emulation must catch what they do.
+// Three deliberately wrong kernels: the emulation must catch what they do.
 // Each thread writes its slot of shared memory and reads its neighbour's;
 // without the barrier some reads come before the neighbour's write.
 template <bool kBarrier>
@@ -114,6 +115,19 @@ void divergent_barrier() {
   check_launch(unseen_fast::cuda::launch_kernel(divergent_barrier_kernel, 1, 256, nullptr, out.data_ptr<int>()));
 }
 
+// A 16-byte load `offset` floats past a 16-byte boundary: the GPU faults.
+__global__ void vector_load_kernel(const float* in, int offset, float* out) {
+  const float4 q = __ldg(reinterpret_cast<const float4*>(in + offset));
+  out[threadIdx.x] = q.x;
+}
+
+void vector_load(int64_t offset) {
+  at::Tensor in = at::zeros({64}, at::kFloat), out = at::zeros({32}, at::kFloat);
+  TORCH_CHECK(reinterpret_cast<uintptr_t>(in.const_data_ptr()) % 16 == 0);
+  check_launch(unseen_fast::cuda::launch_kernel(vector_load_kernel, 1, 32, nullptr, in.const_data_ptr<float>(),
+                                                static_cast<int>(offset), out.data_ptr<float>()));
+}
+
 }  // namespace
 
 TORCH_LIBRARY(unseen_fast_emulated, m) {
@@ -128,4 +142,5 @@ TORCH_LIBRARY(unseen_fast_emulated, m) {
   m.def("set_order_seed(int seed) -> ()", &set_order_seed);
   m.def("rotate(Tensor values, bool barrier) -> Tensor", &rotate);
   m.def("divergent_barrier() -> ()", &divergent_barrier);
+  m.def("vector_load(int offset) -> ()", &vector_load);
 }
