@@ -150,18 +150,35 @@ def test_row_kernels_hot_loops_load_wide_and_stay_short(source, tmp_path):
     the guard-free whole-fold loops take about 19 and 18 with a fold's 4
     loads in flight, the loss kernel's gradient sweep about 10. Fails on
     fewer loads in flight, on no guard-free loop, or on 24 instructions per
-    logit in a fold (16 in the sweep)."""
+    logit in a fold (16 in the sweep); one-thread rows are folded at their
+    length, so there a shorter row must issue a shorter fold."""
     loops = wide_loops(ROOT / "csrc" / "cuda" / source, tmp_path)
-    assert len(loops) == 12, sorted(loops)  # 3 dtypes x 4 widths
+    # 3 dtypes x 3 shared widths (8, 32, 256 threads a row), plus one-thread
+    # rows per fold length (launch_one_thread_rows: 1-4 float32 chunks, 1-2 16-bit)
+    assert len(loops) == 3 * 3 + 4 + 2 * 2, sorted(loops)
+    one_thread_folds = {}  # dtype -> {chunks: instructions of that fold}
     for name, found in loops.items():
         assert found, f"{name}: no loop of 16-byte loads only"
+        tpr, chunks = map(int, re.search(r"Li(\d+)ELi(\d+)ELb1E", name).groups())
+        assert chunks == FOLD_CHUNKS or tpr == 1, name
+        if tpr == 1:
+            one_thread_folds.setdefault(name.split("Li1ELi")[0], {})[chunks] = max(
+                n for n, wide, _ in found if wide == chunks)
+        if chunks < FOLD_CHUNKS:
+            continue  # a one-thread row's fold at its length: checked below, per row
         instructions, wide, width = found[0]  # the fold of row_state: the most loads
-        assert wide >= FOLD_CHUNKS, f"{name}: {wide} 16-byte loads per iteration"
+        assert wide >= chunks, f"{name}: {wide} 16-byte loads per iteration"
         assert instructions / (wide * width) < 24, f"{name}: {instructions} instructions per {wide * width} logits"
         if name.startswith("loss"):
             assert len(found) == 2, f"{name}: no guard-free gradient sweep"
             instructions, wide, width = found[1]
             assert instructions / (wide * width) < 16, f"{name}: sweep, {instructions} per {wide * width} logits"
+    # one-thread rows (C <= 16) fold their own length: each chunk less is a
+    # shorter fold (C = 4 float32: 130 instructions a row against a whole
+    # fold's 309 when every row folded 4 chunks)
+    for dtype, folds in one_thread_folds.items():
+        lengths = [folds[k] for k in sorted(folds)]
+        assert len(lengths) > 1 and lengths == sorted(set(lengths)), f"{dtype}: fold instructions by chunks {folds}"
 
 
 def test_there_are_cuda_sources():

@@ -33,11 +33,11 @@ __device__ inline void store_chunk(__nv_bfloat16* g, const float (&v)[8]) {
   *reinterpret_cast<uint4*>(g) = make_uint4(pack(v[0], v[1]), pack(v[2], v[3]), pack(v[4], v[5]), pack(v[6], v[7]));
 }
 
-template <typename T, typename G, int TPR, bool kUnitStride>
+template <typename T, typename G, int TPR, int kChunks, bool kUnitStride>
 __global__ void __launch_bounds__(kBlock, kMinBlocks) loss_kernel(const LossLaunch a) {
   const RowThread<TPR> t(a.rows);
   const T* r = static_cast<const T*>(a.logits) + (t.active ? t.row : 0) * a.row_stride;
-  const SoftmaxState s = row_state<T, TPR, kUnitStride>(t, r, a.cols, a.col_stride, a.aligned);
+  const SoftmaxState s = row_state<T, TPR, kChunks, kUnitStride>(t, r, a.cols, a.col_stride, a.aligned);
   int64_t label = -1;
   float label_logit = 0.f;
   if (t.active) {
@@ -103,9 +103,10 @@ __global__ void __launch_bounds__(kBlock, kMinBlocks) loss_kernel(const LossLaun
 
 template <typename T, typename G, bool kUnitStride>
 cudaError_t launch_typed(const LossLaunch& a, cudaStream_t stream) {
-  return launch_by_width(a.cols, [&](auto tpr) {
+  return launch_by_width<T>(a.cols, [&](auto tpr, auto chunks) {
     constexpr int TPR = decltype(tpr)::value;
-    return launch_kernel(loss_kernel<T, G, TPR, kUnitStride>, blocks_for<TPR>(a.rows), kBlock, stream, a);
+    return launch_kernel(loss_kernel<T, G, TPR, decltype(chunks)::value, kUnitStride>, blocks_for<TPR>(a.rows),
+                         kBlock, stream, a);
   });
 }
 

@@ -176,13 +176,13 @@ __device__ inline void load_chunk_at(const T* r, int64_t b, int64_t cols, int64_
   }
 }
 
-// One fold's logits: chunk u at columns base + u * step ..., all loaded
-// before any is used.
-template <typename T, bool kUnitStride, bool kWhole = false>
+// One fold's logits: chunk u < kChunks at columns base + u * step ...,
+// all loaded before any is used.
+template <typename T, int kChunks, bool kUnitStride, bool kWhole = false>
 __device__ inline void load_fold(const T* r, int64_t base, int64_t step, int64_t cols, int64_t col_stride,
-                                 bool aligned, float (&v)[kFoldValues<T>]) {
+                                 bool aligned, float (&v)[kChunks * kChunk<T>]) {
   constexpr int V = kChunk<T>;
-  for (int u = 0; u < kFoldChunks; ++u) {
+  for (int u = 0; u < kChunks; ++u) {
     float c[V];
     load_chunk_at<T, kUnitStride, kWhole>(r, base + u * step, cols, col_stride, aligned, c);
     for (int i = 0; i < V; ++i) v[u * V + i] = c[i];
@@ -191,16 +191,21 @@ __device__ inline void load_fold(const T* r, int64_t base, int64_t step, int64_t
 
 // The whole row's state in every thread of the row. Thread `lane` owns the
 // chunks lane, lane + TPR, ... of kChunk<T> adjacent logits (a warp reads
-// 512 contiguous bytes per chunk) and folds them kFoldChunks at a time,
-// in column order; every load path reads the same values into the same
-// folds (strided rows give the bits of contiguous ones). All threads of the
-// block must call it.
-template <typename T, int TPR, bool kUnitStride>
+// 512 contiguous bytes per chunk) and folds them kChunks at a time, in
+// column order; every load path reads the same values into the same folds
+// (strided rows give the bits of contiguous ones). kChunks is kFoldChunks,
+// or for one-thread rows the row's length in chunks (launch_by_width): the
+// row is then one fold without -inf padding chunks, which add exactly 0,
+// so the bits are those of a whole fold. All threads of the block must
+// call it.
+template <typename T, int TPR, int kChunks, bool kUnitStride>
 __device__ SoftmaxState row_state(const RowThread<TPR>& t, const T* r, int64_t cols, int64_t col_stride,
                                   bool aligned) {
+  static_assert(kChunks == kFoldChunks || TPR == 1, "shorter folds only for one-thread rows");
   constexpr int V = kChunk<T>;
+  constexpr int kValues = kChunks * V;
   constexpr int64_t kStep = static_cast<int64_t>(TPR) * V;  // columns from one of a thread's chunks to the next
-  constexpr int64_t kFoldStep = kFoldChunks * kStep;  // columns from one of a thread's folds to the next
+  constexpr int64_t kFoldStep = kChunks * kStep;  // columns from one of a thread's folds to the next
   SoftmaxState s = empty_state();
   if (t.active) {
     int64_t base = static_cast<int64_t>(t.lane) * V;
@@ -208,19 +213,19 @@ __device__ SoftmaxState row_state(const RowThread<TPR>& t, const T* r, int64_t c
       // Whole folds: every chunk inside the row, 16-byte loads, no guards;
       // its only branches skip rare rows (NaN, +-inf), so the loop's length
       // is what an iteration issues (tests/test_cuda_build.py reads it).
-      const int64_t last_whole = cols - (kFoldChunks - 1) * kStep - V;  // the last base of a whole fold
+      const int64_t last_whole = cols - (kChunks - 1) * kStep - V;  // the last base of a whole fold
       for (; base <= last_whole; base += kFoldStep) {
-        float v[kFoldValues<T>];
-        load_fold<T, true, true>(r, base, kStep, cols, col_stride, aligned, v);
-        s = merge(s, fold_values<kFoldValues<T>, V>(v, base, kStep));
+        float v[kValues];
+        load_fold<T, kChunks, true, true>(r, base, kStep, cols, col_stride, aligned, v);
+        s = merge(s, fold_values<kValues, V>(v, base, kStep));
       }
     }
     // the rest (at most one fold of a row read with 16-byte loads; every
     // fold of other rows): the same folds with guarded loads, the same bits
     for (; base < cols; base += kFoldStep) {
-      float v[kFoldValues<T>];
-      load_fold<T, kUnitStride>(r, base, kStep, cols, col_stride, aligned, v);
-      s = merge(s, fold_values<kFoldValues<T>, V>(v, base, kStep));
+      float v[kValues];
+      load_fold<T, kChunks, kUnitStride>(r, base, kStep, cols, col_stride, aligned, v);
+      s = merge(s, fold_values<kValues, V>(v, base, kStep));
     }
   }
   // xor butterfly: every lane ends with its warp's (part of the) row state
@@ -257,15 +262,31 @@ inline unsigned blocks_for(int64_t rows) {
   return static_cast<unsigned>((rows + kRowsPerBlock - 1) / kRowsPerBlock);
 }
 
-// Calls launch(std::integral_constant<int, TPR>) with the threads per row
-// for C classes. A few classes: one thread per row, no shuffles (8 threads
+template <int N>
+using Int = std::integral_constant<int, N>;
+
+// One-thread rows (cols <= kOneThreadMaxCols): launch(Int<1>, Int<chunks>)
+// with the fewest 16-byte chunks of T that hold the row, so a thread folds
+// its row's length, not a whole fold (C = 10: 12 float32 or 16 bfloat16
+// values instead of 16 or 32, the padding being most of the work).
+template <typename T, int kChunks = 1, typename Launch>
+cudaError_t launch_one_thread_rows(int64_t cols, Launch&& launch) {
+  static_assert(kOneThreadMaxCols <= kFoldValues<T>, "a one-thread row is at most one fold");
+  if constexpr (kChunks * kChunk<T> < kOneThreadMaxCols) {
+    if (cols > kChunks * kChunk<T>) return launch_one_thread_rows<T, kChunks + 1>(cols, launch);
+  }
+  return launch(Int<1>{}, Int<kChunks>{});
+}
+
+// Calls launch(Int<TPR>, Int<chunks per fold>) with the threads per row for
+// C classes of T. A few classes: one thread per row, no shuffles (8 threads
 // sharing a 40-byte row spent most of their time merging states).
-template <typename Launch>
+template <typename T, typename Launch>
 cudaError_t launch_by_width(int64_t cols, Launch&& launch) {
-  if (cols <= kOneThreadMaxCols) return launch(std::integral_constant<int, 1>{});
-  if (cols <= 64) return launch(std::integral_constant<int, 8>{});
-  if (cols <= 2048) return launch(std::integral_constant<int, 32>{});
-  return launch(std::integral_constant<int, 256>{});
+  if (cols <= kOneThreadMaxCols) return launch_one_thread_rows<T>(cols, launch);
+  if (cols <= 64) return launch(Int<8>{}, Int<kFoldChunks>{});
+  if (cols <= 2048) return launch(Int<32>{}, Int<kFoldChunks>{});
+  return launch(Int<256>{}, Int<kFoldChunks>{});
 }
 
 }  // namespace unseen_fast::cuda

@@ -10,11 +10,11 @@
 namespace unseen_fast::cuda {
 namespace {
 
-template <typename T, int TPR, bool kUnitStride>
+template <typename T, int TPR, int kChunks, bool kUnitStride>
 __global__ void __launch_bounds__(kBlock, kMinBlocks) score_kernel(const ScoreLaunch a) {
   const RowThread<TPR> t(a.rows);
   const T* r = static_cast<const T*>(a.logits) + (t.active ? t.row : 0) * a.row_stride;
-  const SoftmaxState s = row_state<T, TPR, kUnitStride>(t, r, a.cols, a.col_stride, a.aligned);
+  const SoftmaxState s = row_state<T, TPR, kChunks, kUnitStride>(t, r, a.cols, a.col_stride, a.aligned);
   if (!t.active) return;
   int64_t label = -1;
   float label_logit = 0.f;
@@ -40,8 +40,7 @@ __global__ void __launch_bounds__(kBlock, kMinBlocks) score_kernel(const ScoreLa
 // kRowChunks chunks, the row's length rounded up to a chunk (C = 10: 12
 // float32 or 16 bfloat16 values, not a whole fold's 16 or 32: the padding
 // was most of the work); the outputs leave through the same buffer,
-// coalesced. The bits are row_state<T, 1>'s: its fold differs only by more
-// -inf columns, which add exactly 0.
+// coalesced. The bits are row_state<T, 1, kRowChunks>'s.
 template <typename T, int kRowChunks>
 __global__ void __launch_bounds__(kBlock) score_tile_kernel(const ScoreLaunch a) {
   constexpr int V = kChunk<T>;
@@ -95,22 +94,17 @@ __global__ void __launch_bounds__(kBlock) score_tile_kernel(const ScoreLaunch a)
   }
 }
 
-// The tile kernel whose fold is as long as the row: the fewest chunks that
-// hold a.cols (<= kOneThreadMaxCols) columns.
-template <typename T, int kRowChunks = 1>
-cudaError_t launch_tile(const ScoreLaunch& a, cudaStream_t stream) {
-  if constexpr (kRowChunks * kChunk<T> < kOneThreadMaxCols) {
-    if (a.cols > kRowChunks * kChunk<T>) return launch_tile<T, kRowChunks + 1>(a, stream);
-  }
-  return launch_kernel(score_tile_kernel<T, kRowChunks>, blocks_for<1>(a.rows), kBlock, stream, a);
-}
-
 template <typename T, bool kUnitStride>
 cudaError_t launch_typed(const ScoreLaunch& a, cudaStream_t stream) {
-  if (a.tiled) return launch_tile<T>(a, stream);
-  return launch_by_width(a.cols, [&](auto tpr) {
+  if (a.tiled) {
+    return launch_one_thread_rows<T>(a.cols, [&](auto, auto chunks) {
+      return launch_kernel(score_tile_kernel<T, decltype(chunks)::value>, blocks_for<1>(a.rows), kBlock, stream, a);
+    });
+  }
+  return launch_by_width<T>(a.cols, [&](auto tpr, auto chunks) {
     constexpr int TPR = decltype(tpr)::value;
-    return launch_kernel(score_kernel<T, TPR, kUnitStride>, blocks_for<TPR>(a.rows), kBlock, stream, a);
+    return launch_kernel(score_kernel<T, TPR, decltype(chunks)::value, kUnitStride>, blocks_for<TPR>(a.rows),
+                         kBlock, stream, a);
   });
 }
 
