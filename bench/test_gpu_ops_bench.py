@@ -125,6 +125,43 @@ def test_select(benchmark, n, fraction, variant):
         timed(benchmark, lambda: torch.topk(scores, k, sorted=False), items=scores.numel())
 
 
+def per_class_topk(scores, labels, fraction, classes):
+    """Balanced selection as a user writes it: one torch.topk per class."""
+    picked = []
+    for c in range(classes):
+        members = (labels == c).nonzero().squeeze(1)
+        quota = int(round(members.numel() * fraction))
+        picked.append(members[torch.topk(scores[members], quota, sorted=False).indices])
+    return torch.cat(picked)
+
+
+@pytest.mark.parametrize("scores_kind", ["uniform", "two values"])
+@pytest.mark.parametrize("classes", [10, 1000])
+@pytest.mark.parametrize("n", [1_281_167])  # ImageNet-size; the per-class loop makes 10M too long for the GPU check's step
+@pytest.mark.parametrize("variant", ["select_topk balanced (ours)", "select_topk_deferred balanced (ours, no sync)",
+                                     "per-class torch.topk loop"])
+def test_balanced_select(benchmark, n, classes, scores_kind, variant):
+    """Per-class quotas at k = 70%. "two values" (0/1 scores such as
+    `correct`, or all-equal first-stage scores) sends whole warps to one
+    histogram bucket of a class for several radix passes: the case the
+    warp-aggregated atomics (one per distinct bucket) are for."""
+    gen = torch.Generator(device=DEVICE).manual_seed(0)
+    count = n // SCALE
+    scores = torch.rand(count, generator=gen, device=DEVICE)
+    if scores_kind == "two values":
+        scores = (scores > 0.5).float()
+    labels = torch.randint(0, classes, (count,), generator=gen, device=DEVICE)
+    k = int(count * 0.7)
+    benchmark.group = f"balanced select N={n} {classes} classes {scores_kind} k=70% on {DEVICE}"
+    if "deferred" in variant:
+        fn = lambda: ops.select_topk_deferred(scores, k, labels=labels, balanced=True, num_classes=classes)[0]
+    elif "ours" in variant:
+        fn = lambda: ops.select_topk(scores, k, labels=labels, balanced=True)
+    else:
+        fn = lambda: per_class_topk(scores, labels, 0.7, classes)
+    timed(benchmark, fn, items=count, role="ours" if "ours" in variant else None, rounds=5)
+
+
 LOSS_SHAPES = [(4096, 1000), (65536, 10), (8192, 32000)]
 
 
