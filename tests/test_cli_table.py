@@ -31,6 +31,10 @@ def workspace(tmp_path_factory, small_folder):
     (root / "foreign" / "config.json").write_text('{"learning_rate": 3}\n')
     (root / "list.txt").write_text("airplane/does-not-exist.png 0\n")
     (root / "grid.yaml").write_text("data: [unclosed\n")
+    listed = sorted(str(f.relative_to(root / "good")) for f in (root / "good").rglob("*") if f.is_file())
+    (root / "dup.txt").write_text(f"{listed[0]} 0\n{listed[1]} 1\n{listed[0]} 0\n")
+    (root / "zero.npy").write_bytes(b"")
+    (root / "early.yaml").write_text(f"data: {root / 'good'}\nmethods: {{u: {{}}}}\nprune_rates: [0.5]\nseeds: [-1]\n")
     assert cli.main(["prune", "--data", str(root / "good"), "--prune-rate", "0.5", "--epochs", "1", "--folds", "2",
                      "--stages", "1", "--out", str(root / "done"), "--quiet"]) == 0
     return root
@@ -105,6 +109,24 @@ CASES = [  # (id, argv, a piece of the one error line)
      "unknown arch 'resnet99'"),
     ("train out inside the data", ["train", "--data", "{good}", "--out", "{good}/t"], "lies inside the dataset"),
     ("a device name torch does not know", prune() + ["--device", "gpu"], "--device 'gpu' is not a device"),
+    ("share-models inside the data", prune() + ["--share-models", "{good}/shared"],
+     "images of a class 'shared'; put it outside"),
+    ("a negative seed", prune() + ["--seed", "-1"], "--seed: expected a whole number from 0 to 2147483647"),
+    ("a seed past the largest", prune() + ["--seed", "99999999999999999999"], "--seed"),
+    ("train with a negative seed", ["train", "--data", "{good}", "--seed", "-1", "--out", "{new}"], "--seed"),
+    ("early epochs beyond the training", prune() + ["--score", "el2n_early", "--framework", "fitting", "--stages",
+                                                    "1", "--epochs", "2", "--early-epochs", "50"],
+     "early_epochs 50 > the 2 epochs the model trains"),
+    ("window beyond the training", prune() + ["--score", "dynunc", "--framework", "fitting", "--stages", "1",
+                                              "--epochs", "2", "--window", "5"], "window 5 > the 2 epochs"),
+    ("train with a 0-byte subset", ["train", "--data", "{good}", "--subset", "{root}/zero.npy", "--out", "{new}"],
+     "zero.npy is not a .npy array of sample ids"),
+    ("a file list naming a file twice", prune() + ["--file-list", "{root}/dup.txt"], "dup.txt:3:"),
+    ("a file list with the built-in data", prune("builtin:digits") + ["--file-list", "{root}/dup.txt"],
+     "built-in dataset builtin:digits has none"),
+    ("a file list that is a folder", prune() + ["--file-list", "{root}/foreign"], "is a folder, not a file"),
+    ("experiment with a negative seed", ["experiment", "{root}/early.yaml", "--out", "{new}"],
+     "seeds: -1 is not a whole number"),
     ("demo on a device name torch does not know", ["demo", "--device", "gpu"], "is not a device"),
 ]
 if NO_GPU:

@@ -112,6 +112,14 @@ def test_changed_configuration_is_refused(finished, tmp_path):
     (dict(methods=dict(m=dict(score="entropy", prune_train=dict(epochs=0)))), "method 'm': need epochs >= 1"),
     (dict(methods=dict(m=dict(score="gradnorm"))), "method 'm': unknown score 'gradnorm'"),
     (dict(methods=dict(m=dict(score="aum", baseline=dict(ccs_beta=2)))), "method 'm': score 'aum' comes from one"),
+    (dict(prune_rates=["abc"]), "prune rate 'abc' is not in (0, 1)"),
+    (dict(prune_rates=[]), "prune_rates and seeds need at least one value each"),
+    (dict(seeds=[]), "prune_rates and seeds need at least one value each"),
+    (dict(seeds=["x"]), "seeds: 'x' is not a whole number"),
+    (dict(seeds=[-1]), "seeds: -1 is not a whole number"),
+    (dict(split_seed=-3), "split_seed: -3 is not a whole number"),
+    (dict(prune_rates=[0.5, 0.5]), "prune_rates lists a value twice"),
+    (dict(full_data="maybe"), "full_data must be true or false, got 'maybe'"),
 ])
 def test_bad_grids(tmp_path, change, message, capsys):
     path = tmp_path / "grid.yaml"

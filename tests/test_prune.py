@@ -564,3 +564,13 @@ def test_a_file_list_with_label_gaps_prunes_and_coreset_txt_keeps_its_numbers(tm
     assert set(back.classes) <= {"3", "7", "9"}
     wanted = {folder.paths[i]: str(folder.labels[i]) for i in keep}
     assert all(wanted[p] == back.classes[l] for p, l in zip(back.paths, back.labels.tolist()))
+
+
+@pytest.mark.parametrize("seed", [-1, 2**31, 10**20, 1.5, True])
+def test_a_seed_outside_what_the_run_derives_seeds_from_is_refused_where_the_config_is_made(seed):
+    """Runs derive seeds (seed + 1000 x stage, seed + job) that torch and
+    numpy must take: a bad one fails in PruneConfig, not mid-run after
+    config.json was written."""
+    with pytest.raises(UserError, match="seed must be a whole number from 0 to 2147483647"):
+        PruneConfig(prune_rate=0.3, seed=seed)
+    assert PruneConfig(prune_rate=0.3, seed=2**31 - 1).seed == 2**31 - 1

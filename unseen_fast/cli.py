@@ -7,6 +7,8 @@ import logging
 import sys
 from pathlib import Path
 
+from unseen_fast.constants import MAX_SEED  # no torch: --help stays quick
+
 
 def cmd_info(args: argparse.Namespace) -> int:
     from unseen_fast.info import build_info
@@ -185,21 +187,23 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
-def _whole_number(minimum: int):
-    """An argparse type: a whole number >= ``minimum``."""
+def _whole_number(minimum: int, maximum: int | None = None):
+    """An argparse type: a whole number >= ``minimum`` (and <= ``maximum``)."""
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             value = minimum - 1
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {text!r}")
+        if value < minimum or (maximum is not None and value > maximum):
+            bounds = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum}"
+            raise argparse.ArgumentTypeError(f"expected a whole number {bounds}, got {text!r}")
         return value
     return parse
 
 
 _count = _whole_number(1)    # counts and sizes
 _threads = _whole_number(0)  # thread counts (0: the calling thread)
+_seed = _whole_number(0, MAX_SEED)
 
 
 def _positive_float(text: str) -> float:
@@ -240,7 +244,7 @@ def _add_training_options(parser: argparse.ArgumentParser, epochs_help: str) -> 
                        "native, else fp16 (older GPUs) or float32 (CPUs without native bf16)")
     group.add_argument("--backend", default="auto", choices=list(BACKENDS), help="data backend (README: Data)")
     group.add_argument("--compile", action="store_true", help="torch.compile the model (measure it: docs/BENCHMARKS.md)")
-    group.add_argument("--seed", type=int, default=0)
+    group.add_argument("--seed", type=_seed, default=0, help="fold split, model seeds, data order (default 0)")
     group.add_argument("--checkpoint-every", type=_count, default=1, help="epochs between checkpoints")
     group.add_argument("--quiet", action="store_true", help="warnings only: no progress bars or log lines")
     _add_device_options(group)
@@ -310,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--classes", type=_count, default=100)
     demo.add_argument("--keep", type=float, default=0.7, help="fraction to select")
     demo.add_argument("--device", default="cpu")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=_seed, default=0)
     demo.set_defaults(func=cmd_demo)
     check = sub.add_parser("check-data", help="decode every image and report classes, sizes and bad files")
     _add_data_options(check)

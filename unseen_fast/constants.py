@@ -8,6 +8,10 @@ __version__ = "0.1.0"
 # a 3x3 stem without max-pool, and training at the native size.
 SMALL_IMAGE_MAX = 64
 
+# The largest seed a user may give: runs derive others from it (seed + 1000 x
+# stage, seed + job), and these must stay inside what torch and numpy take.
+MAX_SEED = 2**31 - 1
+
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 
 # The names the CLI offers as choices, here so that `--help` imports no torch.

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from unseen_fast.baselines import BaselineParams
+from unseen_fast.constants import MAX_SEED
 from unseen_fast.errors import UserError
 from unseen_fast.pipeline import PruneConfig
 from unseen_fast.train import TrainConfig
@@ -89,9 +90,20 @@ class Grid:
                 raise UserError(f"{where}: method {name!r}: {err}") from None
             if name == "full":
                 raise UserError(f"{where}: 'full' is reserved for the full-data model")
+        if not self.prune_rates or not self.seeds:
+            raise UserError(f"{where}: prune_rates and seeds need at least one value each")
         for rate in self.prune_rates:
-            if not 0 < float(rate) < 1:
-                raise UserError(f"{where}: prune rate {rate} is not in (0, 1)")
+            if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate < 1:
+                raise UserError(f"{where}: prune rate {rate!r} is not in (0, 1)")
+        for name, values in (("seeds", self.seeds), ("split_seed", [self.split_seed])):
+            for seed in values:
+                if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+                    raise UserError(f"{where}: {name}: {seed!r} is not a whole number from 0 to {MAX_SEED}")
+        for name, values in (("prune_rates", self.prune_rates), ("seeds", self.seeds)):
+            if len(set(values)) != len(values):
+                raise UserError(f"{where}: {name} lists a value twice: {values}")
+        if not isinstance(self.full_data, bool):
+            raise UserError(f"{where}: full_data must be true or false, got {self.full_data!r}")
         bad = sorted(set(self.budgets) - set(BUDGETS))
         if bad or not self.budgets:
             raise UserError(f"{where}: budgets must be a non-empty subset of {BUDGETS}, got {self.budgets}")

@@ -25,10 +25,13 @@ BUILTIN_DATASETS = ("builtin:digits",)
 def open_index(data, *, file_list=None) -> "ImageIndex":
     """The index a user names on the command line: "builtin:digits", an
     ImageFolder root, or (with ``file_list``) a file list under ``data``."""
-    if str(data) == "builtin:digits":
-        return ImageIndex.digits()
     if str(data).startswith("builtin:"):
-        raise DataError(f"unknown built-in dataset {data!r}; known: {', '.join(BUILTIN_DATASETS)}")
+        if str(data) not in BUILTIN_DATASETS:
+            raise DataError(f"unknown built-in dataset {data!r}; known: {', '.join(BUILTIN_DATASETS)}")
+        if file_list is not None:
+            raise DataError(f"--file-list {file_list} names files under a folder; the built-in dataset {data} "
+                            f"has none (drop --file-list, or give --data the folder the list is under)")
+        return ImageIndex.digits()
     if file_list is not None:
         return ImageIndex.from_file_list(file_list, root=data)
     return ImageIndex.from_folder(data)
@@ -100,14 +103,17 @@ class ImageIndex:
         """
         list_path = Path(list_file)
         if not list_path.is_file():
-            raise DataError(f"file list {list_file} does not exist")
+            raise DataError(f"file list {list_file} {'is a folder, not a file' if list_path.is_dir() else 'does not exist'}")
         root = Path(root) if root is not None else list_path.parent
-        paths, labels = [], []
+        paths, labels, first_line = [], [], {}
         for lineno, path, label in read_file_list(list_path):
             if label is None:
                 raise DataError(f"{list_file}:{lineno}: expected 'relative/path label', got {path!r}")
             if label < 0:
                 raise DataError(f"{list_file}:{lineno}: label must be >= 0, got {label}")
+            if path in first_line:  # one image twice: one sample in two folds, scored by a model that saw it
+                raise DataError(f"{list_file}:{lineno}: {path!r} is listed again (first on line {first_line[path]})")
+            first_line[path] = lineno
             paths.append(path)
             labels.append(label)
         if not paths:
@@ -282,17 +288,19 @@ class ImageIndex:
                       "".join(f"{p} {l}\n" for p, l in zip(self.paths, self.labels.tolist())))
         write_text(meta_path, json.dumps(meta, indent=1))
 
-    def refuse_inside(self, folder) -> None:
-        """Raise a DataError if ``folder`` (an output folder) lies inside the
-        dataset's root: listed again, its files would become a class. (A
-        file list names its files: any folder will do there.)"""
+    def refuse_inside(self, folder, option: str = "the output folder") -> None:
+        """Raise a DataError if ``folder`` (an output folder, named by
+        ``option``) lies inside the dataset's root: listed again, its files
+        would become a class. (A file list names its files: any folder will
+        do there.)"""
         if self.source != "folder":
             return
         root, inside = Path(self.root).resolve(), Path(folder).resolve()
         if inside.is_relative_to(root):
-            raise DataError(f"the output folder {folder} lies inside the dataset {self.root}: listed again, its "
-                            f"files would be images of a class {inside.relative_to(root).parts[0]!r}; put it "
-                            f"outside")
+            where = inside.relative_to(root).parts
+            became = f"images of a class {where[0]!r}" if where else "a class folder"
+            raise DataError(f"{option} {folder} lies inside the dataset {self.root}: listed again, its "
+                            f"files would be {became}; put it outside")
 
     @classmethod
     def load(cls, run_dir) -> "ImageIndex":
@@ -367,7 +375,7 @@ def subset_ids(index: ImageIndex, path) -> np.ndarray:
     if str(path).endswith(".npy"):
         try:
             ids = np.load(path)  # no pickles: a .npy of ids is plain integers
-        except (ValueError, OSError) as err:
+        except (ValueError, OSError, EOFError) as err:  # EOFError: an empty file
             raise DataError(f"--subset {path} is not a .npy array of sample ids: {err}") from None
         return as_id_array(ids, len(index))
     position = {p: i for i, p in enumerate(index.paths)}
