@@ -574,3 +574,29 @@ def test_a_seed_outside_what_the_run_derives_seeds_from_is_refused_where_the_con
     with pytest.raises(UserError, match="seed must be a whole number from 0 to 2147483647"):
         PruneConfig(prune_rate=0.3, seed=seed)
     assert PruneConfig(prune_rate=0.3, seed=2**31 - 1).seed == 2**31 - 1
+
+
+@pytest.fixture(scope="module")
+def finished_digits_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("finished") / "run"
+    assert main(["prune", "--data", "builtin:digits", "--prune-rate", "0.3", "--epochs", "1", "--folds", "2",
+                 "--stages", "1", "--out", str(out), "--quiet"]) == 0
+    return out
+
+
+@pytest.mark.parametrize("name", ["folds.npy", "index.json", "phase_costs.json", "scores_stage1.npy"])
+def test_a_damaged_run_file_is_one_line_on_resume(finished_digits_run, tmp_path, capsys, name):
+    """Writes are atomic, so only a full disk or a hand can cut a run file
+    short; --resume then names it in one line (exit 2), not numpy's, json's
+    or torch's traceback."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_digits_run, run)
+    (run / name).write_bytes((run / name).read_bytes()[:40])
+    capsys.readouterr()
+    code = main(["prune", "--data", "builtin:digits", "--prune-rate", "0.3", "--epochs", "1", "--folds", "2",
+                 "--stages", "1", "--out", str(run), "--quiet", "--resume"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err
+    assert f"{run / name} cannot be read" in err and "a damaged run file" in err, err

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from unseen_fast.errors import UserError
-from unseen_fast.rundir import atomic_path
+from unseen_fast.rundir import atomic_path, reading
 
 log = logging.getLogger("unseen_fast.train")
 
@@ -50,7 +50,9 @@ def job_identity(ids: np.ndarray, source: dict | None) -> dict:
 
 def load_state(out_dir) -> dict:
     """The saved state in a train() output folder."""
-    return torch.load(Path(out_dir) / CHECKPOINT, map_location="cpu", weights_only=False)
+    path = Path(out_dir) / CHECKPOINT
+    with reading(path):
+        return torch.load(path, map_location="cpu", weights_only=False)
 
 
 def checked_checkpoint(path: Path, identity: dict, job: dict) -> dict | None:
@@ -58,7 +60,8 @@ def checked_checkpoint(path: Path, identity: dict, job: dict) -> dict | None:
     the difference) when it was written for another config identity or job."""
     if not path.exists():
         return None
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    with reading(path):
+        state = torch.load(path, map_location="cpu", weights_only=False)
     saved = config_identity(state["config"])
     if saved != identity:
         diff = {k: (saved.get(k), v) for k, v in identity.items() if saved.get(k) != v}

@@ -12,7 +12,7 @@ import torch
 
 from unseen_fast.constants import __version__
 from unseen_fast.fold_scores import kept_share_per_fold, model_report
-from unseen_fast.rundir import RunDir, read_json, save_figure, write_json, write_text
+from unseen_fast.rundir import RunDir, read_json, reading, save_figure, write_json, write_text
 from unseen_fast.train import steps_per_epoch_for
 from unseen_fast.usable_images import SKIPPED_LIST
 
@@ -148,7 +148,8 @@ def _plots(run: RunDir, index, config, added) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    scores = np.load(run / "scores_stage1.npy")
+    with reading(run / "scores_stage1.npy"):
+        scores = np.load(run / "scores_stage1.npy")
     fig, ax = plt.subplots(figsize=(6, 4))
     kept = added > 0
     bins = np.linspace(float(np.nanmin(scores)), float(np.nanmax(scores)) + 1e-12, 60)

@@ -109,8 +109,22 @@ def write_json(path, data) -> None:
     write_text(path, json.dumps(data, indent=1))
 
 
+@contextlib.contextmanager
+def reading(path):
+    """Around the read of a file a run wrote: if it is damaged (cut short by
+    a full disk or by hand; a crash cannot, every write is atomic) or gone,
+    one line naming it instead of numpy's, json's or torch's traceback."""
+    try:
+        yield
+    except (OSError, EOFError, ValueError, RuntimeError, KeyError) as err:  # JSONDecodeError is a ValueError
+        why = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"{path} cannot be read ({why}): a damaged run file; remove the run folder and run "
+                        f"again, or use another --out") from None
+
+
 def read_json(path) -> dict:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+    with reading(path):
+        return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
 def save_npy(path, array: np.ndarray) -> None:
@@ -152,7 +166,10 @@ class RunDir:
     def load_npy(self, name: str):
         """The array saved as ``name``, or None when that phase has not finished."""
         path = self.root / name
-        return np.load(path) if path.exists() else None
+        if not path.exists():
+            return None
+        with reading(path):
+            return np.load(path)
 
     def save_npz(self, name: str, arrays: dict) -> None:
         save_npz(self.root / name, **arrays)
@@ -162,7 +179,7 @@ class RunDir:
         path = self.root / name
         if not path.exists():
             return None
-        with np.load(path) as data:
+        with reading(path), np.load(path) as data:
             return {key: data[key] for key in data.files}
 
     def claim(self, config: dict, *, resume: bool, prepare=None, upgrade=None) -> bool:

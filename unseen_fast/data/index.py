@@ -13,7 +13,7 @@ import numpy as np
 from unseen_fast.data.errors import DataError
 from unseen_fast.data.order import as_id_array
 from unseen_fast.data.scan import IMAGE_EXTENSIONS, scan_folder
-from unseen_fast.rundir import make_folder, write_text
+from unseen_fast.rundir import make_folder, read_json, reading, write_text
 
 INDEX_LIST = "index.txt"  # "relative/path label" lines: DALI's file_list format
 INDEX_META = "index.json"
@@ -309,9 +309,9 @@ class ImageIndex:
         meta_path = run_dir / INDEX_META
         if not meta_path.exists():
             raise DataError(f"no saved dataset index in {run_dir} (missing {INDEX_META})")
-        meta = json.loads(meta_path.read_text())
+        meta = read_json(meta_path)
         paths, labels = [], []
-        with open(run_dir / INDEX_LIST, encoding="utf-8") as handle:
+        with reading(run_dir / INDEX_LIST), open(run_dir / INDEX_LIST, encoding="utf-8") as handle:
             for line in handle:
                 path, label = line.rstrip("\n").rsplit(" ", 1)
                 paths.append(path)
