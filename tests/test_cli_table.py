@@ -126,7 +126,7 @@ CASES = [  # (id, argv, a piece of the one error line)
      "built-in dataset builtin:digits has none"),
     ("a file list that is a folder", prune() + ["--file-list", "{root}/foreign"], "is a folder, not a file"),
     ("experiment with a negative seed", ["experiment", "{root}/early.yaml", "--out", "{new}"],
-     "seeds: -1 is not a whole number"),
+     "seeds and split_seed must be a whole number from 0 to 2147483647, got -1"),
     ("demo on a device name torch does not know", ["demo", "--device", "gpu"], "is not a device"),
 ]
 if NO_GPU:

@@ -115,9 +115,9 @@ def test_changed_configuration_is_refused(finished, tmp_path):
     (dict(prune_rates=["abc"]), "prune rate 'abc' is not in (0, 1)"),
     (dict(prune_rates=[]), "prune_rates and seeds need at least one value each"),
     (dict(seeds=[]), "prune_rates and seeds need at least one value each"),
-    (dict(seeds=["x"]), "seeds: 'x' is not a whole number"),
-    (dict(seeds=[-1]), "seeds: -1 is not a whole number"),
-    (dict(split_seed=-3), "split_seed: -3 is not a whole number"),
+    (dict(seeds=["x"]), "each of seeds and split_seed must be a whole number from 0 to 2147483647, got 'x'"),
+    (dict(seeds=[-1]), "each of seeds and split_seed must be a whole number from 0 to 2147483647, got -1"),
+    (dict(split_seed=-3), "each of seeds and split_seed must be a whole number from 0 to 2147483647, got -3"),
     (dict(prune_rates=[0.5, 0.5]), "prune_rates lists a value twice"),
     (dict(full_data="maybe"), "full_data must be true or false, got 'maybe'"),
 ])

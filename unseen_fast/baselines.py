@@ -33,7 +33,13 @@ class BaselineParams:
     ccs_strata: int = 50             # ccs, mix: equal-width strata of the score range
     mix_alpha: float = 0.5           # mix: share of the budget taken as the hardest, the rest by strata
 
-    def validate(self) -> None:
+    def validate(self, recorded_epochs: int | None = None) -> None:
+        """``recorded_epochs``: what the dynamics score will read (the
+        fitting model's epochs), so a window past them fails before it trains."""
+        for name, value in (("early_epochs", self.early_epochs), ("window", self.window)):
+            if recorded_epochs is not None and value is not None and value > recorded_epochs:
+                raise UserError(f"{name} {value} > the {recorded_epochs} epochs the model trains and records; "
+                                f"lower it or raise --epochs")
         if self.early_epochs is not None and self.early_epochs < 1:
             raise UserError(f"early_epochs must be >= 1, got {self.early_epochs}")
         if self.window is not None and self.window < 2:

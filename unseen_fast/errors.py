@@ -31,3 +31,15 @@ def user_error_named(name: str) -> type[UserError] | None:
             return kind
         pending.extend(kind.__subclasses__())
     return None
+
+
+def check_seed(seed, what: str = "seed") -> int:
+    """``seed`` if it is a whole number a run can derive its seeds from
+    (constants.MAX_SEED), else a UserError naming it."""
+    import numbers
+
+    from unseen_fast.constants import MAX_SEED
+
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed <= MAX_SEED:
+        raise UserError(f"{what} must be a whole number from 0 to {MAX_SEED}, got {seed!r}")
+    return int(seed)

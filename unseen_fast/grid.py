@@ -7,8 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from unseen_fast.baselines import BaselineParams
-from unseen_fast.constants import MAX_SEED
-from unseen_fast.errors import UserError
+from unseen_fast.errors import UserError, check_seed
 from unseen_fast.pipeline import PruneConfig
 from unseen_fast.train import TrainConfig
 
@@ -95,10 +94,11 @@ class Grid:
         for rate in self.prune_rates:
             if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate < 1:
                 raise UserError(f"{where}: prune rate {rate!r} is not in (0, 1)")
-        for name, values in (("seeds", self.seeds), ("split_seed", [self.split_seed])):
-            for seed in values:
-                if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
-                    raise UserError(f"{where}: {name}: {seed!r} is not a whole number from 0 to {MAX_SEED}")
+        try:
+            for seed in [*self.seeds, self.split_seed]:
+                check_seed(seed, "each of seeds and split_seed")
+        except UserError as err:
+            raise UserError(f"{where}: {err}") from None
         for name, values in (("prune_rates", self.prune_rates), ("seeds", self.seeds)):
             if len(set(values)) != len(values):
                 raise UserError(f"{where}: {name} lists a value twice: {values}")

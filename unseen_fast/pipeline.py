@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import numbers
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,9 +18,9 @@ import numpy as np
 
 from unseen_fast.auto_selection import WarmStart, choose_selection, validation_mask, validation_size
 from unseen_fast.baselines import DYNAMICS_SCORES, FEATURE_SCORES, BaselineParams
-from unseen_fast.constants import FRAMEWORKS, MAX_SEED, OUTPUT_SCORES, SCORES, resolve_amp
+from unseen_fast.constants import FRAMEWORKS, OUTPUT_SCORES, SCORES, resolve_amp
 from unseen_fast.data import ImageIndex, check_backend, open_index, prepare_cache, release_resident
-from unseen_fast.errors import UserError
+from unseen_fast.errors import UserError, check_seed
 from unseen_fast.evaluate import ScoringPass, score_samples
 from unseen_fast.fold_scores import SCORE_NORMS, combine_scores
 from unseen_fast.label_issues import find_label_issues, label_issues_csv
@@ -81,15 +80,8 @@ class PruneConfig:
             raise UserError(f"auto budget must be in (0, 1], got {self.auto_budget}")
         if not 0 < self.label_issue_factor <= 1:
             raise UserError(f"label issue factor must be in (0, 1], got {self.label_issue_factor}")
-        self.baseline.validate()
-        if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral) or \
-                not 0 <= self.seed <= MAX_SEED:
-            raise UserError(f"seed must be a whole number from 0 to {MAX_SEED}, got {self.seed!r}")
-        if self.score in DYNAMICS_SCORES:  # the fitting model records train.epochs: refused before it trains
-            for name, value in (("early_epochs", self.baseline.early_epochs), ("window", self.baseline.window)):
-                if value is not None and value > self.train.epochs:
-                    raise UserError(f"{name} {value} > the {self.train.epochs} epochs the model trains and "
-                                    f"records; lower it or raise --epochs")
+        self.baseline.validate(self.train.epochs if self.score in DYNAMICS_SCORES else None)
+        check_seed(self.seed)
         if self.framework != "fitting" and self.folds < 2:
             raise UserError(f"need at least 2 folds, got {self.folds}")
         if self.stages < 1:
@@ -170,20 +162,18 @@ def prune(data, *, out, config: PruneConfig, device="auto", nproc: int | None = 
     device = training_device(device, gpus, nproc)  # the scoring runs there too
     index = data if isinstance(data, ImageIndex) else open_index(data)
     index.refuse_inside(out)  # before anything is written there
-    if share_dir is not None:  # models and a decoded cache: a class folder if written into the data
-        index.refuse_inside(share_dir, "--share-models")
     train = dataclasses.replace(config.train, amp=resolve_amp(config.train.amp, str(device)))  # once, for the log
     config = dataclasses.replace(config, train=train)
     log.info("pruning %d samples on %s, precision %s", len(index), device, config.train.amp)  # the first line
     checked = checked_before(Path(out), index, skip_bad) if resume else None
     index, skipped = checked or readable_images(index, skip_bad)
     config.validate(index)
-    where = str(device)
-    config = dataclasses.replace(config, train=concrete(config.train, index, where))
+    config = dataclasses.replace(config, train=concrete(config.train, index, where := str(device)))
     check_model(config.train, index.num_classes, model_factory)  # these two: before the run folder is claimed
     check_picklable(model_factory, gpus if gpus and gpus > 1 else nproc)
     check_backend(config.train.backend, index)
-    if share_dir is not None:  # a file there is refused before --out is claimed
+    if share_dir is not None:  # inside the data (models, cache: a class) or a file: refused before --out is claimed
+        index.refuse_inside(share_dir, "--share-models")
         make_folder(share_dir, "--share-models")
     run = _claim(RunDir(out), config, index, resume)
     if skipped:
