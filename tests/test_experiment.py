@@ -97,8 +97,10 @@ def test_changed_configuration_is_refused(finished, tmp_path):
         run_experiment(Grid.from_yaml(path), out)
     changed = dict(GRID, val_fraction=0.3)
     path.write_text(yaml.safe_dump(changed))
+    grid_before = (out / "grid.json").read_bytes()
     with pytest.raises(DataError, match="different train/validation split"):
         run_experiment(Grid.from_yaml(path), out)
+    assert (out / "grid.json").read_bytes() == grid_before  # a refused rerun leaves the grid that was run
 
 
 @pytest.mark.parametrize("change, message", [

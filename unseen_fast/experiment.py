@@ -53,9 +53,9 @@ def run_experiment(grid: Grid, out, *, device="auto", nproc=None, gpus=None, pro
     out = Path(out)
     device = training_device(device, gpus, nproc)  # "auto": the GPU when one is visible
     make_folder(out)
-    write_json(out / "grid.json", dataclasses.asdict(grid))
     index = open_index(grid.data, file_list=grid.file_list)
     train_index, val_index, val_ids = _split(grid, index, out)
+    write_json(out / "grid.json", dataclasses.asdict(grid))  # after the split check: a refused rerun keeps the old
     image_size = grid.prune_train.get("image_size") or default_image_size(index)
     shared = out / "shared"
     common = dict(device=device, nproc=nproc, gpus=gpus, progress=progress)
