@@ -79,6 +79,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from unseen_fast.rundir import not_a_run_folder, write_json
     from unseen_fast.splits import stratified_holdout
     from unseen_fast.train import check_model, load_model
+    from unseen_fast.usable_images import validation_index
 
     _logging(args.quiet)
     out = Path(args.out)
@@ -89,9 +90,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     device = _device(args)
     config = _train_config(args, index, device)
     if args.val_data:
-        val_index = open_index(args.val_data)
-        if val_index.classes != index.classes:
-            raise UserError(f"--val-data classes {val_index.classes[:5]}... differ from --data's")
+        val_index = validation_index(args.val_data, index)
         val_ids = np.arange(len(val_index))
     else:
         val_index = index

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from unseen_fast.baselines import FEATURE_SCORES
-from unseen_fast.data import DataError, ImageIndex
+from unseen_fast.data import DataError, ImageIndex, open_index
 from unseen_fast.data.decode import unreadable_headers
 from unseen_fast.data.index import INDEX_META
 from unseen_fast.errors import UserError
@@ -93,3 +93,20 @@ def _some_files(index: ImageIndex, bad: dict[int, str]) -> tuple[str, str]:
     """("path (reason); ..." for up to 10 of ``bad``, "; and N more" or "")."""
     listed = "; ".join(f"{index.file(i)} ({reason})" for i, reason in list(bad.items())[:10])
     return listed, f"; and {len(bad) - 10} more" if len(bad) > 10 else ""
+
+
+def validation_index(folder, index: ImageIndex) -> ImageIndex:
+    """train's --val-data, checked before the training: it opens, has
+    ``index``'s classes and every image's header opens (a bad image would
+    otherwise stop the run after the training)."""
+    try:
+        val_index = open_index(folder)
+    except DataError as err:
+        raise DataError(f"--val-data: {err}") from None
+    if val_index.classes != index.classes:
+        raise UserError(f"--val-data classes {val_index.classes[:5]}... differ from --data's")
+    bad = unreadable_headers(val_index)
+    if bad:
+        raise DataError(f"--val-data {folder}: {len(bad)} unreadable image(s), first {val_index.file(min(bad))}; "
+                        f"fix or remove them")
+    return val_index
