@@ -8,6 +8,10 @@ callers that catch bad values keep working.
 """
 from __future__ import annotations
 
+import numbers
+
+from unseen_fast.constants import MAX_SEED
+
 
 class UserError(ValueError):
     """A problem with the caller's input that the caller can fix; the message says which and how."""
@@ -36,10 +40,6 @@ def user_error_named(name: str) -> type[UserError] | None:
 def check_seed(seed, what: str = "seed") -> int:
     """``seed`` if it is a whole number a run can derive its seeds from
     (constants.MAX_SEED), else a UserError naming it."""
-    import numbers
-
-    from unseen_fast.constants import MAX_SEED
-
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed <= MAX_SEED:
         raise UserError(f"{what} must be a whole number from 0 to {MAX_SEED}, got {seed!r}")
     return int(seed)

@@ -223,8 +223,8 @@ class RunDir:
         return False
 
     def _saved_config(self, path: Path) -> dict:
-        try:
-            saved = read_json(path)
+        try:  # not read_json: this message says what a foreign or damaged config means here
+            saved = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as err:
             raise UserError(f"{path} is not a readable run configuration ({err}); use a new --out folder") from None
         if not isinstance(saved, dict) or "fingerprint" not in saved:

@@ -91,13 +91,12 @@ __device__ inline void load_chunk(const float* p, float (&v)[4]) { unpack(__ldg(
 template <typename T>
 __device__ inline void load_chunk(const T* p, float (&v)[8]) { unpack(__ldg(reinterpret_cast<const uint4*>(p)), T{}, v); }
 
-// kBytes (4, 8 or 16) from shared memory as kBytes / sizeof(T) logits,
-// widened to float as load_chunk does. p must be kBytes-aligned: the
-// emulation stops the launch where it is not, as the GPU would.
+// kBytes (4 or 8) from shared memory as kBytes / sizeof(T) logits, widened
+// to float as load_chunk does. p must be kBytes-aligned: the emulation stops
+// the launch where it is not, as the GPU would.
 template <int kBytes> struct SharedWords;  // a vector of kBytes / 4 32-bit words
 template <> struct SharedWords<4> { using type = unsigned; };
 template <> struct SharedWords<8> { using type = uint2; };
-template <> struct SharedWords<16> { using type = uint4; };
 
 template <int kBytes, typename T>
 __device__ inline void load_shared_piece(const T* p, float (&v)[kBytes / sizeof(T)]) {

@@ -276,7 +276,7 @@ class ImageIndex:
         make_folder(run_dir)
         meta_path = run_dir / INDEX_META
         if meta_path.exists():
-            saved = json.loads(meta_path.read_text())
+            saved = read_json(meta_path)
             if saved.get("fingerprint") != self.fingerprint:
                 raise DataError(f"{meta_path} holds a different dataset index ({saved.get('num_samples')} samples "
                                 f"from {dataset_name(saved.get('root'), saved.get('source'))}); refusing to "
