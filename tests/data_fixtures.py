@@ -96,3 +96,25 @@ def loader(index, ids, backend, cache_dir, **kwargs):
     if backend == "torchvision":
         kwargs.setdefault("workers", 0)
     return make_loader(index, ids, backend=backend, cache_dir=cache_dir, **kwargs)
+
+
+def write_png16(path, pixels) -> None:
+    """A 16-bit PNG of (H, W) or (H, W, 3) uint16 ``pixels`` (Pillow writes
+    16-bit grayscale only; RGB48 is written chunk by chunk here)."""
+    import struct
+    import zlib
+
+    import numpy as np
+
+    pixels = np.asarray(pixels, dtype=">u2")
+    height, width = pixels.shape[:2]
+    colour_type = 2 if pixels.ndim == 3 else 0
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = b"".join(b"\x00" + row.tobytes() for row in pixels.reshape(height, -1))  # filter 0 per row
+    header = struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0)
+    with open(path, "wb") as out:
+        out.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
+                  + chunk(b"IEND", b""))

@@ -171,6 +171,34 @@ def test_eval_pixels_agree_between_backends(request, cache_dir, folder, image_si
     assert diff.mean() < limit
 
 
+@pytest.mark.parametrize("rgb", [False, True])
+def test_16_bit_pngs_read_as_their_nearest_8_bit_levels_on_every_backend(tmp_path, cache_dir, rgb):
+    """torchvision decodes 16-bit PNGs to uint16: the torchvision loader used
+    to stop on them (uint16 stacked with uint8) and the cache clipped them
+    to white. Every backend now delivers the 8-bit PNG of round(v / 257), as
+    DALI reads them (DALI itself compared where it is installed)."""
+    from PIL import Image
+
+    from data_fixtures import write_png16
+
+    rng = np.random.default_rng(3)
+    for name in ("a", "b"):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        wide = rng.integers(0, 65536, (4, 32, 32, 3) if rgb else (4, 32, 32), dtype=np.uint16)
+        for i, pixels in enumerate(wide):
+            write_png16(tmp_path / "data" / name / f"{i}.png", pixels)
+            Image.fromarray(np.rint(pixels / 257).astype(np.uint8)).convert("RGB").save(tmp_path / "data" / name / f"{i}b.png")
+    index = ImageIndex.from_folder(tmp_path / "data")
+    wide_ids = [i for i, path in enumerate(index.paths) if not path.endswith("b.png")]
+    narrow_ids = [index.paths.index(index.paths[i].replace(".png", "b.png")) for i in wide_ids]
+    for backend in BACKEND_NAMES:
+        if backend == "dali" and not dali_available():
+            continue
+        images = to_uint8(collect(loader(index, np.array(wide_ids + narrow_ids), backend, cache_dir / backend,
+                                         train=False, image_size=32))[0])
+        assert torch.equal(images[:len(wide_ids)], images[len(wide_ids):]), backend
+
+
 def test_train_augmentation_is_a_crop_and_flip_of_the_eval_image(small_index, cache_dir):
     """The cache's batched pad-crop-flip moves pixels, never changes them:
     each train image is a shifted (and maybe mirrored) eval image."""

@@ -38,13 +38,24 @@ def read_bytes(path: str, sample_id: int | None = None) -> torch.Tensor:
 def decode_bytes(data: torch.Tensor, path: str, sample_id: int | None = None) -> torch.Tensor:
     """decode_file's decoding step, on the CPU, for bytes already read."""
     try:
-        return decode_image(data, mode=ImageReadMode.RGB)
+        return _eight_bit(decode_image(data, mode=ImageReadMode.RGB))
     except (RuntimeError, ValueError) as err:
         first_error = first_line(err)
     try:
         return _decode_with_pillow(path)
     except Exception:  # Pillow's errors vary by format; the first one is the useful one
         raise BadImageError(path, first_error, sample_id) from None
+
+
+def _eight_bit(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels. torchvision decodes 16-bit PNGs to uint16; they are
+    scaled to round(v / 257), the nearest 8-bit level, as DALI reads them
+    (torchvision's own scaling keeps the high byte, one level off for about
+    half the values), instead of being clipped or wrapped later."""
+    if pixels.dtype == torch.uint8:
+        return pixels
+    wide = pixels.to(torch.int32)  # 65535 * 255 fits; no ties, since 257 is odd
+    return ((wide * 255 + 32767) // 65535).to(torch.uint8)
 
 
 def image_size(path: str) -> tuple[int, int]:
