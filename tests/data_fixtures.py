@@ -99,6 +99,11 @@ def loader(index, ids, backend, cache_dir, **kwargs):
 
 
 def write_png16(path, pixels) -> None:
+    with open(path, "wb") as out:
+        out.write(png16_bytes(pixels))
+
+
+def png16_bytes(pixels) -> bytes:
     """A 16-bit PNG of (H, W) or (H, W, 3) uint16 ``pixels`` (Pillow writes
     16-bit grayscale only; RGB48 is written chunk by chunk here)."""
     import struct
@@ -115,6 +120,5 @@ def write_png16(path, pixels) -> None:
 
     rows = b"".join(b"\x00" + row.tobytes() for row in pixels.reshape(height, -1))  # filter 0 per row
     header = struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0)
-    with open(path, "wb") as out:
-        out.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
-                  + chunk(b"IEND", b""))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
+            + chunk(b"IEND", b""))

@@ -258,6 +258,70 @@ def test_skip_bad_delivers_the_rest(folder_with_bad_files, cache_dir, backend, c
     assert "skipping cannot decode image" in caplog.text
 
 
+def test_damaged_pngs_are_bad_files_not_crashes(tmp_path):
+    """torchvision's decode_png killed the process (SIGSEGV) on every libpng
+    error (CRC, zlib, filter byte) and DALI's decoder on a PNG cut short
+    (with batches larger than the files left, 4 runs in 10): PNGs are now
+    decoded by Pillow and cut ones kept from DALI. In a child process, so
+    that a crash fails this test and not the whole run: 200 randomly damaged
+    PNGs raise BadImageError or decode; every backend skips a CRC-damaged and
+    a cut PNG, naming them, and delivers the rest."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from PIL import Image
+
+    rng = np.random.default_rng(5)
+    for name in ("a", "b"):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for i in range(15):
+            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "data" / name / f"{i}.png")
+    crc = bytearray((tmp_path / "data" / "a" / "3.png").read_bytes())
+    crc[crc.index(b"IDAT") + 20] ^= 0xFF  # inside the pixel data: libpng stops on the chunk's CRC, Pillow on zlib
+    (tmp_path / "data" / "a" / "3.png").write_bytes(bytes(crc))
+    cut = tmp_path / "data" / "b" / "7.png"
+    cut.write_bytes(cut.read_bytes()[:1500])
+    backends = [b for b in BACKEND_NAMES if b != "dali" or dali_available()]
+    tests = Path(__file__).parent
+    child = subprocess.run([sys.executable, str(tests / "damaged_png_child.py"), str(tmp_path / "data"), *backends],
+                           capture_output=True, text=True, timeout=600, cwd=tests)
+    assert child.returncode == 0, f"exit {child.returncode}: {child.stderr[-3000:]}"
+    report = json.loads(child.stdout.splitlines()[-1])
+    assert report["fuzzed"]["bad"] > 100, report["fuzzed"]
+    index = ImageIndex.from_folder(tmp_path / "data")
+    bad = {index.paths.index("a/3.png"), index.paths.index("b/7.png")}
+    for backend, got in report["backends"].items():
+        assert got["ids"] == sorted(set(range(len(index))) - bad), backend
+        reasons = dict(got["skipped"])
+        assert set(reasons) == bad and all(reasons.values()), (backend, reasons)
+
+
+def test_header_pass_finds_pngs_cut_short(tmp_path):
+    """The cheap pass before training reads each PNG's end: a PNG cut short
+    is unreadable there (as are empty and non-image files); one with bytes
+    appended after its IEND chunk is fine."""
+    from PIL import Image
+
+    from unseen_fast.data.decode import unreadable_headers
+
+    (tmp_path / "data" / "a").mkdir(parents=True)
+    (tmp_path / "data" / "b").mkdir()
+    pixels = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    for i in range(4):
+        Image.fromarray(pixels).save(tmp_path / "data" / "a" / f"{i}.png")
+        Image.fromarray(pixels).save(tmp_path / "data" / "b" / f"{i}.jpg")
+    whole = (tmp_path / "data" / "a" / "0.png").read_bytes()
+    (tmp_path / "data" / "a" / "1.png").write_bytes(whole[:-12])  # all but the IEND chunk
+    (tmp_path / "data" / "a" / "2.png").write_bytes(whole + b"trailing bytes" * 1000)
+    jpeg = (tmp_path / "data" / "b" / "0.jpg").read_bytes()
+    (tmp_path / "data" / "b" / "0.jpg").write_bytes(jpeg[:len(jpeg) // 2])  # JPEGs cut short: found when decoded
+    index = ImageIndex.from_folder(tmp_path / "data")
+    bad = unreadable_headers(index)
+    assert bad == {index.paths.index("a/1.png"): "cut short: the PNG does not end with its IEND chunk"}
+
+
 # ------------------------------------------------------------ choice, errors
 def test_auto_backend_choice(small_index, caplog):
     no_cache = "dali" if dali_available() else "torchvision"  # on the CPU, without DALI: torchvision's workers

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from unseen_fast.data.batches import BatchLoader
-from unseen_fast.data.decode import decode_file
+from unseen_fast.data.decode import CUT_PNG, decode_file, png_is_complete
 from unseen_fast.data.errors import BadImageError, DataError
 from unseen_fast.data.transforms import MEAN, RRC_AREA, RRC_RATIO, Augment
 
@@ -96,7 +96,7 @@ class DaliLoader(BatchLoader):
         self.device_id = (self.device.index or 0) if self.device.type == "cuda" else None
 
     def _uint8_batches(self):
-        order = self.order
+        order = self._without_cut_pngs(self.order)
         start = 0
         while start < len(order):
             # A bad file (with skip_bad) resumes at the failed batch without it.
@@ -104,6 +104,18 @@ class DaliLoader(BatchLoader):
             if restart is None:
                 return
             order, start = restart
+
+    def _without_cut_pngs(self, order: np.ndarray) -> np.ndarray:
+        """``order`` without the .png files cut short, which are bad files
+        here (named, or skipped with skip_bad) before DALI reads them: its PNG
+        decoder can kill the process (SIGSEGV) on them instead of raising.
+        One read of each PNG's last bytes; the CLI's header pass finds them
+        whatever their extension."""
+        cut = [sample_id for sample_id in order.tolist() if self.index.paths[sample_id].lower().endswith(".png")
+               and not png_is_complete(self.index.file(sample_id))]
+        for sample_id in cut:
+            self._record_bad(BadImageError(self.index.file(sample_id), CUT_PNG, sample_id))
+        return order[~np.isin(order, cut)] if cut else order
 
     def _run(self, order: np.ndarray, start: int):
         """Yield the batches of order[start:]; after a bad file (skip_bad),
@@ -121,19 +133,27 @@ class DaliLoader(BatchLoader):
                 try:
                     images, read_ids = pipe.run()
                 except RuntimeError as err:
-                    bad = self._find_bad(batch, err)
-                    keep = ~np.isin(order, bad)
-                    first = start + number * self.batch_size
-                    return order[keep], int(keep[:first].sum())
+                    failure = next((line for line in str(err).splitlines() if line.strip()), "unknown error")
+                    break
                 read_ids = np.asarray(read_ids.as_tensor()).reshape(-1)[:len(batch)]
                 if not np.array_equal(read_ids, batch):  # the reader must follow our order exactly
                     raise RuntimeError(f"DALI's reader returned samples {read_ids[:4]}... instead of {batch[:4]}...")
                 yield _to_torch(images, self.device)[:len(batch)], torch.from_numpy(batch)
+            else:
+                return None
         finally:
-            del pipe  # its buffers and threads go now, not at the next garbage collection
-        return None
+            # Stop its decoding threads now, not when the pipeline is garbage
+            # collected: a failed batch's error (and its traceback, which holds
+            # the pipeline) could keep it alive until the interpreter exits,
+            # with threads still decoding the prefetched batch: a segfault.
+            pipe._shutdown()
+            del pipe
+        bad = self._find_bad(batch, failure)
+        keep = ~np.isin(order, bad)
+        first = start + number * self.batch_size
+        return order[keep], int(keep[:first].sum())
 
-    def _find_bad(self, batch: np.ndarray, err: RuntimeError) -> np.ndarray:
+    def _find_bad(self, batch: np.ndarray, failure: str) -> np.ndarray:
         """Name the files of a failed batch that do not decode; raise unless
         skipping them."""
         bad = []
@@ -144,9 +164,8 @@ class DaliLoader(BatchLoader):
                 self._record_bad(bad_image)
                 bad.append(sample_id)
         if not bad:
-            first_line = next((line for line in str(err).splitlines() if line.strip()), "unknown error")
             raise DataError(f"DALI failed on a batch of {len(batch)} files starting with "
-                            f"{self.index.file(int(batch[0]))}: {first_line}") from None
+                            f"{self.index.file(int(batch[0]))}: {failure}")
         return np.asarray(bad, dtype=np.int64)
 
 

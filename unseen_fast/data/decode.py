@@ -3,11 +3,13 @@ the cache builder and check-data so all three agree on pixels and errors."""
 from __future__ import annotations
 
 import collections
+import io
 import itertools
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import torch
 from torchvision.io import ImageReadMode, decode_image, read_file
 
@@ -18,9 +20,9 @@ from unseen_fast.data.errors import BadImageError
 def decode_file(path: str, sample_id: int | None = None) -> torch.Tensor:
     """(3, H, W) uint8 RGB pixels of an image file.
 
-    torchvision's decoders (libjpeg-turbo, libpng, libwebp) first; Pillow for
-    what they do not read (BMP). Anything unreadable raises BadImageError
-    naming the file.
+    torchvision's decoders (libjpeg-turbo, libwebp) first; Pillow for PNGs
+    (_decode_png says why) and what torchvision does not read (BMP).
+    Anything unreadable raises BadImageError naming the file.
     """
     return decode_bytes(read_bytes(path, sample_id), path, sample_id)
 
@@ -37,14 +39,42 @@ def read_bytes(path: str, sample_id: int | None = None) -> torch.Tensor:
 
 def decode_bytes(data: torch.Tensor, path: str, sample_id: int | None = None) -> torch.Tensor:
     """decode_file's decoding step, on the CPU, for bytes already read."""
+    raw = data.numpy()
+    if raw[:8].tobytes() == PNG_SIGNATURE:
+        try:
+            return _decode_png(raw)
+        except Exception as err:  # Pillow's errors vary by damage
+            raise BadImageError(path, first_line(err), sample_id) from None
     try:
         return _eight_bit(decode_image(data, mode=ImageReadMode.RGB))
     except (RuntimeError, ValueError) as err:
         first_error = first_line(err)
     try:
-        return _decode_with_pillow(path)
+        with _open_image(raw) as img:
+            return _pillow_rgb(img)
     except Exception:  # Pillow's errors vary by format; the first one is the useful one
         raise BadImageError(path, first_error, sample_id) from None
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the empty IEND chunk every PNG ends with
+CUT_PNG = "cut short: the PNG does not end with its IEND chunk"
+
+
+def _decode_png(raw: np.ndarray) -> torch.Tensor:
+    """PNGs are decoded by Pillow, not torchvision: torchvision 0.29's
+    decode_png kills the process (SIGSEGV) on every libpng error (a CRC or
+    zlib error, a bad filter byte: 15 of 25 randomly damaged files here),
+    where Pillow raises. Pillow keeps only the high byte of 16-bit colour
+    PNGs, so those are decoded by torchvision once Pillow has read the whole
+    file and checked every chunk's CRC (the errors libpng stops on)."""
+    with _open_image(raw) as img:
+        img.load()
+        if raw[24] != 16:  # the IHDR bit depth (Pillow has read the IHDR: it is there)
+            return _pillow_rgb(img)
+    with _open_image(raw) as img:
+        img.verify()
+    return _eight_bit(decode_image(torch.from_numpy(raw), mode=ImageReadMode.RGB))
 
 
 def _eight_bit(pixels: torch.Tensor) -> torch.Tensor:
@@ -58,19 +88,52 @@ def _eight_bit(pixels: torch.Tensor) -> torch.Tensor:
     return ((wide * 255 + 32767) // 65535).to(torch.uint8)
 
 
+def _open_image(raw: np.ndarray):
+    from PIL import Image
+
+    return Image.open(io.BytesIO(raw.data))
+
+
+def _pillow_rgb(img) -> torch.Tensor:
+    return torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1).contiguous()
+
+
 def image_size(path: str) -> tuple[int, int]:
-    """(height, width) from the file header, without decoding the pixels."""
+    """(height, width) from the file header, without decoding the pixels; a
+    PNG must also end with its IEND chunk (DALI's decoder can segfault on a
+    PNG cut short after a valid header, instead of raising)."""
     from PIL import Image
 
     with Image.open(path) as img:
+        if img.format == "PNG" and not png_is_complete(path):
+            raise ValueError(CUT_PNG)
         return img.height, img.width
+
+
+def png_is_complete(path: str) -> bool:
+    """Whether a PNG file's chunks run to an IEND chunk: its last 12 bytes,
+    or (data appended after it) a walk over the chunk headers."""
+    with open(path, "rb") as file:
+        size = file.seek(0, os.SEEK_END)
+        file.seek(max(0, size - len(PNG_END)))
+        if file.read() == PNG_END:
+            return True
+        position = len(PNG_SIGNATURE)
+        while position + 8 <= size:
+            file.seek(position)
+            header = file.read(8)
+            if header[4:] == b"IEND":
+                return True
+            position += 12 + int.from_bytes(header[:4], "big")  # length, type, data, CRC
+        return False
 
 
 def unreadable_headers(index, *, workers: int | None = None, chunk: int = 1024) -> dict[int, str]:
     """{sample id: reason} of every file whose header does not open as an
     image (empty, not an image, unknown format, unreadable): a cheap pass
-    (no pixels decoded, threads) run before any training. A file cut short
-    after a valid header is found later, when it is decoded."""
+    (no pixels decoded, threads) run before any training. PNGs cut short are
+    found here too (their end is read); other damage after a valid header
+    is found later, when the file is decoded."""
     if index.in_memory:
         return {}
 
@@ -88,19 +151,10 @@ def unreadable_headers(index, *, workers: int | None = None, chunk: int = 1024) 
         return dict(item for failed in pool.map(check, range(0, len(index), chunk)) for item in failed)
 
 
-def _decode_with_pillow(path: str) -> torch.Tensor:
-    import numpy as np
-    from PIL import Image
-
-    with Image.open(path) as img:
-        pixels = np.asarray(img.convert("RGB"))
-    return torch.from_numpy(pixels.copy()).permute(2, 0, 1).contiguous()
-
-
 def first_line(err: BaseException) -> str:
     text = str(err).strip() or type(err).__name__
     # torchvision prefixes "decode_jpeg, /build/path/decode_jpeg.cpp:171, "
-    return re.sub(r"^\w+, \S+:\d+, ", "", text.splitlines()[0])
+    return re.sub(r"^[\w()]+, \S+:\d+, ", "", text.splitlines()[0])
 
 
 def _decode_chunk(index, convert, first: int, count: int):
