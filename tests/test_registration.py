@@ -84,7 +84,17 @@ def test_cli_info_json():
     assert {"cuda_compiled", "torch", "cuda", "dali", "cuda_devices"} <= set(info)
 
 
+def test_cli_version():
+    from unseen_fast import __version__
+
+    result = run_cli("--version")
+    assert result.returncode == 0 and result.stdout == f"unseen-fast {__version__}\n", result.stdout + result.stderr
+
+
 def test_cli_demo():
     result = run_cli("demo", "--samples", "2000", "--classes", "10")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "matches the reference selection: True" in result.stdout
+    assert "kept the 1400 highest-entropy samples of 2000 (--keep 0.7); matches the reference selection: True" \
+        in result.stdout
+    one = run_cli("demo", "--samples", "1", "--classes", "2")  # kept none before: int(0.7)
+    assert one.returncode == 0 and "kept the highest-entropy sample of 1 " in one.stdout, one.stdout + one.stderr

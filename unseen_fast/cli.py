@@ -303,7 +303,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from unseen_fast.constants import __version__
+
     parser = _Parser(prog="unseen-fast", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"unseen-fast {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", help="versions, compiled kernels, devices, DALI")
     info.add_argument("--json", action="store_true", help="print a JSON object")

@@ -33,7 +33,7 @@ def run_demo(*, samples: int, classes: int, keep: float, seed: int, device_name:
     exact = reference.score(logits, labels, ops.METHODS)
     err = (scores.double() - exact).abs().max().item()
 
-    k = int(samples * keep)
+    k = max(1, round(samples * keep))  # --keep 0.7 of 1 sample keeps it, not none
     entropy = scores[:, 0].contiguous()
     kept = ops.select_topk(ops.normalize(entropy), k)
     same = torch.equal(kept.cpu(), reference.select_topk(entropy, k).cpu())
@@ -43,5 +43,6 @@ def run_demo(*, samples: int, classes: int, keep: float, seed: int, device_name:
     print(f"max |error| vs float64 reference: {err:.2e}")
     for name, col in zip(ops.METHODS, scores.T):
         print(f"  {name:<17} mean {col.mean().item():8.4f}  min {col.min().item():8.4f}  max {col.max().item():8.4f}")
-    print(f"kept the {k} highest-entropy samples ({keep:.0%}); matches the reference selection: {same}")
+    what = "the highest-entropy sample" if k == 1 else f"the {k} highest-entropy samples"
+    print(f"kept {what} of {samples} (--keep {keep:g}); matches the reference selection: {same}")
     return same and err < 1e-4
