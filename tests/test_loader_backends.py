@@ -84,11 +84,15 @@ def test_auto_picks_nvjpeg_on_a_gpu_without_dali(small_index, monkeypatch):
 
 
 def test_file_decoders_of_in_memory_images_use_the_cache_and_a_missing_dali_is_refused_first(
-        small_index, tmp_path, monkeypatch):
+        small_index, tmp_path, monkeypatch, caplog):
     """dali and nvjpeg decode files: on images already in memory both serve
-    the decoded cache (dali used to fail after the run folder was claimed);
-    dali asked for where it is not installed stops prune before --out exists."""
-    from unseen_fast.data import DataError, loader as loader_module, make_loader
+    the decoded cache (dali used to fail after the run folder was claimed),
+    and the run's log says so (it said so only at debug level); dali asked
+    for where it is not installed stops prune and train before --out exists."""
+    import logging
+
+    from unseen_fast.cli import main
+    from unseen_fast.data import DataError, check_backend, loader as loader_module, make_loader
     from unseen_fast.pipeline import PruneConfig, prune
 
     digits = ImageIndex.digits()
@@ -96,7 +100,14 @@ def test_file_decoders_of_in_memory_images_use_the_cache_and_a_missing_dali_is_r
         batches = make_loader(digits, np.arange(40), train=False, batch_size=20, image_size=8, backend=backend,
                               cache_dir=tmp_path / "cache")
         assert batches.backend == "cache" and len(list(batches)) == 2
+        with caplog.at_level(logging.INFO, logger="unseen_fast.data"):
+            check_backend(backend, digits)
+        assert f"--backend {backend} decodes image files; the built-in digits dataset is already in memory, " \
+               f"so the decoded cache serves it" in caplog.text
     monkeypatch.setattr(loader_module, "dali_available", lambda: False)
+    assert main(["train", "--data", str(small_index.root), "--out", str(tmp_path / "train"), "--backend", "dali",
+                 "--epochs", "1", "--quiet"]) == 2
+    assert not (tmp_path / "train").exists()
     config = PruneConfig(prune_rate=0.3, folds=2, train=dataclasses.replace(TrainConfig(epochs=1), backend="dali"))
     with pytest.raises(DataError, match="backend 'dali' needs nvidia-dali .* use --backend auto"):
         prune(small_index, out=tmp_path / "run", config=config)

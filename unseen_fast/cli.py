@@ -71,7 +71,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from unseen_fast.data import open_index
+    from unseen_fast.data import check_backend, open_index
     from unseen_fast.data.index import subset_ids
     from unseen_fast.errors import UserError
     from unseen_fast.evaluate import accuracy_report, predict_logits
@@ -98,7 +98,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         logging.getLogger("unseen_fast.train").info(
             "training on %d samples; %d more held out for validation (--val-fraction %g)", len(ids), len(val_ids),
             args.val_fraction)
-    check_model(config, index.num_classes)  # these two before anything is written
+    check_model(config, index.num_classes)  # these three before anything is written
+    check_backend(config.backend, index)
     index.save(not_a_run_folder(out))  # creates the folder, refused inside --data
     write_json(out / "train_config.json", dict(vars(config), train_samples=len(ids), val_samples=len(val_ids)))
     loader_kwargs = dict(cache_dir=out / "cache")

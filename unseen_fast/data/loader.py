@@ -118,8 +118,12 @@ def make_loader(index: ImageIndex, ids, *, train: bool, batch_size: int, image_s
 
 
 def check_backend(backend: str, index: ImageIndex) -> None:
-    """Refuse a backend this machine cannot run, before a run writes anything."""
-    if backend == "dali" and not index.in_memory and not dali_available():
+    """Refuse a backend this machine cannot run, before a run writes anything;
+    say (once, in the run's log) when a file decoder asked for will not be used."""
+    if backend in ("dali", "nvjpeg") and index.in_memory:
+        log.info("--backend %s decodes image files; %s is already in memory, so the decoded cache serves it",
+                 backend, index.name)
+    elif backend == "dali" and not dali_available():
         raise DataError("backend 'dali' needs nvidia-dali (pip install nvidia-dali-cuda120); "
                         "use --backend auto or torchvision")
 
