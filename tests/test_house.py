@@ -43,8 +43,9 @@ def test_unexpected_errors_keep_their_traceback(monkeypatch):
 
 
 def test_interrupts_and_unwritable_folders_are_one_line(monkeypatch, tmp_path, capsys):
-    """Ctrl-C says how to continue (exit 130); a read-only or forbidden
-    folder met by a plain write names the file; other OS errors stay bugs."""
+    """Ctrl-C and SIGTERM say how each command continues (exit 130, 143); a
+    read-only or forbidden folder met by a plain write names the file; other
+    OS errors stay bugs."""
     import errno
     import os
 
@@ -58,6 +59,16 @@ def test_interrupts_and_unwritable_folders_are_one_line(monkeypatch, tmp_path, c
     assert cli.main(argv) == 130
     assert capsys.readouterr().err.strip() == ("unseen-fast prune: interrupted; the finished checkpoints are kept: "
                                                "the same command with --resume continues")
+    from unseen_fast.errors import Stopped
+
+    stop = Stopped("training model stopped by SIGTERM after epoch 1/3 (checkpoint saved)")
+    monkeypatch.setattr(cli, "cmd_train", raising(stop))  # train resumes without --resume (it used to say prune's)
+    assert cli.main(["train", "--data", "builtin:digits", "--out", str(tmp_path / "t")]) == 143
+    assert capsys.readouterr().err.strip() == ("unseen-fast train: training model stopped by SIGTERM after epoch 1/3 "
+                                               "(checkpoint saved); the same command continues")
+    monkeypatch.setattr(cli, "cmd_experiment", raising(KeyboardInterrupt()))
+    assert cli.main(["experiment", "grid.yaml", "--out", str(tmp_path / "e")]) == 130
+    assert capsys.readouterr().err.strip().endswith("kept: the same command continues")
     monkeypatch.setattr(cli, "cmd_info", raising(OSError(errno.EROFS, "Read-only file system", "/ro/run/.lock")))
     assert cli.main(["info"]) == 2
     assert capsys.readouterr().err.strip() == "unseen-fast info: error: cannot write /ro/run/.lock: Read-only file system"

@@ -358,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     DataError and every bad option value are) is one line on stderr and exit
     2; anything else is a bug and keeps its traceback."""
     from unseen_fast.checkpoint import Terminated, terminate_on_sigterm
-    from unseen_fast.errors import UserError
+    from unseen_fast.errors import Stopped, UserError
     from unseen_fast.rundir import STORAGE_ERRNOS
 
     args, unknown = build_parser().parse_known_args(argv)
@@ -367,6 +367,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with terminate_on_sigterm():
             return args.func(args)
+    except Stopped as err:  # SIGTERM in a training, checkpoints saved: not an error of the user's
+        print(f"unseen-fast {args.command}: {err}; {_continue_with(args.command)}", file=sys.stderr)
+        return err.exit_code
     except UserError as err:
         print(f"unseen-fast {args.command}: error: {err}", file=sys.stderr)
         return err.exit_code
@@ -376,11 +379,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unseen-fast {args.command}: error: cannot write {err.filename}: {err.strerror}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM outside a training (Terminated)
-        again = "the same command" + (" with --resume" if args.command == "prune" else "")
         what = "stopped by SIGTERM" if isinstance(stop, Terminated) else "interrupted"
-        print(f"unseen-fast {args.command}: {what}; the finished checkpoints are kept: {again} continues",
+        print(f"unseen-fast {args.command}: {what}; the finished checkpoints are kept: {_continue_with(args.command)}",
               file=sys.stderr)
         return getattr(stop, "exit_code", 130)
+
+
+def _continue_with(command: str) -> str:
+    """How a stopped command continues: prune needs --resume (a run folder
+    it finds is otherwise refused); train and experiment resume by default."""
+    return "the same command" + (" with --resume" if command == "prune" else "") + " continues"
 
 
 if __name__ == "__main__":

@@ -150,7 +150,7 @@ def train(config: TrainConfig, index: ImageIndex, ids, out_dir, *, device="cpu",
                     torch.distributed.barrier(ddp_group)  # nobody runs ahead of a checkpoint
                 if stopping:
                     raise Stopped(f"training {out_dir.name} stopped by SIGTERM after epoch {epoch + 1}/{config.epochs}"
-                                  f" (checkpoint saved); the same command (prune: with --resume) continues")
+                                  f" (checkpoint saved)")  # the CLI adds how its command continues
     except BaseException:
         if writer is not None:
             writer.wait(raise_error=False)  # the checkpoint in flight lands; the first error is the one raised
