@@ -285,7 +285,7 @@ def test_cli_prune_and_errors(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["prune", "--data", "builtin:digits", "--prune-rate", "0.5", "--epochs", "1", "--folds", "2",
                  "--out", str(out), "--quiet"]) == 0
-    assert "kept 898 of 1797 samples" in capsys.readouterr().out
+    assert "kept 898 of 1,797 samples (prune rate 0.5" in capsys.readouterr().out
     summary = json.loads((out / "summary.json").read_text())
     assert summary["config"]["folds"] == 2 and summary["iterations_per_epoch"]["stage1"] == 6  # 2 x (898 // 256)
     assert main(["prune", "--data", "builtin:digits", "--prune-rate", "1.5", "--out", str(tmp_path / "x")]) == 2
@@ -544,6 +544,9 @@ def test_an_image_cut_short_after_its_header_stops_before_training_or_is_left_ou
     result = prune(ImageIndex.from_folder(root), out=tmp_path / "run", config=cfg, resume=True, skip_bad=True)
     assert 7 not in result.coreset.tolist() and len(result.coreset) == result["coreset_size"]
     assert result["coreset_size"] == int((len(paths) - 1) * 0.5)  # the prune rate of the usable samples
+    assert result["num_samples"] == len(paths) and result["usable_samples"] == len(paths) - 1  # ids kept stable
+    assert repr(result).startswith(f"PruneResult: kept {result['coreset_size']} of {len(paths) - 1} samples "
+                                   f"(1 undecodable image(s) left out: skipped_images.txt)")  # said "of all"
     assert (tmp_path / "run" / "skipped_images.txt").read_text().startswith(paths[7] + "\t")
     assert np.isnan(np.load(tmp_path / "run" / "scores_per_model_stage1.npy")[:, 7]).all()
     assert not np.load(tmp_path / "run" / "label_issues.npy")[7]

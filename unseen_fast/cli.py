@@ -140,8 +140,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
                     resume=args.resume, progress=not args.quiet, share_dir=args.share_models,
                     skip_bad=args.skip_bad)
     out = Path(args.out)
-    print(f"kept {summary['coreset_size']} of {summary['num_samples']} samples "
-          f"(prune rate {args.prune_rate}, stages {summary['stage_sizes']})")
+    print(f"{summary.kept_line} (prune rate {args.prune_rate}, stages {summary['stage_sizes']})")
     print(f"coreset: {out / 'coreset.npy'} (sample ids), {out / 'coreset.txt'} (file list)")
     print(f"summary: {out / 'summary.json'}; plots: {out / 'score_distribution.png'}, {out / 'kept_per_class.png'}")
     return 0

@@ -30,8 +30,18 @@ class PruneResult(dict):
         self.run_dir = Path(run_dir)
         self.file_list = self.run_dir / "coreset.txt"
 
+    @property
+    def kept_line(self) -> str:
+        """"kept M of N samples", N the samples the prune rate applied to: an
+        image that could not be decoded (--skip-bad) keeps its sample id but
+        is not one of them."""
+        usable = self.get("usable_samples", self["num_samples"])
+        left_out = self["num_samples"] - usable
+        return (f"kept {self['coreset_size']:,} of {usable:,} samples"
+                + (f" ({left_out:,} undecodable image(s) left out: skipped_images.txt)" if left_out else ""))
+
     def __repr__(self) -> str:
-        return (f"PruneResult: kept {self['coreset_size']:,} of {self['num_samples']:,} samples "
+        return (f"PruneResult: {self.kept_line} "
                 f"(prune rate {self['prune_rate']}, stages {self['stage_sizes']}, {self['config']['score']} "
                 f"{self['config']['framework']}, {self['device']} {self['precision']})\n"
                 f"  .coreset: {len(self.coreset):,} sample ids   .file_list: {self.file_list}\n"
@@ -41,7 +51,8 @@ class PruneResult(dict):
         printer.text(repr(self))
 
 
-def write_outputs(run: RunDir, index, config, sizes, added, fold, timings, images, wall_s, *, device: str) -> dict:
+def write_outputs(run: RunDir, index, config, sizes, added, fold, timings, images, wall_s, *, device: str,
+                  usable: np.ndarray) -> dict:
     """Write the coreset files, summary.json and the plots; returns the summary."""
     coreset = np.flatnonzero(added)
     run.save_npy("coreset.npy", coreset)
@@ -54,7 +65,8 @@ def write_outputs(run: RunDir, index, config, sizes, added, fold, timings, image
     previous = read_json(summary_path) if summary_path.exists() else {}
     timings = {**previous.get("wall_time_s", {}), **timings}
     summary = dict(
-        num_samples=n, coreset_size=len(coreset), prune_rate=config.prune_rate, stage_sizes=sizes,
+        num_samples=n, usable_samples=int(usable.sum()), coreset_size=len(coreset), prune_rate=config.prune_rate,
+        stage_sizes=sizes,
         device=device, precision=config.train.amp,
         config=dataclasses.asdict(config),
         kept_per_class={c: int(kept[i]) for i, c in enumerate(index.classes)},

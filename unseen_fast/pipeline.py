@@ -184,7 +184,7 @@ def prune(data, *, out, config: PruneConfig, device="auto", nproc: int | None = 
         fold = job.split()
         added = job.select_stages(fold)
         return write_outputs(run, index, config, job.sizes, added, fold, job.timings, job.images,
-                             time.perf_counter() - start, device=where)
+                             time.perf_counter() - start, device=where, usable=job.usable)
     finally:
         run.unlock()
         release_resident()  # the device memory the shared dataset held
