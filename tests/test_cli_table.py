@@ -33,6 +33,7 @@ def workspace(tmp_path_factory, small_folder):
     (root / "grid.yaml").write_text("data: [unclosed\n")
     listed = sorted(str(f.relative_to(root / "good")) for f in (root / "good").rglob("*") if f.is_file())
     (root / "dup.txt").write_text(f"{listed[0]} 0\n{listed[1]} 1\n{listed[0]} 0\n")
+    (root / "onelabel.txt").write_text(f"{listed[0]} 3\n{listed[1]} 3\n")
     (root / "zero.npy").write_bytes(b"")
     (root / "early.yaml").write_text(f"data: {root / 'good'}\nmethods: {{u: {{}}}}\nprune_rates: [0.5]\nseeds: [-1]\n")
     assert cli.main(["prune", "--data", str(root / "good"), "--prune-rate", "0.5", "--epochs", "1", "--folds", "2",
@@ -90,6 +91,8 @@ CASES = [  # (id, argv, a piece of the one error line)
     ("unknown built-in", prune("builtin:mnist"), "unknown built-in dataset"),
     ("file list naming a missing file", prune() + ["--file-list", "{root}/list.txt"], "does-not-exist.png"),
     ("missing file list", prune() + ["--file-list", "{root}/nolist.txt"], "nolist.txt"),
+    ("file list of one label", prune() + ["--file-list", "{root}/onelabel.txt"],  # not "use --data .../3"
+     "the file list gives 1 label(s) (3), pruning needs at least 2"),
     ("out is a file", prune(out="{root}/afile.txt"), "afile.txt"),
     ("out is a finished run, no --resume", prune(out="{root}/done") + ["--folds", "2", "--stages", "1"],
      "--resume"),

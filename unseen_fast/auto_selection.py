@@ -94,7 +94,10 @@ def validation_size(n: int, coreset_size: int, excluded: int = 0) -> int:
     room = (n - coreset_size - excluded) // 2
     size = min(int(round(VALIDATION_SHARE * n)), VALIDATION_MAX, room)
     if size < VALIDATION_MIN:
-        limit = (f"10% of the {n} samples is {int(round(VALIDATION_SHARE * n))}" if room >= VALIDATION_MIN else
+        # the share of N first: no --prune-rate lifts it (the advice used to be "raise --prune-rate" on 25 images)
+        limit = (f"10% of the {n} samples is {int(round(VALIDATION_SHARE * n))} (a dataset of at least "
+                 f"{int(VALIDATION_MIN / VALIDATION_SHARE)} samples is needed)"
+                 if round(VALIDATION_SHARE * n) < VALIDATION_MIN else
                  f"half the {n - coreset_size - excluded} samples neither kept nor excluded is {max(room, 0)}; "
                  f"raise --prune-rate")
         raise UserError(f"--selection auto needs a validation split of at least {VALIDATION_MIN} held-out samples: "

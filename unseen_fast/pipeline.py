@@ -117,6 +117,9 @@ def _check_classes(index: ImageIndex) -> None:
     means --data points one level too high (cifar10/ holding train/)."""
     if index.num_classes < 2:
         hint = ""
+        if index.source == "file_list":  # its labels, not folders: the folder advice would mislead
+            raise UserError(f"the file list gives {index.num_classes} label(s) ({', '.join(index.classes[:3])}), "
+                            f"pruning needs at least 2")
         if index.root is not None and index.classes:
             hint = (f"; if the class folders are inside {index.classes[0]!r}, use "
                     f"--data {Path(index.root) / index.classes[0]}")
