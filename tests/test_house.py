@@ -147,6 +147,14 @@ def test_a_full_disk_is_one_line_naming_the_file_and_the_space(tmp_path, monkeyp
     monkeypatch.undo()
     assert np.load(tmp_path / "a.npy").tolist() == [0, 1, 2] and len(list(tmp_path.iterdir())) == 1
 
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(np, "save", read_only)  # the free bytes of a read-only mount (often 0) were said too
+    with pytest.raises(UserError, match=r"cannot write .*a.npy \(80 bytes\): Read-only file system; the previous "
+                                        r"version, if any, is kept$"):
+        save_npy(tmp_path / "a.npy", np.arange(10))
+
 
 def test_reserving_a_file_on_a_full_disk_is_one_line(tmp_path, monkeypatch):
     """Files written through memory maps (the decoded cache, dynamics) are

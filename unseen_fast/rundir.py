@@ -30,10 +30,12 @@ STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.E
 
 def _storage_error(path: Path, err: OSError, size: int | None) -> UserError:
     needed = f" ({size:,} bytes)" if size is not None else ""
-    try:
-        free = f"; {shutil.disk_usage(path.parent).free:,} bytes free there"
-    except OSError:
-        free = ""
+    free = ""
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):  # a read-only or forbidden folder: its free bytes say nothing
+        try:
+            free = f"; {shutil.disk_usage(path.parent).free:,} bytes free there"
+        except OSError:
+            pass
     return UserError(f"cannot write {path}{needed}: {err.strerror}{free}; the previous version, if any, is kept")
 
 
