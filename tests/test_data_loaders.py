@@ -9,6 +9,7 @@ import torch
 from data_fixtures import collect, loader
 from unseen_fast.data import BadImageError, DataError, ImageIndex, choose_backend, make_loader
 from unseen_fast.data.dali_loader import dali_available
+from unseen_fast.data.decode import decode_file
 from unseen_fast.data.order import as_id_array, batch_slices, epoch_permutation, shard_order
 from unseen_fast.data.transforms import MEAN, STD
 
@@ -296,6 +297,25 @@ def test_damaged_pngs_are_bad_files_not_crashes(tmp_path):
         assert got["ids"] == sorted(set(range(len(index))) - bad), backend
         reasons = dict(got["skipped"])
         assert set(reasons) == bad and all(reasons.values()), (backend, reasons)
+
+
+def test_unreadable_files_are_named_with_the_reason_not_torchvision_sources(tmp_path):
+    """torchvision's read_file said 'torch_call_dispatcher( "aten::from_file" ...
+    API call failed at .../read_write_file.cpp, line 36' for a folder or a
+    file it may not read (a check-data trial on a forbidden file)."""
+    import os
+
+    (tmp_path / "empty.png").write_bytes(b"")
+    cases = {tmp_path / "gone.png": "No such file or directory", tmp_path: "Is a directory",
+             tmp_path / "empty.png": "empty file"}
+    if os.geteuid() != 0:  # root reads through permissions
+        (tmp_path / "locked.png").write_bytes(b"x")
+        (tmp_path / "locked.png").chmod(0)
+        cases[tmp_path / "locked.png"] = "Permission denied"
+    for path, reason in cases.items():
+        with pytest.raises(BadImageError) as raised:
+            decode_file(str(path), 4)
+        assert str(raised.value) == f"cannot decode image {path} (sample id 4): {reason}"
 
 
 def test_header_pass_finds_pngs_cut_short(tmp_path):
