@@ -200,6 +200,34 @@ def test_16_bit_pngs_read_as_their_nearest_8_bit_levels_on_every_backend(tmp_pat
         assert torch.equal(images[:len(wide_ids)], images[len(wide_ids):]), backend
 
 
+@pytest.mark.parametrize("train", [False, True])
+def test_exif_orientation_is_ignored_by_every_backend(tmp_path, cache_dir, train):
+    """Photos carry an EXIF orientation; torchvision's ImageFolder, and every
+    backend here, read the pixels as stored. DALI turned them upright (its
+    default), so its images of such files were rotated against all others.
+    Horizontal stripes stay horizontal under any crop, resize and
+    horizontal flip: a backend's images must vary along H, not along W."""
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    stripes = np.repeat(((np.arange(48) // 8) % 2 * 200 + 25).astype(np.uint8)[:, None, None], 64, 1)
+    for name in ("a", "b"):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.repeat(stripes, 3, 2)).save(tmp_path / "data" / name / f"{i}.jpg", quality=95,
+                                                         exif=exif.tobytes())
+    index = ImageIndex.from_folder(tmp_path / "data")
+    for backend in BACKEND_NAMES:
+        if backend == "dali" and not dali_available():
+            continue
+        images = to_uint8(collect(loader(index, np.arange(len(index)), backend, cache_dir, train=train,
+                                         image_size=72, batch_size=6, seed=1))[0])
+        along_h = (images[:, :, 1:] - images[:, :, :-1]).abs().mean()
+        along_w = (images[..., 1:] - images[..., :-1]).abs().mean()
+        assert along_w < 1 < 5 < along_h, (backend, float(along_h), float(along_w))
+
+
 def test_train_augmentation_is_a_crop_and_flip_of_the_eval_image(small_index, cache_dir):
     """The cache's batched pad-crop-flip moves pixels, never changes them:
     each train image is a shifted (and maybe mirrored) eval image."""
