@@ -83,6 +83,26 @@ def test_auto_picks_nvjpeg_on_a_gpu_without_dali(small_index, monkeypatch):
     assert choose_backend(small_index, 224, device="cuda", cache_budget_bytes=1000)[0] == "torchvision"
 
 
+def test_auto_keeps_dali_to_jpeg_datasets(small_folder, tmp_path, monkeypatch):
+    """DALI's decoder kills the process on damaged PNGs: auto passes over it
+    for a dataset with one PNG (nvjpeg on a GPU, torchvision on the CPU)."""
+    import shutil
+
+    from unseen_fast.data import loader as loader_module
+
+    monkeypatch.setattr(loader_module, "dali_available", lambda: True)
+    assert choose_backend(ImageIndex.from_folder(small_folder), 224, cache_budget_bytes=1000)[0] == "dali"
+    root = tmp_path / "mixed"
+    shutil.copytree(small_folder, root)
+    shutil.copy(next((root / "cat").iterdir()), root / "cat" / "zz.png")  # a JPEG named .png is enough
+    index = ImageIndex.from_folder(root)
+    backend, why = choose_backend(index, 224, cache_budget_bytes=1000)
+    assert backend == "torchvision" and f"DALI decodes JPEG datasets only ({root / 'cat' / 'zz.png'} is not one)" \
+        in why
+    monkeypatch.setattr(loader_module, "gpu_jpeg_decoding", lambda device: True)
+    assert choose_backend(index, 224, device="cuda", cache_budget_bytes=1000)[0] == "nvjpeg"
+
+
 def test_file_decoders_of_in_memory_images_use_the_cache_and_a_missing_dali_is_refused_first(
         small_index, tmp_path, monkeypatch, caplog):
     """dali and nvjpeg decode files: on images already in memory both serve

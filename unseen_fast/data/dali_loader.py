@@ -11,7 +11,8 @@ milliseconds and its first batch comes ~0.13 s later on ImageNet-size files
 (the prefetch queue fills; docs/BENCHMARKS.md), nothing next to an epoch of
 data large enough for DALI.
 DALI errors never escape as pipeline tracebacks: a failed batch is
-re-decoded file by file to name the bad file.
+re-decoded file by file to name the bad file (and bisected with DALI when
+only DALI's decoder refuses one).
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 
 from unseen_fast.data.batches import BatchLoader
-from unseen_fast.data.decode import CUT_PNG, decode_file, png_is_complete
+from unseen_fast.data.decode import decode_file
 from unseen_fast.data.errors import BadImageError, DataError
 from unseen_fast.data.transforms import MEAN, RRC_AREA, RRC_RATIO, Augment
 
@@ -98,7 +99,7 @@ class DaliLoader(BatchLoader):
         self.device_id = (self.device.index or 0) if self.device.type == "cuda" else None
 
     def _uint8_batches(self):
-        order = self._without_cut_pngs(self.order)
+        order = self.order
         start = 0
         while start < len(order):
             # A bad file (with skip_bad) resumes at the failed batch without it.
@@ -106,18 +107,6 @@ class DaliLoader(BatchLoader):
             if restart is None:
                 return
             order, start = restart
-
-    def _without_cut_pngs(self, order: np.ndarray) -> np.ndarray:
-        """``order`` without the .png files cut short, which are bad files
-        here (named, or skipped with skip_bad) before DALI reads them: its PNG
-        decoder can kill the process (SIGSEGV) on them instead of raising.
-        One read of each PNG's last bytes; the CLI's header pass finds them
-        whatever their extension."""
-        cut = [sample_id for sample_id in order.tolist() if self.index.paths[sample_id].lower().endswith(".png")
-               and not png_is_complete(self.index.file(sample_id))]
-        for sample_id in cut:
-            self._record_bad(BadImageError(self.index.file(sample_id), CUT_PNG, sample_id))
-        return order[~np.isin(order, cut)] if cut else order
 
     def _run(self, order: np.ndarray, start: int):
         """Yield the batches of order[start:]; after a bad file (skip_bad),
@@ -145,9 +134,8 @@ class DaliLoader(BatchLoader):
                 return None
         finally:
             # Stop its decoding threads now, not when the pipeline is garbage
-            # collected: a failed batch's error (and its traceback, which holds
-            # the pipeline) could keep it alive until the interpreter exits,
-            # with threads still decoding the prefetched batch: a segfault.
+            # collected: a failed batch's traceback holds it, with its threads
+            # still decoding the prefetched batches.
             pipe._shutdown()
             del pipe
         bad = self._find_bad(batch, failure)
@@ -165,10 +153,31 @@ class DaliLoader(BatchLoader):
             except BadImageError as bad_image:
                 self._record_bad(bad_image)
                 bad.append(sample_id)
+        if not bad:  # files libjpeg-turbo reads past (a damaged marker) that DALI's parser refuses
+            for sample_id in self._refused_by_dali(batch):
+                self._record_bad(BadImageError(self.index.file(sample_id), f"DALI cannot decode it ({failure}); "
+                                               f"torchvision can: --backend nvjpeg or torchvision reads it", sample_id))
+                bad.append(sample_id)
         if not bad:
             raise DataError(f"DALI failed on a batch of {len(batch)} files starting with "
                             f"{self.index.file(int(batch[0]))}: {failure}")
         return np.asarray(bad, dtype=np.int64)
+
+    def _refused_by_dali(self, ids: np.ndarray) -> list[int]:
+        """The files of ``ids`` DALI fails on, by bisection: its errors do not
+        name the file (a failed batch of 256 takes about 16 small pipelines)."""
+        pipe = _build_pipeline([self.index.file(i) for i in ids.tolist()], ids, self.aug, batch_size=len(ids),
+                               num_threads=self.num_threads, device_id=self.device_id, seed=0)
+        try:
+            pipe.run()
+            return []
+        except RuntimeError:
+            if len(ids) == 1:
+                return [int(ids[0])]
+        finally:
+            pipe._shutdown()
+        half = len(ids) // 2
+        return self._refused_by_dali(ids[:half]) + self._refused_by_dali(ids[half:])
 
 
 def _to_torch(images, device: torch.device) -> torch.Tensor:

@@ -104,8 +104,8 @@ def _pillow_rgb(img) -> torch.Tensor:
 
 def image_size(path: str) -> tuple[int, int]:
     """(height, width) from the file header, without decoding the pixels; a
-    PNG must also end with its IEND chunk (DALI's decoder can segfault on a
-    PNG cut short after a valid header, instead of raising)."""
+    PNG must also end with its IEND chunk, so that one cut short is found
+    before any training (one read of its last bytes)."""
     from PIL import Image
 
     with Image.open(path) as img:
