@@ -28,11 +28,11 @@ def test_validation_split_is_stratified_and_leaves_room():
     with pytest.raises(UserError, match=r"half the 90 samples neither kept nor excluded is 45; raise --prune-rate"):
         validation_mask(labels, 910, 0, np.zeros_like(exclude))
     # a small dataset: 10% of N is the limit, and a higher prune rate would not help
-    with pytest.raises(UserError, match=r"10% of the 480 samples is 48 \(a dataset of at least 500 samples is "
+    with pytest.raises(UserError, match=r"10% of the 480 samples is 48 \(a dataset of at least 495 samples is "
                                         r"needed\); or choose another --selection"):
         validation_mask(np.arange(480) % 4, 48, 0, np.zeros(480, dtype=bool))
     # ... even where half the pruned samples is the smaller figure (25 images: the advice was a higher prune rate)
-    with pytest.raises(UserError, match=r"10% of the 25 samples is 2 \(a dataset of at least 500"):
+    with pytest.raises(UserError, match=r"10% of the 25 samples is 2 \(a dataset of at least 495"):
         validation_mask(np.arange(25) % 2, 17, 0, np.zeros(25, dtype=bool))
 
 

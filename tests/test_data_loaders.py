@@ -397,6 +397,15 @@ def test_a_jpeg_only_dali_refuses_is_named_and_skipped(small_folder, tmp_path, c
     ld = loader(index, np.arange(len(index)), "dali", cache_dir, train=True, batch_size=8, skip_bad=True)
     assert sorted(collect(ld)[2].tolist()) == sorted(set(range(len(index))) - {bad})
     assert [err.sample_id for err in ld.skipped] == [bad]
+    assert "nvImageCodec failure" in ld.skipped[0].reason  # not DALI's first line, "Critical error in pipeline:"
+    # DALI failing whatever it reads (a device error) is not blamed on the files, even with skip_bad
+    from unseen_fast.data.dali_loader import DaliLoader
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(DaliLoader, "_dali_decodes", lambda self, ids: False)
+        with pytest.raises(DataError, match=r"DALI failed on a batch of 8 files starting with .*: nvImageCodec"):
+            collect(loader(index, np.arange(len(index)), "dali", cache_dir, train=False, batch_size=8,
+                           skip_bad=True))
 
 
 # ------------------------------------------------------------ choice, errors

@@ -130,6 +130,21 @@ def test_bad_grids(tmp_path, change, message, capsys):
     assert message in capsys.readouterr().err
 
 
+def test_a_backend_the_data_cannot_use_is_refused_before_the_folder_exists(tmp_path, capsys):
+    """--backend dali on PNGs (or without DALI) stopped the first prune cell,
+    after the experiment folder was made; final_train's backend counts too."""
+    from PIL import Image
+
+    for name in ("a", "b"):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(tmp_path / "data" / name / f"{i}.png")
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(dict(GRID, data=str(tmp_path / "data"), final_train=dict(backend="dali"))))
+    assert main(["experiment", str(path), "--out", str(tmp_path / "out")]) == 2
+    assert "backend 'dali'" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
 def test_cross_architecture_final_models(tmp_path):
     grid = Grid(**dict(GRID, seeds=[0], budgets=["epochs"], full_data=False,
                        methods=dict(fitting=GRID["methods"]["fitting"]),

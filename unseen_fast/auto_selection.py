@@ -22,6 +22,7 @@ x the stage-1 training cost (images processed) and reported.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import shutil
 import time
@@ -95,8 +96,9 @@ def validation_size(n: int, coreset_size: int, excluded: int = 0) -> int:
     size = min(int(round(VALIDATION_SHARE * n)), VALIDATION_MAX, room)
     if size < VALIDATION_MIN:
         # the share of N first: no --prune-rate lifts it (the advice used to be "raise --prune-rate" on 25 images)
+        smallest = next(m for m in itertools.count(n) if round(VALIDATION_SHARE * m) >= VALIDATION_MIN)
         limit = (f"10% of the {n} samples is {int(round(VALIDATION_SHARE * n))} (a dataset of at least "
-                 f"{int(VALIDATION_MIN / VALIDATION_SHARE)} samples is needed)"
+                 f"{smallest} samples is needed)"
                  if round(VALIDATION_SHARE * n) < VALIDATION_MIN else
                  f"half the {n - coreset_size - excluded} samples neither kept nor excluded is {max(room, 0)}; "
                  f"raise --prune-rate")

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from unseen_fast.data import DataError, ImageIndex, open_index
+from unseen_fast.data import DataError, ImageIndex, check_backend, open_index
 from unseen_fast.errors import UserError
 from unseen_fast.evaluate import accuracy_report, predict_logits
 from unseen_fast.models import default_image_size
@@ -52,8 +52,10 @@ def run_experiment(grid: Grid, out, *, device="auto", nproc=None, gpus=None, pro
     """Run (or resume) every cell of ``grid`` in ``out``; returns the result rows."""
     out = Path(out)
     device = training_device(device, gpus, nproc)  # "auto": the GPU when one is visible
-    make_folder(out)
     index = open_index(grid.data, file_list=grid.file_list)
+    for train in (grid.prune_train, {**grid.prune_train, **grid.final_train}):  # refused before the folder exists
+        check_backend(train.get("backend", "auto"), index)
+    make_folder(out)
     train_index, val_index, val_ids = _split(grid, index, out)
     write_json(out / "grid.json", dataclasses.asdict(grid))  # after the split check: a refused rerun keeps the old
     image_size = grid.prune_train.get("image_size") or default_image_size(index)

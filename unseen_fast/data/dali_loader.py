@@ -29,6 +29,8 @@ from unseen_fast.data.transforms import MEAN, RRC_AREA, RRC_RATIO, Augment
 
 log = logging.getLogger("unseen_fast.data")
 
+MAX_REFUSED = 4  # files of one batch only DALI refuses; more: DALI itself is failing
+
 
 def dali_version() -> str | None:
     """nvidia-dali's version, or None when it is not installed or its native
@@ -124,7 +126,7 @@ class DaliLoader(BatchLoader):
                 try:
                     images, read_ids = pipe.run()
                 except RuntimeError as err:
-                    failure = next((line for line in str(err).splitlines() if line.strip()), "unknown error")
+                    failure = _dali_reason(err)
                     break
                 read_ids = np.asarray(read_ids.as_tensor()).reshape(-1)[:len(batch)]
                 if not np.array_equal(read_ids, batch):  # the reader must follow our order exactly
@@ -153,31 +155,53 @@ class DaliLoader(BatchLoader):
             except BadImageError as bad_image:
                 self._record_bad(bad_image)
                 bad.append(sample_id)
-        if not bad:  # files libjpeg-turbo reads past (a damaged marker) that DALI's parser refuses
-            for sample_id in self._refused_by_dali(batch):
-                self._record_bad(BadImageError(self.index.file(sample_id), f"DALI cannot decode it ({failure}); "
-                                               f"torchvision can: --backend nvjpeg or torchvision reads it", sample_id))
-                bad.append(sample_id)
-        if not bad:
+        refused = [] if bad else self._refused_by_dali(batch)  # files libjpeg-turbo reads past, DALI does not
+        if not bad and not 0 < len(refused) <= MAX_REFUSED:  # none, or DALI fails whatever it reads
             raise DataError(f"DALI failed on a batch of {len(batch)} files starting with "
                             f"{self.index.file(int(batch[0]))}: {failure}")
-        return np.asarray(bad, dtype=np.int64)
+        for sample_id in refused:
+            self._record_bad(BadImageError(self.index.file(sample_id), f"DALI cannot decode it ({failure}); "
+                                           f"torchvision can: --backend nvjpeg or torchvision reads it", sample_id))
+        return np.asarray(bad + refused, dtype=np.int64)
 
-    def _refused_by_dali(self, ids: np.ndarray) -> list[int]:
-        """The files of ``ids`` DALI fails on, by bisection: its errors do not
-        name the file (a failed batch of 256 takes about 16 small pipelines)."""
-        pipe = _build_pipeline([self.index.file(i) for i in ids.tolist()], ids, self.aug, batch_size=len(ids),
-                               num_threads=self.num_threads, device_id=self.device_id, seed=0)
+    def _refused_by_dali(self, batch: np.ndarray) -> list[int]:
+        """The files of ``batch`` DALI fails on, by bisection: its errors do
+        not name the file (one file of 256: about 16 small pipelines). More
+        than MAX_REFUSED means DALI fails whatever it reads (a device error):
+        the search stops and the caller raises."""
+        refused, pending = [], [batch]
+        while pending and len(refused) <= MAX_REFUSED:
+            ids = pending.pop()
+            if self._dali_decodes(ids):
+                continue
+            if len(ids) == 1:
+                refused.append(int(ids[0]))
+            else:
+                pending += [ids[len(ids) // 2:], ids[:len(ids) // 2]]
+        return sorted(refused)
+
+    def _dali_decodes(self, ids: np.ndarray) -> bool:
+        try:
+            pipe = _build_pipeline([self.index.file(i) for i in ids.tolist()], ids, self.aug, batch_size=len(ids),
+                                   num_threads=self.num_threads, device_id=self.device_id, seed=0)
+        except RuntimeError as err:
+            raise DataError(f"DALI could not build its pipeline: {str(err).splitlines()[0]}") from None
         try:
             pipe.run()
-            return []
+            return True
         except RuntimeError:
-            if len(ids) == 1:
-                return [int(ids[0])]
+            return False
         finally:
             pipe._shutdown()
-        half = len(ids) // 2
-        return self._refused_by_dali(ids[:half]) + self._refused_by_dali(ids[half:])
+
+
+def _dali_reason(err: RuntimeError) -> str:
+    """The informative line of a DALI pipeline error (e.g. "nvImageCodec
+    failure: '#3'"): the first is always "Critical error in pipeline:"."""
+    boilerplate = ("Critical error in pipeline", "Current pipeline object is no longer valid", "encountered:")
+    lines = [line.strip() for line in str(err).splitlines()
+             if line.strip() and not line.strip().startswith(boilerplate)]
+    return lines[-1] if lines else "unknown error"
 
 
 def _to_torch(images, device: torch.device) -> torch.Tensor:
