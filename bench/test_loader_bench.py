@@ -109,3 +109,44 @@ def test_cache_build(benchmark, dataset, tmp_path):
     benchmark.pedantic(lambda: DecodedCache.open_or_build(index, Augment(image_size, train=True),
                                                           tmp_path / str(next(rounds)), workers=2),
                        rounds=2, iterations=1)
+
+
+PNG_SIZES = {"32x32": (32, 32), "500x375": (500, 375)}
+
+
+@pytest.fixture(scope="module", params=list(PNG_SIZES))
+def png_files(request, tmp_path_factory):
+    """256 PNGs of CIFAR images (upscaled for the large size), as bytes."""
+    import io
+
+    from PIL import Image
+
+    folder = copy_subset(tmp_path_factory.mktemp("png") / "train", per_class=26)
+    paths = sorted(p for p in folder.rglob("*.jpg"))[:256]
+    size = PNG_SIZES[request.param]
+    encoded = []
+    for path in paths:
+        buffer = io.BytesIO()
+        Image.open(path).convert("RGB").resize(size, Image.BICUBIC).save(buffer, format="PNG")
+        encoded.append(torch.frombuffer(bytearray(buffer.getvalue()), dtype=torch.uint8))
+    return request.param, encoded
+
+
+@pytest.mark.parametrize("decoder", ["ours (Pillow)", "torchvision.io.decode_image"])
+def test_png_decode(benchmark, png_files, decoder):
+    """PNGs are decoded by Pillow because torchvision's decode_png kills the
+    process on damaged pixel data (README, Data): this is what that costs,
+    one thread, against torchvision's decoder on the same bytes."""
+    from torchvision.io import ImageReadMode, decode_image
+
+    from unseen_fast.data.decode import decode_bytes
+
+    size, encoded = png_files
+    benchmark.group = f"PNG decode {size}, one thread"
+    benchmark.extra_info.update(items=len(encoded), unit="img")
+    if decoder.startswith("ours"):
+        benchmark.extra_info["role"] = "ours"
+        decode = lambda data: decode_bytes(data, "bench.png")  # noqa: E731
+    else:
+        decode = lambda data: decode_image(data, mode=ImageReadMode.RGB)  # noqa: E731
+    benchmark.pedantic(lambda: [decode(data) for data in encoded], rounds=5, iterations=1, warmup_rounds=1)

@@ -99,7 +99,9 @@ def _open_image(raw: np.ndarray):
 
 
 def _pillow_rgb(img) -> torch.Tensor:
-    return torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1).contiguous()
+    rgb = img if img.mode == "RGB" else img.convert("RGB")
+    # numpy's transposing copy: torch's permute(2, 0, 1).contiguous() of uint8 took 8 ms for 500x375 here, 0.24
+    return torch.from_numpy(np.ascontiguousarray(np.asarray(rgb).transpose(2, 0, 1)))
 
 
 def image_size(path: str) -> tuple[int, int]:
