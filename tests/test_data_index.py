@@ -98,6 +98,53 @@ def test_save_refuses_to_overwrite_a_different_index(small_folder, tmp_path):
     assert (tmp_path / "run" / "index.txt").read_text() == before
 
 
+def test_save_refuses_other_images_under_the_same_names(small_folder, tmp_path):
+    """--resume on another folder with the same file names, or after an image
+    was replaced, went on with models trained on the old pixels (a trial
+    finding): the saved index keeps every file's size and modification time.
+    A copy that keeps them (copy2) is the same data."""
+    import os
+    import shutil
+
+    shutil.copytree(small_folder, tmp_path / "data")  # copy2: sizes and modification times kept
+    ImageIndex.from_folder(small_folder).save(tmp_path / "run")
+    ImageIndex.from_folder(tmp_path / "data").save(tmp_path / "run")  # the same images elsewhere: accepted
+    replaced = tmp_path / "data" / "cat" / "0001.jpg"
+    replaced.write_bytes((tmp_path / "data" / "cat" / "0002.jpg").read_bytes())
+    with pytest.raises(DataError, match=r"the images under .*data are not the ones the run in .*run started from "
+                                        r"\(a file's size or modification time differs"):
+        ImageIndex.from_folder(tmp_path / "data").save(tmp_path / "run")
+    shutil.copy2(small_folder / "cat" / "0001.jpg", replaced)
+    ImageIndex.from_folder(tmp_path / "data").save(tmp_path / "run")  # put back: accepted
+    os.utime(replaced, ns=(0, 0))  # the same bytes, touched: refused too (mtime is what can be checked cheaply)
+    with pytest.raises(DataError, match="are not the ones"):
+        ImageIndex.from_folder(tmp_path / "data").save(tmp_path / "run")
+    # nothing derived from the pixels yet (a run stopped on an undecodable image): the new images are taken
+    ImageIndex.from_folder(tmp_path / "data").save(tmp_path / "run", images_may_change=True)
+    ImageIndex.from_folder(tmp_path / "data").save(tmp_path / "run")
+
+
+def test_a_runs_coreset_ids_are_read_through_its_own_index(small_folder, tmp_path):
+    """train --subset RUN/coreset.npy: the run's index may leave out a bad
+    file (--skip-bad), so its ids are off by one against a fresh listing, or
+    name another dataset's samples: they are translated by path, or refused."""
+    import shutil
+
+    from unseen_fast.data.subset import subset_ids
+
+    shutil.copytree(small_folder, tmp_path / "data")
+    full = ImageIndex.from_folder(tmp_path / "data")
+    run_index = full.subset(np.arange(1, len(full)))  # the first file left out, as --skip-bad does
+    run_index.save(tmp_path / "run")
+    np.save(tmp_path / "run" / "coreset.npy", np.array([0, 5, 7]))
+    got = subset_ids(full, tmp_path / "run" / "coreset.npy")
+    assert [full.paths[i] for i in got] == [run_index.paths[i] for i in (0, 5, 7)] and got.tolist() == [1, 6, 8]
+    with pytest.raises(DataError, match=r"coreset.npy: 3 of its samples are not in the built-in digits dataset"):
+        subset_ids(ImageIndex.digits(), tmp_path / "run" / "coreset.npy")
+    np.save(tmp_path / "ids.npy", np.array([0, 5, 7]))  # a .npy outside a run folder: ids of --data as given
+    assert subset_ids(full, tmp_path / "ids.npy").tolist() == [0, 5, 7]
+
+
 def test_load_detects_edited_list(small_folder, tmp_path):
     ImageIndex.from_folder(small_folder).save(tmp_path / "run")
     listing = tmp_path / "run" / "index.txt"

@@ -552,6 +552,25 @@ def test_an_image_cut_short_after_its_header_stops_before_training_or_is_left_ou
     assert not np.load(tmp_path / "run" / "label_issues.npy")[7]
 
 
+def test_resume_refuses_other_images_under_the_same_names(tmp_path, small_folder):
+    """A trial: --resume with another folder holding the same file names (or
+    after replacing an image) went on, scoring new pixels with models trained
+    on the old ones. Refused once the run trained; before that (a run stopped
+    on an undecodable image that was then replaced) the new images are taken."""
+    import shutil
+
+    cfg = config(prune_rate=0.5, folds=2, stages=1, train=dict(image_size=32, batch_size=32, epochs=1))
+    shutil.copytree(small_folder, tmp_path / "data")
+    prune(ImageIndex.from_folder(tmp_path / "data"), out=tmp_path / "run", config=cfg)
+    shutil.copytree(small_folder, tmp_path / "other")
+    victim = tmp_path / "other" / "cat" / "0001.jpg"
+    victim.write_bytes((tmp_path / "other" / "cat" / "0002.jpg").read_bytes())  # same names, one image differs
+    with pytest.raises(UserError, match="are not the ones the run in .*run started from"):
+        prune(ImageIndex.from_folder(tmp_path / "other"), out=tmp_path / "run", config=cfg, resume=True)
+    again = prune(ImageIndex.from_folder(tmp_path / "data"), out=tmp_path / "run", config=cfg, resume=True)
+    assert again["coreset_size"] > 0
+
+
 def test_a_file_list_with_label_gaps_prunes_and_coreset_txt_keeps_its_numbers(tmp_path, small_folder):
     """Labels 3, 7 and 9 (a subset of a bigger list): three classes, and
     coreset.txt reads back with the list's own numbers."""

@@ -72,7 +72,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     import torch
 
     from unseen_fast.data import check_backend, open_index
-    from unseen_fast.data.index import subset_ids
+    from unseen_fast.data.subset import subset_ids
     from unseen_fast.errors import UserError
     from unseen_fast.evaluate import accuracy_report, predict_logits
     from unseen_fast.parallel import TrainJob, train_many
@@ -100,7 +100,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             args.val_fraction)
     check_model(config, index.num_classes)  # these three before anything is written
     check_backend(config.backend, index)
-    index.save(not_a_run_folder(out))  # creates the folder, refused inside --data
+    # creates the folder, refused inside --data; other images under the same names once a checkpoint exists
+    index.save(not_a_run_folder(out), images_may_change=not (out / "checkpoint.pt").exists())
     write_json(out / "train_config.json", dict(vars(config), train_samples=len(ids), val_samples=len(val_ids)))
     loader_kwargs = dict(cache_dir=out / "cache")
     train_many([TrainJob("model", ids, str(out), seed=args.seed)], config, index, device=device,

@@ -200,6 +200,8 @@ def _claim(run: RunDir, config: PruneConfig, index: ImageIndex, resume: bool) ->
         identity.pop("auto_keep_split")
     if run.claim(identity, resume=resume, prepare=index.save, upgrade=_saved_identity_today):
         ImageIndex.load(run.root).assert_same_listing(index)
+        trained = (run / "models").exists() or any(run.root.glob("scores_*"))  # else a replaced image is welcome
+        index.check_images(run.root, may_change=not trained)
         log.info("resuming %s", run.root)
     elif resume:  # a requeued job's first start; a mistyped --out shows here
         log.info("--resume: no run in %s yet, starting one", run.root)

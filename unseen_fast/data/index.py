@@ -267,10 +267,11 @@ class ImageIndex:
         return np.array(values, dtype=np.int64).tobytes()
 
     # ------------------------------------------------------- run directory
-    def save(self, run_dir) -> None:
+    def save(self, run_dir, *, images_may_change: bool = False) -> None:
         """Write ``index.txt`` (file_list format) and ``index.json`` into
-        ``run_dir``. An index already saved there must be the same listing:
-        a different one raises instead of being overwritten."""
+        ``run_dir``. An index already saved there must be the same listing
+        (a different one raises instead of being overwritten) and the same
+        images (check_images)."""
         run_dir = Path(run_dir)
         self.refuse_inside(run_dir)
         make_folder(run_dir)
@@ -281,12 +282,31 @@ class ImageIndex:
                 raise DataError(f"{meta_path} holds a different dataset index ({saved.get('num_samples')} samples "
                                 f"from {dataset_name(saved.get('root'), saved.get('source'))}); refusing to "
                                 f"overwrite it: use a new run directory")
+            self.check_images(run_dir, may_change=images_may_change)
             return
         meta = dict(source=self.source, root=self.root, classes=self.classes,
-                    num_samples=len(self), fingerprint=self.fingerprint)
+                    num_samples=len(self), fingerprint=self.fingerprint, content_fingerprint=self.content_fingerprint)
         write_text(run_dir / INDEX_LIST,
                       "".join(f"{p} {l}\n" for p, l in zip(self.paths, self.labels.tolist())))
         write_text(meta_path, json.dumps(meta, indent=1))
+
+    def check_images(self, run_dir, *, may_change: bool) -> None:
+        """Raise a DataError when the files of this listing are not the ones
+        the run in ``run_dir`` saved (another folder with the same names, an
+        image replaced: its models came from the old pixels), unless
+        ``may_change`` (nothing derived from the pixels yet, e.g. a run that
+        stopped on an undecodable image, now replaced): then the run's
+        index takes the new images. By size and modification time."""
+        meta_path = Path(run_dir) / INDEX_META
+        saved = read_json(meta_path)
+        if saved.get("content_fingerprint", self.content_fingerprint) == self.content_fingerprint:
+            return  # (an index saved before the field existed is not checked)
+        if not may_change:
+            raise DataError(f"the images under {self.name} are not the ones the run in {run_dir} started from (a "
+                            f"file's size or modification time differs: an image replaced, another folder with "
+                            f"the same names, or a copy that did not keep modification times); use a new run "
+                            f"directory")
+        write_text(meta_path, json.dumps(dict(saved, content_fingerprint=self.content_fingerprint), indent=1))
 
     def refuse_inside(self, folder, option: str = "the output folder") -> None:
         """Raise a DataError if ``folder`` (an output folder, named by
@@ -365,26 +385,3 @@ def read_file_list(path):
                 yield lineno, parts[0], int(parts[1])
             else:
                 yield lineno, text, None
-
-
-def subset_ids(index: ImageIndex, path) -> np.ndarray:
-    """Sample ids of ``index`` named by a .npy file of ids, or by a file list
-    of paths (labels, if present, are ignored)."""
-    if not Path(path).is_file():
-        raise DataError(f"--subset {path}: {'a folder, not a file' if Path(path).is_dir() else 'no such file'}")
-    if str(path).endswith(".npy"):
-        try:
-            ids = np.load(path)  # no pickles: a .npy of ids is plain integers
-        except (ValueError, OSError, EOFError) as err:  # EOFError: an empty file
-            raise DataError(f"--subset {path} is not a .npy array of sample ids: {err}") from None
-        return as_id_array(ids, len(index))
-    position = {p: i for i, p in enumerate(index.paths)}
-    ids = []
-    try:
-        for lineno, rel, _ in read_file_list(path):
-            if rel not in position:
-                raise DataError(f"{path}:{lineno}: {rel!r} is not a sample of {index.name}")
-            ids.append(position[rel])
-    except UnicodeDecodeError:
-        raise DataError(f"--subset {path} is neither a .npy of sample ids nor a UTF-8 file list") from None
-    return as_id_array(ids, len(index))
