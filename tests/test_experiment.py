@@ -93,11 +93,12 @@ def test_changed_configuration_is_refused(finished, tmp_path):
     changed = dict(GRID, final_train=dict(epochs=3))
     path = tmp_path / "changed.yaml"
     path.write_text(yaml.safe_dump(changed))
+    grid_before = (out / "grid.json").read_bytes()
     with pytest.raises(DataError, match="holds a result of a different configuration"):
         run_experiment(Grid.from_yaml(path), out)
+    assert (out / "grid.json").read_bytes() == grid_before  # it said epochs 3 for results of 2 (a trial finding)
     changed = dict(GRID, val_fraction=0.3)
     path.write_text(yaml.safe_dump(changed))
-    grid_before = (out / "grid.json").read_bytes()
     with pytest.raises(DataError, match="different train/validation split"):
         run_experiment(Grid.from_yaml(path), out)
     assert (out / "grid.json").read_bytes() == grid_before  # a refused rerun leaves the grid that was run

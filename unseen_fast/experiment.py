@@ -57,7 +57,8 @@ def run_experiment(grid: Grid, out, *, device="auto", nproc=None, gpus=None, pro
         check_backend(train.get("backend", "auto"), index)
     make_folder(out)
     train_index, val_index, val_ids = _split(grid, index, out)
-    write_json(out / "grid.json", dataclasses.asdict(grid))  # after the split check: a refused rerun keeps the old
+    if not (out / "grid.json").exists():  # a rerun's grid is written once its cells ran: a refused one keeps the old
+        write_json(out / "grid.json", dataclasses.asdict(grid))
     image_size = grid.prune_train.get("image_size") or default_image_size(index)
     shared = out / "shared"
     common = dict(device=device, nproc=nproc, gpus=gpus, progress=progress)
@@ -94,6 +95,7 @@ def run_experiment(grid: Grid, out, *, device="auto", nproc=None, gpus=None, pro
                                 final, train_index, coreset, val_index, val_ids, shared, prune_s=prune_s,
                                 **common, **finished)
                 _report(grid, out)
+    write_json(out / "grid.json", dataclasses.asdict(grid))
     return _report(grid, out)
 
 
