@@ -249,6 +249,21 @@ def test_analyze_an_experiment(finished, tmp_path, capsys):
     assert "seed-to-seed correlation of entropy (unseen)" in capsys.readouterr().out
 
 
+def test_analyze_pairs_plain_prune_runs_that_differ_in_seed(tmp_path):
+    """prune --seed N also sets the training seed, which kept two CLI runs in
+    different settings: no seed correlation was ever found among them."""
+    argv = ["prune", "--data", "builtin:digits", "--prune-rate", "0.5", "--epochs", "1", "--folds", "2",
+            "--stages", "1", "--quiet"]
+    for seed in (0, 1):
+        assert main(argv + ["--seed", str(seed), "--out", str(tmp_path / f"s{seed}")]) == 0
+    assert main(["analyze", str(tmp_path / "s0"), str(tmp_path / "s1"), "--out", str(tmp_path / "an")]) == 0
+    report = json.loads((tmp_path / "an" / "analysis.json").read_text())
+    a, b = (np.load(tmp_path / f"s{seed}" / "scores_stage1.npy") for seed in (0, 1))
+    got = report["seed_correlation"]["entropy (unseen)"]
+    assert [sorted(pair["seeds"]) for pair in got["pairs"]] == [[0, 1]]
+    assert math.isclose(got["mean_pearson"], pearsonr(a, b)[0], rel_tol=1e-9)
+
+
 def test_class_ranks_and_analyze_errors(tmp_path):
     scores = np.array([0.1, 0.2, 5.0, 4.0, 1.0, 1.2])
     labels = np.array([0, 0, 1, 1, 2, 2])

@@ -69,6 +69,8 @@ def analyze(paths, out) -> dict:
 
 def _stage1_key(config: dict, with_seed: bool) -> str:
     kept = {k: v for k, v in config.items() if k not in NOT_STAGE1 or (with_seed and k == "seed")}
+    if not with_seed and isinstance(kept.get("train"), dict):  # prune --seed N sets the training seed too
+        kept["train"] = {k: v for k, v in kept["train"].items() if k != "seed"}
     return json.dumps(kept, sort_keys=True)
 
 
