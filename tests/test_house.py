@@ -334,8 +334,19 @@ def test_divergence_stops_the_job_naming_epoch_and_learning_rate(tmp_path, capsy
 
 
 def test_bad_values_for_the_ops_and_the_data_are_refused():
-    with pytest.raises(UserError, match=r"k must be a whole number, got 2.5"):
+    with pytest.raises(UserError, match=r"k must be an int \(a number of samples\), got 2.5 \(float\)"):
         ops.select_topk(torch.rand(10), 2.5)
+    assert ops.select_topk(torch.rand(10), torch.tensor(3)).numel() == 3  # a count computed with tensors
+    # lists and NumPy arrays: one line each (a trial met AttributeErrors and schema dumps)
+    for call, message in [(lambda: ops.score(np.zeros((4, 3), np.float32)), "score: logits must be a torch.Tensor, "
+                                                                           "got numpy.ndarray"),
+                          (lambda: ops.score(torch.zeros(4, 3), [0, 1, 2, 0], "loss"), "score: labels must be a "
+                                                                                       "torch.Tensor, got builtins.list"),
+                          (lambda: ops.normalize([0.5, 0.5]), "normalize: scores must be a torch.Tensor"),
+                          (lambda: ops.select_topk(np.ones(5), 2), "select_topk: scores must be a torch.Tensor"),
+                          (lambda: ops.select_topk(torch.ones(5), 2, exclude=[True] * 5), "exclude must be a")]:
+        with pytest.raises(UserError, match=message):
+            call()
     with pytest.raises(UserError, match=r"score at flat index 1 is -0.5; importances must be >= 0"):
         ops.normalize(torch.tensor([0.2, -0.5, 1.0]))
     from unseen_fast.data import ImageIndex

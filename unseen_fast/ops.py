@@ -77,8 +77,18 @@ def score(
         Column ``j`` holds ``methods[j]``. A row containing NaN or +inf, or only
         -inf, scores NaN in every column.
     """
+    _tensors("score", logits=logits, labels=labels)
     check = resolve_check_labels(check_labels, logits)
     return torch.ops.unseen_fast.score(logits, labels, method_codes(methods), check)
+
+
+def _tensors(op: str, **arguments) -> None:
+    """One line for a list or a NumPy array where the ops take tensors (they
+    raised an AttributeError or a schema dump)."""
+    for name, value in arguments.items():
+        if value is not None and not isinstance(value, torch.Tensor):
+            raise UserError(f"{op}: {name} must be a torch.Tensor, got {type(value).__module__}."
+                            f"{type(value).__qualname__} (torch.as_tensor converts it)")
 
 
 def resolve_check_labels(check_labels: Optional[bool], logits: torch.Tensor) -> bool:
@@ -99,6 +109,7 @@ def normalize(scores: torch.Tensor) -> torch.Tensor:
     Tensor, same shape and dtype
         Normalized scores (they sum to 1); the same bits on every run.
     """
+    _tensors("normalize", scores=scores)
     # importances are >= 0; s / sum(s) of mixed signs is no ranking (eager only: a traced graph cannot branch on data)
     if not torch.compiler.is_compiling() and scores.numel() and bool((scores < 0).any()):
         first = int((scores.flatten() < 0).nonzero()[0, 0])
@@ -108,8 +119,10 @@ def normalize(scores: torch.Tensor) -> torch.Tensor:
 
 
 def _whole_k(k) -> int:
+    if isinstance(k, torch.Tensor) and k.numel() == 1 and not k.is_floating_point() and k.dtype != torch.bool:
+        return int(k)  # a count computed with tensors
     if isinstance(k, bool) or not isinstance(k, numbers.Integral):  # 2.5 must not become 2
-        raise UserError(f"select_topk: k must be a whole number, got {k!r}")
+        raise UserError(f"select_topk: k must be an int (a number of samples), got {k!r} ({type(k).__name__})")
     return int(k)
 
 
@@ -146,6 +159,7 @@ def select_topk(
         Ties between equal scores go to the lower index; the result is the
         same on every run and on CPU and CUDA.
     """
+    _tensors("select_topk", scores=scores, labels=labels, exclude=exclude)
     return torch.ops.unseen_fast.select_topk(scores, _whole_k(k), labels, balanced, exclude, sorted)
 
 
@@ -169,6 +183,7 @@ def select_topk_deferred(
     bad input raises at once. ``num_classes`` sizes the per-class work of
     ``balanced`` (``select_topk`` reads it from the labels, which is a sync).
     """
+    _tensors("select_topk_deferred", scores=scores, labels=labels, exclude=exclude)
     k = _whole_k(k)
     indices, errors = torch.ops.unseen_fast.select_topk_deferred(scores, k, labels, balanced, exclude, sorted,
                                                                  int(num_classes))
