@@ -1,6 +1,7 @@
 """The shared plumbing: one error boundary in the CLI, atomic files, run
 folders, and the one list of score methods."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -351,6 +352,16 @@ def test_bad_values_for_the_ops_and_the_data_are_refused():
         ops.normalize(torch.tensor([0.2, -0.5, 1.0]))
     from unseen_fast.data import ImageIndex
     from unseen_fast.pipeline import PruneConfig
+
+    # the Python API's wrong types: one line, before any folder (folds=2.0 failed after claiming it)
+    for kwargs, message in [(dict(prune_rate="0.3"), "prune_rate must be a number, got '0.3'"),
+                            (dict(prune_rate=0.3, folds=2.0), "folds must be a whole number, got 2.0"),
+                            (dict(prune_rate=0.3, stages=True), "stages must be a whole number, got True"),
+                            (dict(prune_rate=0.3, train=dict(epochs=1)), "train must be a TrainConfig, got {'epochs'")]:
+        with pytest.raises(UserError, match=re.escape(message)):
+            PruneConfig(**kwargs)
+    numpy_config = PruneConfig(prune_rate=np.float32(0.5), folds=np.int64(3))  # NumPy scalars become plain numbers
+    assert type(numpy_config.prune_rate) is float and type(numpy_config.folds) is int
 
     digits = ImageIndex.digits()
     one_class = ImageIndex(root="/data/cifar10", paths=digits.paths[:50], labels=np.zeros(50, np.int64),

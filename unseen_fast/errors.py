@@ -43,3 +43,23 @@ def check_seed(seed, what: str = "seed") -> int:
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed <= MAX_SEED:
         raise UserError(f"{what} must be a whole number from 0 to {MAX_SEED}, got {seed!r}")
     return int(seed)
+
+
+def plain_fields(config, *, ints=(), reals=(), kinds=()) -> None:
+    """A config's numeric fields as Python int / float and its nested configs
+    of their class, else one line naming the field: np.float32 rates failed
+    when written to JSON, folds=2.0 after the run folder was made, and
+    train=dict(...) with an AttributeError (a trial of the Python API)."""
+    for name in ints:
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise UserError(f"{name} must be a whole number, got {value!r}")
+        setattr(config, name, int(value))
+    for name in reals:
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise UserError(f"{name} must be a number, got {value!r}")
+        setattr(config, name, float(value))
+    for name, kind in kinds:
+        if not isinstance(getattr(config, name), kind):
+            raise UserError(f"{name} must be a {kind.__name__}, got {getattr(config, name)!r}")

@@ -20,7 +20,7 @@ from unseen_fast.auto_selection import WarmStart, choose_selection, validation_m
 from unseen_fast.baselines import DYNAMICS_SCORES, FEATURE_SCORES, BaselineParams
 from unseen_fast.constants import FRAMEWORKS, OUTPUT_SCORES, SCORES, resolve_amp
 from unseen_fast.data import ImageIndex, check_backend, open_index, prepare_cache, release_resident
-from unseen_fast.errors import UserError, check_seed
+from unseen_fast.errors import UserError, check_seed, plain_fields
 from unseen_fast.evaluate import ScoringPass, score_samples
 from unseen_fast.fold_scores import SCORE_NORMS, combine_scores
 from unseen_fast.label_issues import find_label_issues, label_issues_csv
@@ -58,6 +58,8 @@ class PruneConfig:
     baseline: BaselineParams = field(default_factory=BaselineParams)  # dynamics scores and ccs
 
     def __post_init__(self):  # what needs no data: a wrong value fails where the config is made
+        plain_fields(self, ints=("folds", "stages"), reals=("prune_rate", "stage_size", "auto_budget",
+                     "label_issue_factor"), kinds=(("train", TrainConfig), ("baseline", BaselineParams)))
         if not 0 < self.prune_rate < 1:
             raise UserError(f"prune rate must be in (0, 1), got {self.prune_rate}")
         for name, value, known in (("score", self.score, SCORES), ("framework", self.framework, FRAMEWORKS),
@@ -81,7 +83,7 @@ class PruneConfig:
         if not 0 < self.label_issue_factor <= 1:
             raise UserError(f"label issue factor must be in (0, 1], got {self.label_issue_factor}")
         self.baseline.validate(self.train.epochs if self.score in DYNAMICS_SCORES else None)
-        check_seed(self.seed)
+        self.seed = check_seed(self.seed)  # a NumPy integer too becomes an int (JSON)
         if self.framework != "fitting" and self.folds < 2:
             raise UserError(f"need at least 2 folds, got {self.folds}")
         if self.stages < 1:
