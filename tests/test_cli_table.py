@@ -96,6 +96,9 @@ CASES = [  # (id, argv, a piece of the one error line)
     ("out is a file", prune(out="{root}/afile.txt"), "afile.txt"),
     ("out is a finished run, no --resume", prune(out="{root}/done") + ["--folds", "2", "--stages", "1"],
      "--resume"),
+    ("resume with another dataset", prune("builtin:digits", out="{root}/done") + ["--resume", "--folds", "2",
+                                                                                 "--stages", "1"],
+     "the dataset changed: classes differ"),  # was "train.image_size: saved 32, now 8"
     ("resume with another config", prune(out="{root}/done") + ["--resume", "--prune-rate", "0.3"],
      "different configuration"),
     ("out holds another program's config", prune(out="{root}/foreign"), "config.json"),

@@ -158,9 +158,19 @@ def test_load_detects_edited_list(small_folder, tmp_path):
 def test_changed_dataset_is_described(tmp_path):
     root = make_tree(tmp_path / "d", {"a/1.jpg": b"x", "a/2.jpg": b"x", "b/1.jpg": b"x"})
     saved = ImageIndex.from_folder(root)
-    (root / "a" / "2.jpg").unlink()
-    with pytest.raises(DataError, match=r"sample 1 was 'a/2.jpg', is now 'b/1.jpg'"):
+    (root / "a" / "2.jpg").unlink()  # named, not "sample 1 was 'a/2.jpg', is now 'b/1.jpg'" (a trial finding)
+    with pytest.raises(DataError, match=r"the dataset changed: 1 file\(s\) gone, first 'a/2.jpg', 0 new$"):
         saved.assert_same_listing(ImageIndex.from_folder(root))
+    (root / "a" / "3.jpg").write_bytes(b"x")  # a rename
+    with pytest.raises(DataError, match=r"1 file\(s\) gone, first 'a/2.jpg', 1 new, first 'a/3.jpg'$"):
+        saved.assert_same_listing(ImageIndex.from_folder(root))
+    listing = tmp_path / "list.txt"
+    listing.write_text("a/1.jpg 0\na/3.jpg 1\nb/1.jpg 1\n", encoding="utf-8-sig")  # a BOM: a Windows editor's
+    relabelled = ImageIndex.from_file_list(listing, root=root)
+    assert relabelled.paths[0] == "a/1.jpg"  # the BOM was part of the first path ("does not exist")
+    (tmp_path / "before.txt").write_text("a/1.jpg 0\na/3.jpg 0\nb/1.jpg 1\n")  # the same files, one label other
+    with pytest.raises(DataError, match=r"sample 1 was 'a/3.jpg' \(label 0\), is now 'a/3.jpg' \(label 1\)"):
+        ImageIndex.from_file_list(tmp_path / "before.txt", root=root).assert_same_listing(relabelled)
     (root / "c").mkdir()
     (root / "c" / "1.jpg").write_bytes(b"x")
     with pytest.raises(DataError, match="classes differ"):

@@ -200,8 +200,8 @@ def _claim(run: RunDir, config: PruneConfig, index: ImageIndex, resume: bool) ->
     identity = dict(dataclasses.asdict(config), train=config_identity(config.train))  # not run settings
     if config.selection != "auto":  # means nothing then: runs from before it existed resume as they were
         identity.pop("auto_keep_split")
+    index.assert_listed_as_in(run.root)  # first: another dataset also changes settings derived from it (image size)
     if run.claim(identity, resume=resume, prepare=index.save, upgrade=_saved_identity_today):
-        ImageIndex.load(run.root).assert_same_listing(index)
         trained = (run / "models").exists() or any(run.root.glob("scores_*"))  # else a replaced image is welcome
         index.check_images(run.root, may_change=not trained)
         log.info("resuming %s", run.root)

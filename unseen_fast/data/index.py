@@ -351,6 +351,11 @@ class ImageIndex:
                             f"(files edited or truncated)")
         return index
 
+    def assert_listed_as_in(self, run_dir) -> None:
+        """assert_same_listing against the index saved in ``run_dir``, if any."""
+        if (Path(run_dir) / INDEX_META).exists():
+            ImageIndex.load(run_dir).assert_same_listing(self)
+
     def assert_same_listing(self, other: "ImageIndex") -> None:
         """Raise a DataError describing the first difference if ``other`` (for
         example a fresh scan at resume time) lists different samples."""
@@ -360,10 +365,15 @@ class ImageIndex:
             diff = sorted(set(self.classes) ^ set(other.classes))[:5]
             raise DataError(f"the dataset changed: classes differ ({len(self.classes)} saved, "
                             f"{len(other.classes)} now; e.g. {diff})")
+        saved, now = set(self.paths), set(other.paths)
+        gone, new = sorted(saved - now), sorted(now - saved)
+        if gone or new:  # named, not "sample 17 was a, is now b" for every later sample
+            raise DataError(f"the dataset changed: {len(gone)} file(s) gone{f', first {gone[0]!r}' if gone else ''}, "
+                            f"{len(new)} new{f', first {new[0]!r}' if new else ''}")
         for i, (a, b) in enumerate(zip(self.paths, other.paths)):
             if a != b or self.labels[i] != other.labels[i]:
-                raise DataError(f"the dataset changed: sample {i} was {a!r}, is now {b!r}")
-        raise DataError(f"the dataset changed: {len(self)} samples saved, {len(other)} now")
+                raise DataError(f"the dataset changed: sample {i} was {a!r} (label {self.labels[i]}), is now {b!r} "
+                                f"(label {other.labels[i]})")
 
 
 def dataset_name(root, source) -> str:
@@ -375,7 +385,7 @@ def read_file_list(path):
     """(line number, relative path, label or None) of every line of a
     "relative/path label" file list (DALI's file_list format; the label is
     optional here), skipping blank lines and lines starting with "#"."""
-    with open(path, encoding="utf-8") as handle:
+    with open(path, encoding="utf-8-sig") as handle:  # a BOM (Windows editors) is not part of the first path
         for lineno, line in enumerate(handle, 1):
             text = line.strip()
             if not text or text.startswith("#"):
