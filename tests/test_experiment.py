@@ -270,6 +270,7 @@ def test_class_ranks_and_analyze_errors(tmp_path):
     assert class_ranks(scores, labels, 3).tolist() == [3, 1, 2]
     with pytest.raises(DataError, match="neither a prune run"):
         analyze([tmp_path], tmp_path / "an")
+    assert not (tmp_path / "an").exists()  # it was made, empty (a trial finding)
     from unseen_fast.analyze import format_summary
 
     # one seed, one framework: the summary says why two plots are missing instead of staying silent

@@ -55,8 +55,8 @@ def collect_runs(paths) -> tuple[list[dict], list[dict]]:
 
 
 def analyze(paths, out) -> dict:
+    runs, results = collect_runs(paths)  # before --out is made: a mistyped run folder leaves no empty one
     out = make_folder(out)
-    runs, results = collect_runs(paths)
     report = dict(runs=[r["path"] for r in runs])
     distinct = _distinct_stage1(runs)
     report["score_distributions"] = _histograms(distinct, out / "score_histograms.png")
