@@ -55,8 +55,14 @@ def collect_runs(paths) -> tuple[list[dict], list[dict]]:
 
 
 def analyze(paths, out) -> dict:
-    runs, results = collect_runs(paths)  # before --out is made: a mistyped run folder leaves no empty one
-    out = make_folder(out)
+    created = not Path(out).exists()
+    out = make_folder(out)  # first: a file in the way is named before the runs are read
+    try:
+        runs, results = collect_runs(paths)
+    except DataError:
+        if created:  # a mistyped run folder leaves no empty --out behind
+            out.rmdir()
+        raise
     report = dict(runs=[r["path"] for r in runs])
     distinct = _distinct_stage1(runs)
     report["score_distributions"] = _histograms(distinct, out / "score_histograms.png")
